@@ -1,0 +1,772 @@
+//! The state machine: applies entries, answers queries.
+
+use crate::command::{
+    CatalogRegistration, Command, Entry, KvSetMode, Outcome, Rejection, RejectionKind,
+};
+use crate::types::{Check, HealthStatus, KvEntry, Node, Service, Session, SessionBehavior};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A table of the state, for blocking-query indexes and watch topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Table {
+    /// KV entries (including deletions).
+    Kvs,
+    /// Catalog nodes.
+    Nodes,
+    /// Service instances.
+    Services,
+    /// Health checks.
+    Checks,
+    /// Sessions.
+    Sessions,
+}
+
+const TABLES: usize = 5;
+
+/// Something an applied entry changed, so that watchers of it can wake.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A KV key was written or deleted (prefix watchers of it wake too).
+    Key(String),
+    /// A table moved to a new index.
+    Table(Table),
+}
+
+/// The whole replicated state. Equal entry sequences give equal states.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    applied_index: u64,
+    table_index: [u64; TABLES],
+    pub(crate) kv: BTreeMap<String, KvEntry>,
+    /// Keys whose lock was released by a session invalidation, and until when (entry time, ms)
+    /// they stay unacquirable.
+    lock_delays: BTreeMap<String, u64>,
+    nodes: BTreeMap<String, Node>,
+    /// Keyed by (node, service ID).
+    services: BTreeMap<(String, String), Service>,
+    /// Keyed by (node, check ID).
+    checks: BTreeMap<(String, String), Check>,
+    sessions: BTreeMap<String, Session>,
+}
+
+/// Why a snapshot could not be loaded. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed snapshot: {0}")]
+pub struct SnapshotError(#[from] postcard::Error);
+
+pub(crate) struct ApplyCtx {
+    pub(crate) index: u64,
+    pub(crate) time_ms: u64,
+    pub(crate) changes: Vec<Change>,
+}
+
+impl ApplyCtx {
+    pub(crate) fn touch(&mut self, table: Table) {
+        let change = Change::Table(table);
+        if !self.changes.contains(&change) {
+            self.changes.push(change);
+        }
+    }
+}
+
+impl StateMachine {
+    /// An empty state at index 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The index at which `table` last changed.
+    pub fn table_index(&self, table: Table) -> u64 {
+        self.table_index[table as usize]
+    }
+
+    /// The largest index among `tables` (at least 1, as Consul never returns index 0).
+    pub fn max_table_index(&self, tables: &[Table]) -> u64 {
+        tables
+            .iter()
+            .map(|t| self.table_index(*t))
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    /// Serializes the whole state for a snapshot.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Restores a state from [`StateMachine::to_snapshot`] bytes.
+    ///
+    /// # Errors
+    /// Returns [`SnapshotError`] if the bytes are not a snapshot.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let state: StateMachine = postcard::from_bytes(bytes)?;
+        state.check_invariants();
+        Ok(state)
+    }
+
+    /// Applies the entry at `index`, which must be the next one.
+    ///
+    /// # Panics
+    /// Panics if `index` is not `applied_index() + 1`: skipping or repeating an entry would
+    /// silently fork replicas.
+    pub fn apply(&mut self, index: u64, entry: &Entry) -> (Outcome, Vec<Change>) {
+        assert_eq!(
+            index,
+            self.applied_index + 1,
+            "entries must be applied in order"
+        );
+        let mut ctx = ApplyCtx {
+            index,
+            time_ms: entry.time_ms,
+            changes: Vec::new(),
+        };
+        let outcome = match &entry.command {
+            Command::Noop => Outcome::Done,
+            Command::KvSet {
+                key,
+                value,
+                flags,
+                mode,
+            } => self.kv_set(&mut ctx, key, value, *flags, mode),
+            Command::KvDelete { key, recurse, cas } => {
+                self.kv_delete(&mut ctx, key, *recurse, *cas)
+            }
+            Command::Txn { ops } => Outcome::Txn(self.apply_txn(&mut ctx, ops)),
+            Command::CatalogRegister(registration) => self.catalog_register(&mut ctx, registration),
+            Command::CatalogDeregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                self.catalog_deregister(&mut ctx, node, service_id.as_deref(), check_id.as_deref())
+            }
+            Command::CheckUpdate {
+                node,
+                check_id,
+                status,
+                output,
+            } => self.check_update(&mut ctx, node, check_id, *status, output),
+            Command::SessionCreate(session) => self.session_create(&mut ctx, session),
+            Command::SessionDestroy { id } => {
+                self.session_invalidate(&mut ctx, id);
+                Outcome::Done
+            }
+        };
+        self.applied_index = index;
+        for change in &ctx.changes {
+            if let Change::Table(table) = change {
+                self.table_index[*table as usize] = index;
+            }
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        (outcome, ctx.changes)
+    }
+
+    /// Checks the structural invariants; panics on violation. O(n): tests and debug builds.
+    pub fn check_invariants(&self) {
+        for (key, entry) in &self.kv {
+            assert_eq!(key, &entry.key);
+            assert!(entry.create_index <= entry.modify_index);
+            assert!(entry.modify_index <= self.applied_index);
+            if let Some(session) = &entry.session {
+                assert!(
+                    self.sessions.contains_key(session),
+                    "lock held by a dead session"
+                );
+                assert!(entry.lock_index > 0);
+            }
+        }
+        for ((node, id), service) in &self.services {
+            assert!(self.nodes.contains_key(node), "service on a missing node");
+            assert_eq!(id, &service.id);
+        }
+        for ((node, id), check) in &self.checks {
+            assert!(self.nodes.contains_key(node), "check on a missing node");
+            assert_eq!(id, &check.id);
+            if !check.service_id.is_empty() {
+                let key = (node.clone(), check.service_id.clone());
+                assert!(
+                    self.services.contains_key(&key),
+                    "check on a missing service"
+                );
+            }
+        }
+        for session in self.sessions.values() {
+            assert!(
+                self.nodes.contains_key(&session.node),
+                "session on a missing node"
+            );
+        }
+        for index in self.table_index {
+            assert!(index <= self.applied_index);
+        }
+    }
+
+    // ===== KV =====
+
+    fn kv_set(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        mode: &KvSetMode,
+    ) -> Outcome {
+        let existing = self.kv.get(key);
+        match mode {
+            KvSetMode::Set => {}
+            KvSetMode::Cas(0) if existing.is_some() => return Outcome::Bool(false),
+            KvSetMode::Cas(0) => {}
+            KvSetMode::Cas(index) => match existing {
+                Some(entry) if entry.modify_index == *index => {}
+                _ => return Outcome::Bool(false),
+            },
+            KvSetMode::Acquire(session) => {
+                if !self.sessions.contains_key(session) {
+                    return rejected_invalid_session(session);
+                }
+                if self
+                    .lock_delays
+                    .get(key)
+                    .is_some_and(|until| *until > ctx.time_ms)
+                {
+                    return Outcome::Bool(false);
+                }
+                if let Some(holder) = existing.and_then(|e| e.session.as_ref())
+                    && holder != session
+                {
+                    return Outcome::Bool(false);
+                }
+            }
+            KvSetMode::Release(session) => match existing.and_then(|e| e.session.as_ref()) {
+                Some(holder) if holder == session => {}
+                _ => return Outcome::Bool(false),
+            },
+        }
+        self.kv_write(ctx, key, value, flags, mode);
+        Outcome::Bool(true)
+    }
+
+    /// Writes a KV entry unconditionally, applying the lock effect of `mode`.
+    pub(crate) fn kv_write(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        mode: &KvSetMode,
+    ) -> KvEntry {
+        let index = ctx.index;
+        let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
+            key: key.to_string(),
+            value: Vec::new(),
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: index,
+            modify_index: index,
+        });
+        entry.value = value.to_vec();
+        entry.flags = flags;
+        entry.modify_index = index;
+        match mode {
+            KvSetMode::Acquire(session) => {
+                if entry.session.as_ref() != Some(session) {
+                    entry.session = Some(session.clone());
+                    entry.lock_index += 1;
+                }
+            }
+            KvSetMode::Release(_) => entry.session = None,
+            KvSetMode::Set | KvSetMode::Cas(_) => {}
+        }
+        let written = entry.clone();
+        ctx.changes.push(Change::Key(key.to_string()));
+        ctx.touch(Table::Kvs);
+        written
+    }
+
+    fn kv_delete(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Outcome {
+        if recurse {
+            self.kv_delete_tree(ctx, key);
+            return Outcome::Bool(true);
+        }
+        match (cas, self.kv.get(key)) {
+            (Some(0), existing) => return Outcome::Bool(existing.is_none()),
+            (Some(index), Some(entry)) if entry.modify_index != index => {
+                return Outcome::Bool(false);
+            }
+            (Some(_), None) => return Outcome::Bool(false),
+            _ => {}
+        }
+        self.kv_remove(ctx, key);
+        Outcome::Bool(true)
+    }
+
+    pub(crate) fn kv_remove(&mut self, ctx: &mut ApplyCtx, key: &str) -> Option<KvEntry> {
+        // Deleting a missing key still moves the KV index, as Consul's tombstones do, so that
+        // blocking queries on it observe the delete.
+        ctx.changes.push(Change::Key(key.to_string()));
+        ctx.touch(Table::Kvs);
+        self.kv.remove(key)
+    }
+
+    pub(crate) fn kv_delete_tree(&mut self, ctx: &mut ApplyCtx, prefix: &str) -> Vec<KvEntry> {
+        let keys: Vec<String> = self
+            .kv_keys_with_prefix(prefix)
+            .map(|e| e.key.clone())
+            .collect();
+        ctx.touch(Table::Kvs);
+        keys.iter()
+            .filter_map(|key| self.kv_remove(ctx, key))
+            .collect()
+    }
+
+    /// The entry for `key`, if any.
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// Entries whose key starts with `prefix`, in key order.
+    pub fn kv_keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.kv
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(_, entry)| entry)
+    }
+
+    /// Keys under `prefix`, folded at the first `separator` after the prefix (Consul's
+    /// `?keys&separator=`): `a/b/c` under `a/` with `/` lists as `a/b/`.
+    pub fn kv_list_keys(&self, prefix: &str, separator: Option<&str>) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for entry in self.kv_keys_with_prefix(prefix) {
+            let key = match separator.filter(|s| !s.is_empty()) {
+                Some(sep) => match entry.key[prefix.len()..].find(sep) {
+                    Some(at) => entry.key[..prefix.len() + at + sep.len()].to_string(),
+                    None => entry.key.clone(),
+                },
+                None => entry.key.clone(),
+            };
+            if keys.last() != Some(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// The blocking index for a KV answer: the largest modify index among `entries`, or the KV
+    /// table's index when there are none.
+    pub fn kv_result_index<'a>(&self, entries: impl Iterator<Item = &'a KvEntry>) -> u64 {
+        entries
+            .map(|e| e.modify_index)
+            .max()
+            .unwrap_or_else(|| self.max_table_index(&[Table::Kvs]))
+    }
+
+    /// Until when (entry time, ms) `key` stays unacquirable after a session invalidation.
+    pub fn lock_delay_until(&self, key: &str) -> Option<u64> {
+        self.lock_delays.get(key).copied()
+    }
+
+    // ===== Catalog =====
+
+    fn catalog_register(&mut self, ctx: &mut ApplyCtx, reg: &CatalogRegistration) -> Outcome {
+        let node_name = reg.node.name.clone();
+        if node_name.is_empty() {
+            return rejected(RejectionKind::Invalid, "missing node name".into());
+        }
+        for check in &reg.checks {
+            let has_service = !check.service_id.is_empty();
+            let service_known = self
+                .services
+                .contains_key(&(node_name.clone(), check.service_id.clone()))
+                || reg
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| s.id == check.service_id);
+            if has_service && !service_known {
+                return rejected(
+                    RejectionKind::NotFound,
+                    format!(
+                        "check {:?} refers to unknown service {:?}",
+                        check.id, check.service_id
+                    ),
+                );
+            }
+        }
+        self.upsert_node(ctx, &reg.node);
+        if let Some(service) = &reg.service {
+            self.upsert_service(ctx, &node_name, service);
+        }
+        for check in &reg.checks {
+            self.upsert_check(ctx, &node_name, check);
+        }
+        Outcome::Done
+    }
+
+    fn upsert_node(&mut self, ctx: &mut ApplyCtx, node: &Node) {
+        let existing = self.nodes.get(&node.name);
+        let same = existing.is_some_and(|old| {
+            old.id == node.id
+                && old.address == node.address
+                && old.tagged_addresses == node.tagged_addresses
+                && old.meta == node.meta
+        });
+        if same {
+            return;
+        }
+        let create_index = existing.map_or(ctx.index, |old| old.create_index);
+        let mut stored = node.clone();
+        stored.create_index = create_index;
+        stored.modify_index = ctx.index;
+        self.nodes.insert(node.name.clone(), stored);
+        ctx.touch(Table::Nodes);
+    }
+
+    fn upsert_service(&mut self, ctx: &mut ApplyCtx, node: &str, service: &Service) {
+        let key = (node.to_string(), service.id.clone());
+        let existing = self.services.get(&key);
+        let mut stored = service.clone();
+        stored.node = node.to_string();
+        stored.create_index = existing.map_or(ctx.index, |old| old.create_index);
+        stored.modify_index = existing.map_or(ctx.index, |old| old.modify_index);
+        if existing == Some(&stored) {
+            return;
+        }
+        stored.modify_index = ctx.index;
+        self.services.insert(key, stored.clone());
+        ctx.touch(Table::Services);
+        // Checks carry a copy of the service's name and tags; keep them in step.
+        let mut touched = false;
+        for check in self.checks.values_mut() {
+            if check.node == node && check.service_id == stored.id {
+                check.service_name = stored.name.clone();
+                check.service_tags = stored.tags.clone();
+                check.modify_index = ctx.index;
+                touched = true;
+            }
+        }
+        if touched {
+            ctx.touch(Table::Checks);
+        }
+    }
+
+    fn upsert_check(&mut self, ctx: &mut ApplyCtx, node: &str, check: &Check) {
+        let key = (node.to_string(), check.id.clone());
+        let existing = self.checks.get(&key);
+        let mut stored = check.clone();
+        stored.node = node.to_string();
+        if let Some(service) = self
+            .services
+            .get(&(node.to_string(), check.service_id.clone()))
+        {
+            stored.service_name = service.name.clone();
+            stored.service_tags = service.tags.clone();
+        } else {
+            stored.service_name.clear();
+            stored.service_tags.clear();
+        }
+        stored.create_index = existing.map_or(ctx.index, |old| old.create_index);
+        stored.modify_index = existing.map_or(ctx.index, |old| old.modify_index);
+        if let Some(old) = existing
+            && old.status == stored.status
+        {
+            // A re-registration that does not change the status keeps the observation time.
+            stored.status_observed_ms = old.status_observed_ms;
+        }
+        if existing == Some(&stored) {
+            return;
+        }
+        stored.modify_index = ctx.index;
+        let is_critical = stored.status == HealthStatus::Critical;
+        self.checks.insert(key, stored);
+        ctx.touch(Table::Checks);
+        if is_critical {
+            self.invalidate_sessions_on_check(ctx, node, &check.id);
+        }
+    }
+
+    fn catalog_deregister(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        node: &str,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+    ) -> Outcome {
+        if !self.nodes.contains_key(node) {
+            return Outcome::Done;
+        }
+        if let Some(service_id) = service_id {
+            let key = (node.to_string(), service_id.to_string());
+            if self.services.remove(&key).is_none() {
+                return rejected(
+                    RejectionKind::NotFound,
+                    format!("unknown service ID {service_id:?}"),
+                );
+            }
+            ctx.touch(Table::Services);
+            let doomed: Vec<String> = self
+                .checks
+                .values()
+                .filter(|c| c.node == node && c.service_id == service_id)
+                .map(|c| c.id.clone())
+                .collect();
+            for check in doomed {
+                self.remove_check(ctx, node, &check);
+            }
+            return Outcome::Done;
+        }
+        if let Some(check_id) = check_id {
+            if !self
+                .checks
+                .contains_key(&(node.to_string(), check_id.to_string()))
+            {
+                return rejected(
+                    RejectionKind::NotFound,
+                    format!("unknown check ID {check_id:?}"),
+                );
+            }
+            self.remove_check(ctx, node, check_id);
+            return Outcome::Done;
+        }
+        let sessions: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.node == node)
+            .map(|s| s.id.clone())
+            .collect();
+        for session in sessions {
+            self.session_invalidate(ctx, &session);
+        }
+        self.checks.retain(|(n, _), _| n != node);
+        self.services.retain(|(n, _), _| n != node);
+        self.nodes.remove(node);
+        ctx.touch(Table::Checks);
+        ctx.touch(Table::Services);
+        ctx.touch(Table::Nodes);
+        Outcome::Done
+    }
+
+    fn remove_check(&mut self, ctx: &mut ApplyCtx, node: &str, check_id: &str) {
+        self.checks
+            .remove(&(node.to_string(), check_id.to_string()));
+        ctx.touch(Table::Checks);
+        self.invalidate_sessions_on_check(ctx, node, check_id);
+    }
+
+    fn check_update(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        node: &str,
+        check_id: &str,
+        status: HealthStatus,
+        output: &str,
+    ) -> Outcome {
+        let Some(check) = self
+            .checks
+            .get_mut(&(node.to_string(), check_id.to_string()))
+        else {
+            return rejected(
+                RejectionKind::NotFound,
+                format!("unknown check ID {check_id:?}"),
+            );
+        };
+        if check.status == status && check.output == output {
+            return Outcome::Done;
+        }
+        if check.status != status {
+            check.status_observed_ms = ctx.time_ms;
+        }
+        check.status = status;
+        check.output = output.to_string();
+        check.modify_index = ctx.index;
+        ctx.touch(Table::Checks);
+        if status == HealthStatus::Critical {
+            self.invalidate_sessions_on_check(ctx, node, check_id);
+        }
+        Outcome::Done
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// Service instances on `node`.
+    pub fn node_services<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|(_, s)| s)
+    }
+
+    /// Checks on `node`.
+    pub fn node_checks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
+        self.checks
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|(_, c)| c)
+    }
+
+    /// One check.
+    pub fn check(&self, node: &str, check_id: &str) -> Option<&Check> {
+        self.checks.get(&(node.to_string(), check_id.to_string()))
+    }
+
+    /// One service instance.
+    pub fn service(&self, node: &str, service_id: &str) -> Option<&Service> {
+        self.services
+            .get(&(node.to_string(), service_id.to_string()))
+    }
+
+    /// Every service instance.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Every check.
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values()
+    }
+
+    /// Instances of the service called `name`.
+    pub fn service_instances<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services.values().filter(move |s| s.name == name)
+    }
+
+    // ===== Sessions =====
+
+    fn session_create(&mut self, ctx: &mut ApplyCtx, session: &Session) -> Outcome {
+        if self.sessions.contains_key(&session.id) {
+            return rejected(
+                RejectionKind::Invalid,
+                format!("session {:?} already exists", session.id),
+            );
+        }
+        if !self.nodes.contains_key(&session.node) {
+            return rejected(
+                RejectionKind::NotFound,
+                format!("unknown node {:?}", session.node),
+            );
+        }
+        for check_id in session.all_checks() {
+            match self.check(&session.node, check_id) {
+                None => {
+                    return rejected(
+                        RejectionKind::NotFound,
+                        format!("missing check {check_id:?} registration"),
+                    );
+                }
+                Some(check) if check.status == HealthStatus::Critical => {
+                    return rejected(
+                        RejectionKind::Invalid,
+                        format!("check {check_id:?} is in critical state"),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let mut stored = session.clone();
+        stored.create_index = ctx.index;
+        stored.modify_index = ctx.index;
+        self.sessions.insert(stored.id.clone(), stored);
+        ctx.touch(Table::Sessions);
+        Outcome::Done
+    }
+
+    fn invalidate_sessions_on_check(&mut self, ctx: &mut ApplyCtx, node: &str, check_id: &str) {
+        let doomed: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.node == node && s.all_checks().any(|c| c == check_id))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in doomed {
+            self.session_invalidate(ctx, &id);
+        }
+    }
+
+    /// Destroys a session: its locks are released (setting the lock delay) or their keys
+    /// deleted, per its behavior.
+    fn session_invalidate(&mut self, ctx: &mut ApplyCtx, id: &str) {
+        let Some(session) = self.sessions.remove(id) else {
+            return;
+        };
+        ctx.touch(Table::Sessions);
+        let held: Vec<String> = self
+            .kv
+            .values()
+            .filter(|e| e.session.as_deref() == Some(id))
+            .map(|e| e.key.clone())
+            .collect();
+        for key in held {
+            if session.lock_delay_ms > 0 {
+                self.lock_delays
+                    .insert(key.clone(), ctx.time_ms + session.lock_delay_ms);
+            }
+            match session.behavior {
+                SessionBehavior::Release => {
+                    let entry = self.kv.get_mut(&key).expect("held key exists");
+                    entry.session = None;
+                    entry.modify_index = ctx.index;
+                    ctx.changes.push(Change::Key(key));
+                    ctx.touch(Table::Kvs);
+                }
+                SessionBehavior::Delete => {
+                    self.kv_remove(ctx, &key);
+                }
+            }
+        }
+        // Expired lock delays are dropped here so the map stays bounded by live delays.
+        let now = ctx.time_ms;
+        self.lock_delays.retain(|_, until| *until > now);
+    }
+
+    /// One session.
+    pub fn session(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    /// Every session.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+}
+
+fn rejected(kind: RejectionKind, message: String) -> Outcome {
+    Outcome::Rejected(Rejection { kind, message })
+}
+
+pub(crate) fn rejected_invalid_session(session: &str) -> Outcome {
+    rejected(
+        RejectionKind::NotFound,
+        format!("invalid session {session:?}"),
+    )
+}

@@ -1,0 +1,374 @@
+//! Tests of the state machine's rules, each against Consul's documented semantics.
+
+use crate::*;
+use std::collections::BTreeMap;
+
+struct Harness {
+    state: StateMachine,
+    time_ms: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut harness = Harness {
+            state: StateMachine::new(),
+            time_ms: 1_000,
+        };
+        harness.apply(Command::CatalogRegister(registration(
+            "n1",
+            vec![node_check("n1")],
+        )));
+        harness
+    }
+
+    fn apply(&mut self, command: Command) -> Outcome {
+        let index = self.state.applied_index() + 1;
+        let (outcome, _) = self.state.apply(
+            index,
+            &Entry {
+                time_ms: self.time_ms,
+                command,
+            },
+        );
+        self.state.check_invariants();
+        outcome
+    }
+
+    fn set(&mut self, key: &str, value: &str, mode: KvSetMode) -> Outcome {
+        self.apply(Command::KvSet {
+            key: key.into(),
+            value: value.into(),
+            flags: 0,
+            mode,
+        })
+    }
+
+    fn session(&mut self, id: &str, behavior: SessionBehavior, lock_delay_ms: u64) {
+        let session = Session {
+            id: id.into(),
+            name: String::new(),
+            node: "n1".into(),
+            node_checks: vec![NODE_HEALTH_CHECK_ID.into()],
+            service_checks: vec![],
+            behavior,
+            ttl_ms: 0,
+            lock_delay_ms,
+            create_index: 0,
+            modify_index: 0,
+        };
+        assert_eq!(self.apply(Command::SessionCreate(session)), Outcome::Done);
+    }
+}
+
+fn registration(node: &str, checks: Vec<Check>) -> CatalogRegistration {
+    CatalogRegistration {
+        node: Node {
+            id: format!("id-{node}"),
+            name: node.into(),
+            address: "127.0.0.1".into(),
+            tagged_addresses: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            create_index: 0,
+            modify_index: 0,
+        },
+        service: None,
+        checks,
+    }
+}
+
+fn node_check(node: &str) -> Check {
+    Check {
+        node: node.into(),
+        id: NODE_HEALTH_CHECK_ID.into(),
+        name: "Serf Health Status".into(),
+        status: HealthStatus::Passing,
+        notes: String::new(),
+        output: String::new(),
+        service_id: String::new(),
+        service_name: String::new(),
+        service_tags: vec![],
+        definition: CheckDefinition::default(),
+        status_observed_ms: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+#[test]
+fn kv_cas_zero_creates_only_when_absent() {
+    let mut h = Harness::new();
+    assert_eq!(h.set("k", "a", KvSetMode::Cas(0)), Outcome::Bool(true));
+    assert_eq!(h.set("k", "b", KvSetMode::Cas(0)), Outcome::Bool(false));
+    assert_eq!(h.state.kv_get("k").expect("exists").value, b"a");
+}
+
+#[test]
+fn kv_cas_stale_index_is_refused() {
+    let mut h = Harness::new();
+    h.set("k", "a", KvSetMode::Set);
+    let index = h.state.kv_get("k").expect("exists").modify_index;
+    h.set("k", "b", KvSetMode::Set);
+    assert_eq!(h.set("k", "c", KvSetMode::Cas(index)), Outcome::Bool(false));
+    let current = h.state.kv_get("k").expect("exists").modify_index;
+    assert_eq!(
+        h.set("k", "c", KvSetMode::Cas(current)),
+        Outcome::Bool(true)
+    );
+    let entry = h.state.kv_get("k").expect("exists");
+    assert!(entry.create_index < entry.modify_index);
+}
+
+#[test]
+fn kv_delete_missing_key_still_moves_the_kv_index() {
+    let mut h = Harness::new();
+    let before = h.state.table_index(Table::Kvs);
+    h.apply(Command::KvDelete {
+        key: "nope".into(),
+        recurse: false,
+        cas: None,
+    });
+    assert!(h.state.table_index(Table::Kvs) > before);
+}
+
+#[test]
+fn kv_list_keys_folds_at_separator() {
+    let mut h = Harness::new();
+    for key in ["a/b/c", "a/b/d", "a/e", "b"] {
+        h.set(key, "", KvSetMode::Set);
+    }
+    assert_eq!(h.state.kv_list_keys("a/", Some("/")), vec!["a/b/", "a/e"]);
+    assert_eq!(h.state.kv_list_keys("", None).len(), 4);
+}
+
+#[test]
+fn lock_second_session_cannot_acquire() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 0);
+    h.session("s2", SessionBehavior::Release, 0);
+    assert_eq!(
+        h.set("lock", "x", KvSetMode::Acquire("s1".into())),
+        Outcome::Bool(true)
+    );
+    assert_eq!(
+        h.set("lock", "y", KvSetMode::Acquire("s2".into())),
+        Outcome::Bool(false)
+    );
+    assert_eq!(
+        h.set("lock", "z", KvSetMode::Acquire("s1".into())),
+        Outcome::Bool(true)
+    );
+    let entry = h.state.kv_get("lock").expect("exists");
+    assert_eq!(
+        entry.lock_index, 1,
+        "re-acquire by the holder is not a new acquisition"
+    );
+    assert_eq!(entry.session.as_deref(), Some("s1"));
+}
+
+#[test]
+fn lock_acquire_with_unknown_session_is_rejected() {
+    let mut h = Harness::new();
+    let outcome = h.set("lock", "x", KvSetMode::Acquire("ghost".into()));
+    assert!(matches!(outcome, Outcome::Rejected(r) if r.message.contains("invalid session")));
+    assert!(h.state.kv_get("lock").is_none(), "nothing written");
+}
+
+#[test]
+fn lock_destroy_releases_and_lock_delay_blocks_then_expires() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 15_000);
+    h.session("s2", SessionBehavior::Release, 0);
+    h.set("lock", "x", KvSetMode::Acquire("s1".into()));
+    h.apply(Command::SessionDestroy { id: "s1".into() });
+    assert_eq!(h.state.kv_get("lock").expect("kept").session, None);
+    h.time_ms += 14_999;
+    assert_eq!(
+        h.set("lock", "y", KvSetMode::Acquire("s2".into())),
+        Outcome::Bool(false)
+    );
+    h.time_ms += 1;
+    assert_eq!(
+        h.set("lock", "y", KvSetMode::Acquire("s2".into())),
+        Outcome::Bool(true)
+    );
+    assert_eq!(h.state.kv_get("lock").expect("kept").lock_index, 2);
+}
+
+#[test]
+fn lock_behavior_delete_deletes_held_keys() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Delete, 0);
+    h.set("lock", "x", KvSetMode::Acquire("s1".into()));
+    h.apply(Command::SessionDestroy { id: "s1".into() });
+    assert!(h.state.kv_get("lock").is_none());
+}
+
+#[test]
+fn session_check_going_critical_invalidates_session() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 0);
+    h.set("lock", "x", KvSetMode::Acquire("s1".into()));
+    h.apply(Command::CheckUpdate {
+        node: "n1".into(),
+        check_id: NODE_HEALTH_CHECK_ID.into(),
+        status: HealthStatus::Critical,
+        output: "down".into(),
+    });
+    assert!(h.state.session("s1").is_none());
+    assert_eq!(h.state.kv_get("lock").expect("kept").session, None);
+}
+
+#[test]
+fn session_create_with_critical_check_is_refused() {
+    let mut h = Harness::new();
+    h.apply(Command::CheckUpdate {
+        node: "n1".into(),
+        check_id: NODE_HEALTH_CHECK_ID.into(),
+        status: HealthStatus::Critical,
+        output: String::new(),
+    });
+    let session = Session {
+        id: "s".into(),
+        name: String::new(),
+        node: "n1".into(),
+        node_checks: vec![NODE_HEALTH_CHECK_ID.into()],
+        service_checks: vec![],
+        behavior: SessionBehavior::Release,
+        ttl_ms: 0,
+        lock_delay_ms: 0,
+        create_index: 0,
+        modify_index: 0,
+    };
+    let outcome = h.apply(Command::SessionCreate(session));
+    assert!(matches!(outcome, Outcome::Rejected(r) if r.message.contains("critical")));
+}
+
+#[test]
+fn txn_failure_rolls_back_everything() {
+    let mut h = Harness::new();
+    h.set("a", "1", KvSetMode::Set);
+    let outcome = h.apply(Command::Txn {
+        ops: vec![
+            TxnOp::Set {
+                key: "a".into(),
+                value: b"2".to_vec(),
+                flags: 0,
+            },
+            TxnOp::Set {
+                key: "new".into(),
+                value: b"x".to_vec(),
+                flags: 0,
+            },
+            TxnOp::Get {
+                key: "missing".into(),
+            },
+        ],
+    });
+    assert!(matches!(outcome, Outcome::Txn(TxnOutcome::RolledBack(ref e)) if e[0].op_index == 2));
+    assert_eq!(h.state.kv_get("a").expect("kept").value, b"1");
+    assert!(h.state.kv_get("new").is_none());
+}
+
+#[test]
+fn catalog_deregister_service_removes_its_checks() {
+    let mut h = Harness::new();
+    let mut reg = registration("n1", vec![]);
+    reg.service = Some(Service {
+        node: "n1".into(),
+        id: "web-1".into(),
+        name: "web".into(),
+        tags: vec!["v1".into()],
+        address: String::new(),
+        port: 80,
+        meta: BTreeMap::new(),
+        weights: Weights::default(),
+        enable_tag_override: false,
+        create_index: 0,
+        modify_index: 0,
+    });
+    let mut check = node_check("n1");
+    check.id = "web-http".into();
+    check.service_id = "web-1".into();
+    reg.checks = vec![check];
+    assert_eq!(h.apply(Command::CatalogRegister(reg)), Outcome::Done);
+    assert_eq!(
+        h.state
+            .check("n1", "web-http")
+            .expect("registered")
+            .service_name,
+        "web"
+    );
+    h.apply(Command::CatalogDeregister {
+        node: "n1".into(),
+        service_id: Some("web-1".into()),
+        check_id: None,
+    });
+    assert!(h.state.check("n1", "web-http").is_none());
+    assert!(h.state.check("n1", NODE_HEALTH_CHECK_ID).is_some());
+}
+
+fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
+    use proptest::prelude::*;
+    let key = prop::sample::select(vec!["a", "a/b", "a/c", "b", "lock"]);
+    let session = prop::sample::select(vec!["s1", "s2"]);
+    prop_oneof![
+        (key.clone(), any::<u8>()).prop_map(|(k, v)| Command::KvSet {
+            key: k.into(),
+            value: vec![v],
+            flags: 0,
+            mode: KvSetMode::Set
+        }),
+        (key.clone(), 0u64..20).prop_map(|(k, i)| Command::KvSet {
+            key: k.into(),
+            value: vec![],
+            flags: 0,
+            mode: KvSetMode::Cas(i)
+        }),
+        (key.clone(), session.clone()).prop_map(|(k, s)| Command::KvSet {
+            key: k.into(),
+            value: vec![],
+            flags: 0,
+            mode: KvSetMode::Acquire(s.into())
+        }),
+        (key.clone(), any::<bool>()).prop_map(|(k, r)| Command::KvDelete {
+            key: k.into(),
+            recurse: r,
+            cas: None
+        }),
+        session
+            .clone()
+            .prop_map(|s| Command::SessionDestroy { id: s.into() }),
+        session.prop_map(|s| Command::SessionCreate(Session {
+            id: s.into(),
+            name: String::new(),
+            node: "n1".into(),
+            node_checks: vec![],
+            service_checks: vec![],
+            behavior: SessionBehavior::Release,
+            ttl_ms: 0,
+            lock_delay_ms: 5,
+            create_index: 0,
+            modify_index: 0,
+        })),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn apply_is_deterministic_and_snapshots_round_trip(
+        commands in proptest::collection::vec(arbitrary_command(), 1..60)
+    ) {
+        let mut a = Harness::new();
+        let mut b = Harness::new();
+        for command in commands {
+            a.time_ms += 1;
+            b.time_ms += 1;
+            let left = a.apply(command.clone());
+            let right = b.apply(command);
+            proptest::prop_assert_eq!(left, right);
+        }
+        proptest::prop_assert_eq!(&a.state, &b.state);
+        let restored = StateMachine::from_snapshot(&a.state.to_snapshot()).expect("snapshot");
+        proptest::prop_assert_eq!(restored, a.state);
+    }
+}
