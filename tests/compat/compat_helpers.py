@@ -84,7 +84,9 @@ def wait_until(
 
     Returns that value. On deadline raises ``WaitTimeout`` (an AssertionError)
     naming what was awaited, the last value returned and the last exception
-    raised by the predicate (exceptions are treated as "not yet").
+    raised by the predicate. Exceptions are treated as "not yet", except
+    AssertionError, which fails at once: a predicate may assert invariants
+    that must hold at every poll.
     """
     deadline = time.monotonic() + timeout_s
     last_value: Any = None
@@ -95,6 +97,8 @@ def wait_until(
             last_exc = None
             if last_value:
                 return last_value
+        except AssertionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported on timeout
             last_exc = exc
         if time.monotonic() >= deadline:

@@ -1,0 +1,91 @@
+//! Consul's HTTP API dialect.
+
+pub(crate) mod agent;
+pub(crate) mod catalog;
+pub(crate) mod kv;
+pub(crate) mod session;
+#[allow(missing_docs)]
+pub mod types;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::respond::{StoreAnswer, evidence_json};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use colony_base::{Evidence, Freshness, HlcTimestamp, Lifetime};
+use colony_runtime::{Agent, outcome_to_result};
+use colony_store::{Check, Command};
+use types::CheckJson;
+
+/// Proposes a command that answers `Done` (or is rejected); returns the index it applied at.
+pub(crate) async fn propose_done(agent: &Agent, command: Command) -> ApiResult<u64> {
+    let applied = agent.propose(command).await?;
+    outcome_to_result(applied.outcome).map_err(ApiError::from)?;
+    Ok(applied.index)
+}
+
+/// Evidence for a write answer: the write is durable and applied at `index`.
+pub(crate) fn write_evidence(agent: &Agent, index: u64, what: &str) -> Evidence {
+    agent.store_evidence(index, format!("{what}@index={index}"))
+}
+
+/// A `true`/`false` JSON answer, as Consul's KV and catalog writes give.
+pub(crate) fn bool_answer(value: bool, index: u64, evidence: Evidence) -> Response {
+    StoreAnswer::json(&value, index, evidence).into_response()
+}
+
+/// A `true` answer stamped with the current index.
+pub(crate) fn ok_true(agent: &Agent) -> Response {
+    let index = agent.read(|s| s.applied_index());
+    bool_answer(true, index, agent.local_evidence("agent".into()))
+}
+
+/// A check as JSON with its own evidence: a check this agent runs is fresh while its last
+/// observation is younger than its interval or TTL; other checks are as fresh as the store.
+pub(crate) fn check_json(agent: &Agent, check: &Check) -> CheckJson {
+    let now = agent.now_ms();
+    let (observed_ms, lifetime_ms, source) = match agent.check_observation(&check.id) {
+        Some((observed, lifetime)) if check.node == agent.node_name() => {
+            (observed, lifetime, "agent")
+        }
+        _ => (check.status_observed_ms, 0, "catalog"),
+    };
+    let age_ms = now.saturating_sub(observed_ms);
+    let freshness = if lifetime_ms == 0 {
+        Freshness::Eventual
+    } else if age_ms <= lifetime_ms {
+        Freshness::Fresh
+    } else {
+        Freshness::BoundedStale {
+            age_ms,
+            bound_ms: age_ms,
+        }
+    };
+    let evidence = Evidence {
+        scope: format!("node:{}", check.node),
+        source: source.to_string(),
+        observed: HlcTimestamp {
+            physical_ms: observed_ms,
+            logical: 0,
+        },
+        observed_by: check.node.clone(),
+        lifetime: Lifetime::Ms(lifetime_ms),
+        binding: format!("check:{}:{}", check.node, check.id),
+        freshness,
+    };
+    CheckJson::from_check(check, evidence_json(&evidence))
+}
+
+pub(crate) async fn status_leader(State(app): State<AppState>) -> Response {
+    let agent = &app.agent;
+    let leader = format!("{}:8300", agent.config().advertise_addr);
+    let index = agent.read(|s| s.applied_index());
+    StoreAnswer::json(&leader, index, agent.local_evidence("raft:leader".into())).into_response()
+}
+
+pub(crate) async fn status_peers(State(app): State<AppState>) -> Response {
+    let agent = &app.agent;
+    let peers = vec![format!("{}:8300", agent.config().advertise_addr)];
+    let index = agent.read(|s| s.applied_index());
+    StoreAnswer::json(&peers, index, agent.local_evidence("raft:peers".into())).into_response()
+}

@@ -1,0 +1,172 @@
+//! Colony's client dialects over one [`Agent`]: Consul's HTTP API (`/v1/agent`, `/v1/catalog`,
+//! `/v1/health`, `/v1/kv`, `/v1/txn`, `/v1/session`, `/v1/status`) and colony's native API
+//! (`/v1/colony/*`), which adds modes and evidence.
+//!
+//! What it is: request decoding (Consul's case-insensitive JSON), validation with precise 4xx
+//! reasons, blocking queries, and answers that carry Consul's index headers plus
+//! `X-Colony-Evidence` on every response.
+//!
+//! What it is not: no state lives here; every write goes through [`Agent::propose`] and every
+//! read through [`Agent::read`].
+//!
+//! Driving it: build the router with [`router`] and serve it with [`serve`].
+#![deny(unreachable_pub)]
+
+pub mod blocking;
+pub mod consul;
+pub mod error;
+pub mod json;
+pub mod query;
+pub mod respond;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, put};
+use colony_runtime::Agent;
+use colony_runtime::metrics::{EndpointLabels, HttpLabels};
+use consul::{agent as ag, catalog, kv, session};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The largest request body accepted (a transaction of 64 operations with base64 values fits).
+pub const REQUEST_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The agent behind the API.
+    pub agent: Arc<Agent>,
+}
+
+/// Builds the HTTP router for `agent`.
+pub fn router(agent: Arc<Agent>) -> Router {
+    let state = AppState { agent };
+    Router::new()
+        .route("/v1/agent/self", get(ag::self_info))
+        .route("/v1/agent/members", get(ag::members))
+        .route("/v1/agent/services", get(ag::services))
+        .route("/v1/agent/service/{id}", get(ag::service))
+        .route("/v1/agent/checks", get(ag::checks))
+        .route("/v1/agent/service/register", put(ag::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(ag::deregister_service),
+        )
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(ag::service_maintenance),
+        )
+        .route("/v1/agent/check/register", put(ag::register_check))
+        .route("/v1/agent/check/deregister/{id}", put(ag::deregister_check))
+        .route(
+            "/v1/agent/check/pass/{id}",
+            put(ag::check_pass).get(ag::check_pass),
+        )
+        .route(
+            "/v1/agent/check/warn/{id}",
+            put(ag::check_warn).get(ag::check_warn),
+        )
+        .route(
+            "/v1/agent/check/fail/{id}",
+            put(ag::check_fail).get(ag::check_fail),
+        )
+        .route("/v1/agent/check/update/{id}", put(ag::check_update))
+        .route("/v1/agent/maintenance", put(ag::node_maintenance))
+        .route("/v1/agent/metrics", get(ag::metrics))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/node/{name}", get(catalog::node))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/health/service/{name}", get(catalog::health_service))
+        .route("/v1/health/checks/{name}", get(catalog::health_checks))
+        .route("/v1/health/node/{name}", get(catalog::health_node))
+        .route("/v1/health/state/{state}", get(catalog::health_state))
+        .route("/v1/kv", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/txn", put(kv::txn))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/status/leader", get(consul::status_leader))
+        .route("/v1/status/peers", get(consul::status_peers))
+        .route("/v1/colony/modes", get(modes))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The IO error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Counts and times every request, and makes sure every answer carries evidence (an error
+/// answer speaks for this agent only).
+async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let mut response = next.run(request).await;
+    let code = response.status().as_u16();
+    if !response.headers().contains_key(respond::EVIDENCE_HEADER) {
+        let evidence = app.agent.local_evidence(format!("http:{endpoint}"));
+        respond::insert_evidence(response.headers_mut(), &evidence);
+    }
+    let metrics = app.agent.metrics();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            endpoint: endpoint.clone(),
+            method: method.clone(),
+            code,
+        })
+        .inc();
+    metrics
+        .http_latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if response.status().is_client_error() || response.status().is_server_error() {
+        tracing::debug!(%endpoint, %method, code, "request refused");
+    }
+    response
+}
+
+/// `GET /v1/colony/modes`: the mode of each subsystem and why.
+async fn modes(State(app): State<AppState>) -> Response {
+    let agent = &app.agent;
+    let storage = agent.storage_mode();
+    let body = json!({
+        "storage": {
+            "mode": storage.mode().as_str(),
+            "reason": storage.reason(),
+        }
+    });
+    respond::local_json(&body, &agent.local_evidence("modes".into()))
+}

@@ -1,0 +1,483 @@
+//! Command-line interface: the agent, and client commands over the HTTP API.
+
+use crate::agent_cmd::{self, AgentArgs};
+use crate::bench::{self, BenchArgs};
+use crate::client::{ApiClient, encode_key};
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Colony: membership, an authoritative store, service discovery and health checking, with
+/// evidence on every answer. Speaks Consul's HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "colony", version, about, long_about = None)]
+pub struct Cli {
+    /// Address of the agent's HTTP API: where `agent` listens and client commands connect.
+    #[arg(
+        long,
+        global = true,
+        env = "COLONY_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    http_addr: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agent.
+    Agent(AgentArgs),
+    /// Read and write the KV store.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Register, deregister and list this agent's services.
+    #[command(subcommand)]
+    Services(ServicesCommand),
+    /// Query the service catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// List cluster members.
+    Members,
+    /// Run a command while holding a lock (like `consul lock`).
+    Lock {
+        /// KV prefix of the lock; the lock key is PREFIX/.lock.
+        prefix: String,
+        /// Session TTL while holding the lock.
+        #[arg(long, default_value = "15s")]
+        ttl: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print every change of a key or a service (a blocking-query loop). Stops on Ctrl-C.
+    #[command(subcommand)]
+    Watch(WatchCommand),
+    /// Measure an agent with a built-in load generator.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Set a key's value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Opaque flags stored with the value.
+        #[arg(long)]
+        flags: Option<u64>,
+        /// Write only if the key's modify index is this (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// Delete a key (or, with --recurse, a prefix).
+    Delete {
+        /// The key or prefix.
+        key: String,
+        /// Delete every key under the prefix.
+        #[arg(long)]
+        recurse: bool,
+    },
+    /// List keys under a prefix.
+    List {
+        /// The prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Fold keys at this separator (e.g. "/").
+        #[arg(long)]
+        separator: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCommand {
+    /// Register a service from a JSON file (Consul's service registration format).
+    Register {
+        /// The JSON file.
+        file: std::path::PathBuf,
+    },
+    /// Deregister a service by ID.
+    Deregister {
+        /// Service ID.
+        id: String,
+    },
+    /// List this agent's services.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// List services and their tags.
+    Services,
+    /// List nodes.
+    Nodes,
+}
+
+#[derive(Debug, Subcommand)]
+enum WatchCommand {
+    /// Watch one KV key.
+    Key {
+        /// The key.
+        key: String,
+    },
+    /// Watch the healthy instances of a service.
+    Service {
+        /// Service name.
+        name: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&cli.http_addr);
+    let json = cli.json;
+    match cli.command {
+        Command::Agent(args) => return agent_cmd::run(args, &cli.http_addr).await,
+        Command::Bench(args) => return bench::run(args, json).await,
+        Command::Kv(command) => kv(&client, command, json).await?,
+        Command::Services(command) => services(&client, command, json).await?,
+        Command::Catalog(command) => catalog(&client, command, json).await?,
+        Command::Members => members(&client, json).await?,
+        Command::Lock {
+            prefix,
+            ttl,
+            command,
+        } => return lock(&client, &prefix, &ttl, command).await,
+        Command::Watch(command) => watch(&client, command, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn decode_value(entry: &Value) -> Vec<u8> {
+    entry["Value"]
+        .as_str()
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .unwrap_or_default()
+}
+
+async fn kv(client: &ApiClient, command: KvCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        KvCommand::Get { key } => {
+            let answer = client.get(&format!("/v1/kv/{}", encode_key(&key))).await?;
+            if answer.status == hyper::StatusCode::NOT_FOUND {
+                bail!("no key {key:?}");
+            }
+            let entries = answer.ok()?.json()?;
+            if json {
+                print_json(&entries[0]);
+            } else {
+                println!("{}", String::from_utf8_lossy(&decode_value(&entries[0])));
+            }
+        }
+        KvCommand::Put {
+            key,
+            value,
+            flags,
+            cas,
+        } => {
+            let mut query = Vec::new();
+            if let Some(flags) = flags {
+                query.push(format!("flags={flags}"));
+            }
+            if let Some(cas) = cas {
+                query.push(format!("cas={cas}"));
+            }
+            let path = format!("/v1/kv/{}?{}", encode_key(&key), query.join("&"));
+            let answer = client.put(&path, value.into_bytes()).await?.ok()?;
+            let done = answer.json()?.as_bool().unwrap_or(false);
+            if json {
+                print_json(
+                    &serde_json::json!({ "key": key, "written": done, "index": answer.index() }),
+                );
+            } else if done {
+                println!("wrote {key:?} at index {}", answer.index());
+            } else {
+                bail!("not written: the cas index {} is stale", cas.unwrap_or(0));
+            }
+        }
+        KvCommand::Delete { key, recurse } => {
+            let suffix = if recurse { "?recurse" } else { "" };
+            client
+                .delete(&format!("/v1/kv/{}{suffix}", encode_key(&key)))
+                .await?
+                .ok()?;
+            if !json {
+                println!(
+                    "deleted {key:?}{}",
+                    if recurse { " (recursively)" } else { "" }
+                );
+            }
+        }
+        KvCommand::List { prefix, separator } => {
+            let mut path = format!("/v1/kv/{}?keys", encode_key(&prefix));
+            if let Some(separator) = separator {
+                path.push_str(&format!("&separator={}", encode_key(&separator)));
+            }
+            let answer = client.get(&path).await?;
+            let keys = if answer.status == hyper::StatusCode::NOT_FOUND {
+                Value::Array(Vec::new())
+            } else {
+                answer.ok()?.json()?
+            };
+            if json {
+                print_json(&keys);
+            } else {
+                for key in keys.as_array().into_iter().flatten() {
+                    println!("{}", key.as_str().unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn services(client: &ApiClient, command: ServicesCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        ServicesCommand::Register { file } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            serde_json::from_slice::<Value>(&body)
+                .with_context(|| format!("{} is not valid JSON", file.display()))?;
+            client.put("/v1/agent/service/register", body).await?.ok()?;
+            if !json {
+                println!("registered service from {}", file.display());
+            }
+        }
+        ServicesCommand::Deregister { id } => {
+            client
+                .put(
+                    &format!("/v1/agent/service/deregister/{}", encode_key(&id)),
+                    Vec::new(),
+                )
+                .await?
+                .ok()?;
+            if !json {
+                println!("deregistered service {id:?}");
+            }
+        }
+        ServicesCommand::List => {
+            let services = client.get("/v1/agent/services").await?.ok()?.json()?;
+            if json {
+                print_json(&services);
+            } else {
+                for (id, service) in services.as_object().into_iter().flatten() {
+                    println!(
+                        "{id}\t{}\tport {}\ttags {}",
+                        service["Service"].as_str().unwrap_or_default(),
+                        service["Port"],
+                        service["Tags"]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn catalog(client: &ApiClient, command: CatalogCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        CatalogCommand::Services => {
+            let services = client.get("/v1/catalog/services").await?.ok()?.json()?;
+            if json {
+                print_json(&services);
+            } else {
+                for (name, tags) in services.as_object().into_iter().flatten() {
+                    println!("{name}\t{tags}");
+                }
+            }
+        }
+        CatalogCommand::Nodes => {
+            let nodes = client.get("/v1/catalog/nodes").await?.ok()?.json()?;
+            if json {
+                print_json(&nodes);
+            } else {
+                for node in nodes.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{}",
+                        node["Node"].as_str().unwrap_or_default(),
+                        node["Address"].as_str().unwrap_or_default(),
+                        node["ID"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn members(client: &ApiClient, json: bool) -> anyhow::Result<()> {
+    let members = client.get("/v1/agent/members").await?.ok()?.json()?;
+    if json {
+        print_json(&members);
+        return Ok(());
+    }
+    println!("Node\tAddress\tStatus");
+    for member in members.as_array().into_iter().flatten() {
+        let status = match member["Status"].as_u64() {
+            Some(1) => "alive",
+            Some(2) => "leaving",
+            Some(3) => "left",
+            Some(4) => "failed",
+            _ => "unknown",
+        };
+        println!(
+            "{}\t{}:{}\t{status}",
+            member["Name"].as_str().unwrap_or_default(),
+            member["Addr"].as_str().unwrap_or_default(),
+            member["Port"]
+        );
+    }
+    Ok(())
+}
+
+async fn watch(client: &ApiClient, command: WatchCommand, json: bool) -> anyhow::Result<()> {
+    let path = match &command {
+        WatchCommand::Key { key } => format!("/v1/kv/{}", encode_key(key)),
+        WatchCommand::Service { name } => {
+            format!("/v1/health/service/{}?passing", encode_key(name))
+        }
+    };
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let mut index = 0u64;
+    loop {
+        let url = format!("{path}{separator}index={index}&wait=5m");
+        let answer = tokio::select! {
+            answer = client.get(&url) => answer?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let new_index = answer.index();
+        if new_index == index {
+            continue;
+        }
+        // An index that went backwards means the store was reset: start over.
+        index = if new_index < index { 0 } else { new_index };
+        let value = if answer.status == hyper::StatusCode::NOT_FOUND {
+            Value::Null
+        } else {
+            answer.ok()?.json()?
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "index": new_index, "value": value })
+            );
+            continue;
+        }
+        match &command {
+            WatchCommand::Key { key } if value.is_null() => {
+                println!("[{new_index}] {key}: (absent)")
+            }
+            WatchCommand::Key { key } => println!(
+                "[{new_index}] {key} = {}",
+                String::from_utf8_lossy(&decode_value(&value[0]))
+            ),
+            WatchCommand::Service { name } => {
+                let instances: Vec<String> = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        let address = e["Service"]["Address"]
+                            .as_str()
+                            .filter(|a| !a.is_empty())
+                            .or(e["Node"]["Address"].as_str())
+                            .unwrap_or_default();
+                        format!("{address}:{}", e["Service"]["Port"])
+                    })
+                    .collect();
+                println!(
+                    "[{new_index}] {name}: {} healthy [{}]",
+                    instances.len(),
+                    instances.join(", ")
+                );
+            }
+        }
+    }
+}
+
+async fn lock(
+    client: &ApiClient,
+    prefix: &str,
+    ttl: &str,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let ttl_ms = colony_base::parse_go_duration_ms(ttl).context("invalid --ttl")?;
+    let session_body = serde_json::json!({ "Name": format!("colony lock {prefix}"), "TTL": ttl, "Behavior": "release", "LockDelay": "1s" });
+    let created = client
+        .put("/v1/session/create", session_body.to_string().into_bytes())
+        .await?
+        .ok()?
+        .json()?;
+    let session = created["ID"]
+        .as_str()
+        .context("session create answered without an ID")?
+        .to_string();
+    let key = format!("{}/.lock", prefix.trim_end_matches('/'));
+    let key_path = format!("/v1/kv/{}", encode_key(&key));
+    let renew_every = Duration::from_millis((ttl_ms / 2).max(100));
+    let mut renew = tokio::time::interval(renew_every);
+    // Wait for the lock: try to acquire; if held, block until the key changes, renewing our
+    // session meanwhile.
+    let mut index = 0;
+    loop {
+        let acquired = client
+            .put(&format!("{key_path}?acquire={session}"), Vec::new())
+            .await?
+            .ok()?;
+        if acquired.json()?.as_bool() == Some(true) {
+            break;
+        }
+        let url = format!("{key_path}?index={index}&wait=15s");
+        tokio::select! {
+            answer = client.get(&url) => index = answer?.index(),
+            _ = renew.tick() => { client.put(&format!("/v1/session/renew/{session}"), Vec::new()).await?.ok()?; }
+        }
+    }
+    eprintln!("lock acquired on {key}; running {}", command.join(" "));
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", command[0]))?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for the command")?,
+            _ = renew.tick() => {
+                let renewed = client.put(&format!("/v1/session/renew/{session}"), Vec::new()).await;
+                if !matches!(renewed, Ok(ref a) if a.status.is_success()) {
+                    eprintln!("error: lost the lock on {key} (session could not be renewed); stopping the command");
+                    let _ = child.kill().await;
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    };
+    let _ = client
+        .put(&format!("{key_path}?release={session}"), Vec::new())
+        .await;
+    let _ = client
+        .put(&format!("/v1/session/destroy/{session}"), Vec::new())
+        .await;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}

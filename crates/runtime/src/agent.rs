@@ -1,0 +1,544 @@
+//! The agent: owns the store, the writer thread, the watch hub, the check runners and the
+//! session TTL timers, and offers the API layer one handle to read, write and wait.
+
+use crate::checks::CheckManager;
+use crate::log_store::{LogStore, OpenError};
+use crate::metrics::Metrics;
+use crate::watch_hub::{Topic, WatchHub};
+use crate::writer::{Applied, Proposal, QUEUE_PROPOSALS_MAX, StorageMode, WriteError, Writer};
+use colony_base::{Evidence, Freshness, Hlc, HlcTimestamp, Lifetime, SplitMix64};
+use colony_store::{
+    CatalogRegistration, Check, CheckDefinition, Command, HealthStatus, NODE_HEALTH_CHECK_ID, Node,
+    Outcome, Session, SessionTtlTracker, StateMachine,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name in the catalog.
+    pub node_name: String,
+    /// Datacenter name.
+    pub datacenter: String,
+    /// Where the log, snapshot and node ID live.
+    pub data_dir: PathBuf,
+    /// The address other nodes and clients use for this node.
+    pub advertise_addr: String,
+    /// Whether the agent is a server (holds the authoritative store).
+    pub server: bool,
+    /// Whether the agent runs in dev mode.
+    pub dev: bool,
+    /// Take a snapshot and truncate the log after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Smallest session TTL accepted (Consul: 10 s).
+    pub session_ttl_ms_min: u64,
+    /// The address the HTTP API listens on, for `/v1/agent/self`.
+    pub http_addr: String,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir or store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The node ID file could not be read or written.
+    #[error("node id file {path}: {detail}")]
+    NodeId {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// Registering this node in the catalog failed.
+    #[error("registering this node failed: {0}")]
+    SelfRegistration(String),
+}
+
+/// Why an agent-level operation failed. Nothing was changed unless the variant says so.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The named check, session or service does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not make sense for its target.
+    #[error("{0}")]
+    Invalid(String),
+    /// The write could not be made.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// One running agent.
+pub struct Agent {
+    config: AgentConfig,
+    node_id: String,
+    state: Arc<RwLock<StateMachine>>,
+    proposals: mpsc::Sender<Proposal>,
+    hub: Arc<WatchHub>,
+    metrics: Arc<Metrics>,
+    storage_mode: Arc<StorageMode>,
+    hlc: Mutex<Hlc>,
+    rng: Mutex<SplitMix64>,
+    sessions: Mutex<SessionTtlTracker>,
+    sessions_changed: Notify,
+    pub(crate) checks: CheckManager,
+    fatal: watch::Receiver<Option<String>>,
+    shutdown: watch::Sender<bool>,
+    started_ms: u64,
+    pub(crate) http_client: crate::checks::HttpClient,
+}
+
+/// Wall-clock milliseconds since the Unix epoch. The runtime is the one place that reads it.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Opens the data dir, replays the log, starts the writer, registers this node, and starts
+    /// check runners and session timers.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the file or step that failed.
+    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, StartError> {
+        let dir = config.data_dir.clone();
+        let (store, recovered) = tokio::task::spawn_blocking(move || LogStore::open(&dir))
+            .await
+            .expect("store open task panicked")?;
+        tracing::info!(
+            file = %store.path().display(),
+            applied_index = recovered.state.applied_index(),
+            replayed = recovered.replayed_count,
+            "store opened"
+        );
+        let node_id = load_or_create_node_id(&config.data_dir)?;
+        let metrics = Arc::new(Metrics::new());
+        let now = wall_ms();
+        let storage_mode = Arc::new(StorageMode::new(now));
+        metrics.set_mode("storage", storage_mode.mode());
+        let state = Arc::new(RwLock::new(recovered.state));
+        let hub = Arc::new(WatchHub::new());
+        let (tx, rx) = mpsc::channel(QUEUE_PROPOSALS_MAX);
+        let (fatal_tx, fatal_rx) = watch::channel(None);
+        let writer = Writer {
+            store,
+            state: state.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            mode: storage_mode.clone(),
+            fatal: fatal_tx,
+            snapshot_every_entries: config.snapshot_every_entries,
+            wall_ms,
+        };
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("colony-log-writer".into())
+            .spawn(move || writer.run(handle, rx))
+            .expect("spawning the writer thread");
+        let seed = now ^ (u64::from(std::process::id()) << 32);
+        let agent = Arc::new(Agent {
+            config,
+            node_id,
+            state,
+            proposals: tx,
+            hub,
+            metrics,
+            storage_mode,
+            hlc: Mutex::new(Hlc::default()),
+            rng: Mutex::new(SplitMix64::new(seed)),
+            sessions: Mutex::new(SessionTtlTracker::new()),
+            sessions_changed: Notify::new(),
+            checks: CheckManager::default(),
+            fatal: fatal_rx,
+            shutdown: watch::channel(false).0,
+            started_ms: now,
+            http_client: crate::checks::http_client(),
+        });
+        agent.register_self().await?;
+        agent.start_session_timers();
+        crate::checks::spawn_reconciler(agent.clone());
+        Ok(agent)
+    }
+
+    async fn register_self(&self) -> Result<(), StartError> {
+        let node = Node {
+            id: self.node_id.clone(),
+            name: self.config.node_name.clone(),
+            address: self.config.advertise_addr.clone(),
+            tagged_addresses: BTreeMap::from([
+                ("lan".to_string(), self.config.advertise_addr.clone()),
+                ("wan".to_string(), self.config.advertise_addr.clone()),
+            ]),
+            meta: BTreeMap::from([("consul-network-segment".to_string(), String::new())]),
+            create_index: 0,
+            modify_index: 0,
+        };
+        let current = self.read(|s| {
+            let node_ok = s.node(&node.name).is_some_and(|n| {
+                n.id == node.id && n.address == node.address && n.meta == node.meta
+            });
+            let check_ok = s
+                .check(&node.name, NODE_HEALTH_CHECK_ID)
+                .is_some_and(|c| c.status == HealthStatus::Passing);
+            node_ok && check_ok
+        });
+        if current {
+            return Ok(());
+        }
+        let check = Check {
+            node: node.name.clone(),
+            id: NODE_HEALTH_CHECK_ID.to_string(),
+            name: "Serf Health Status".to_string(),
+            status: HealthStatus::Passing,
+            notes: String::new(),
+            output: "Agent alive and reachable".to_string(),
+            service_id: String::new(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            definition: CheckDefinition::default(),
+            status_observed_ms: wall_ms(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        let registration = CatalogRegistration {
+            node,
+            service: None,
+            checks: vec![check],
+        };
+        match self.propose(Command::CatalogRegister(registration)).await {
+            Ok(Applied {
+                outcome: Outcome::Done,
+                ..
+            }) => Ok(()),
+            Ok(other) => Err(StartError::SelfRegistration(format!("{:?}", other.outcome))),
+            Err(error) => Err(StartError::SelfRegistration(error.to_string())),
+        }
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// This node's persistent UUID.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.config.node_name
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The storage subsystem's mode.
+    pub fn storage_mode(&self) -> &StorageMode {
+        &self.storage_mode
+    }
+
+    /// When the agent started, ms since the epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Wall-clock now, ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        wall_ms()
+    }
+
+    /// Reads the state under the read lock.
+    pub fn read<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
+        f(&self.state.read().expect("state lock poisoned"))
+    }
+
+    /// Subscribes to changes of `topic` (subscribe before reading, then wait).
+    pub fn subscribe(&self, topic: &Topic) -> watch::Receiver<u64> {
+        self.hub.subscribe(topic)
+    }
+
+    /// Fresh random bits (identifiers, jitter).
+    pub fn random_u64(&self) -> u64 {
+        self.rng.lock().expect("rng lock poisoned").next_u64()
+    }
+
+    /// A fresh UUID.
+    pub fn new_uuid(&self) -> String {
+        self.rng.lock().expect("rng lock poisoned").uuid()
+    }
+
+    pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut SplitMix64) -> R) -> R {
+        f(&mut self.rng.lock().expect("rng lock poisoned"))
+    }
+
+    /// Stamps a local observation with the hybrid logical clock.
+    pub fn stamp(&self) -> HlcTimestamp {
+        self.hlc.lock().expect("hlc lock poisoned").now(wall_ms())
+    }
+
+    /// Evidence for a read of the store at `index`: this single node is its own leader and
+    /// applies every committed entry before answering, so the read is fresh.
+    pub fn store_evidence(&self, index: u64, binding: String) -> Evidence {
+        Evidence {
+            scope: "cluster".to_string(),
+            source: "leader".to_string(),
+            observed: self.stamp(),
+            observed_by: self.config.node_name.clone(),
+            lifetime: Lifetime::UntilIndex(index),
+            binding,
+            freshness: Freshness::Fresh,
+        }
+    }
+
+    /// Evidence for an answer about this agent itself.
+    pub fn local_evidence(&self, binding: String) -> Evidence {
+        Evidence {
+            scope: format!("node:{}", self.config.node_name),
+            source: "agent".to_string(),
+            observed: self.stamp(),
+            observed_by: self.config.node_name.clone(),
+            lifetime: Lifetime::Ms(0),
+            binding,
+            freshness: Freshness::Fresh,
+        }
+    }
+
+    /// Proposes a command and waits until it is durable and applied.
+    ///
+    /// # Errors
+    /// [`WriteError`] if storage refuses writes or the agent is stopping.
+    pub async fn propose(&self, command: Command) -> Result<Applied, WriteError> {
+        if *self.shutdown.borrow() {
+            return Err(WriteError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Resolves when a fatal storage error stops the agent, with its message.
+    pub async fn fatal_error(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        loop {
+            if let Some(message) = fatal.borrow_and_update().clone() {
+                return message;
+            }
+            if fatal.changed().await.is_err() {
+                return "log writer stopped".to_string();
+            }
+        }
+    }
+
+    /// Stops check runners and session timers; pending writes finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.checks.stop_all();
+        self.sessions_changed.notify_one();
+    }
+
+    /// A receiver that turns true when the agent shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    // ===== Sessions =====
+
+    fn start_session_timers(self: &Arc<Self>) {
+        let now = wall_ms();
+        {
+            // As Consul does after a leader change, every session restored from disk gets a
+            // fresh TTL: its holder had no way to renew while this agent was down.
+            let mut tracker = self.sessions.lock().expect("session lock poisoned");
+            self.read(|s| {
+                for session in s.sessions() {
+                    tracker.handle_renew(now, &session.id, session.ttl_ms);
+                }
+            });
+        }
+        let agent = self.clone();
+        tokio::spawn(async move { agent.run_session_expiry().await });
+    }
+
+    async fn run_session_expiry(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            let next = self
+                .sessions
+                .lock()
+                .expect("session lock poisoned")
+                .next_deadline_ms();
+            let sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(wall_ms()));
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)) => {}
+                () = self.sessions_changed.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+            let expired = self
+                .sessions
+                .lock()
+                .expect("session lock poisoned")
+                .take_expired(wall_ms());
+            for id in expired {
+                tracing::info!(session = %id, "session TTL expired, invalidating");
+                if let Err(error) = self
+                    .propose(Command::SessionDestroy { id: id.clone() })
+                    .await
+                {
+                    tracing::warn!(session = %id, %error, "could not invalidate expired session");
+                    // Try again shortly rather than leave a dead session holding locks.
+                    self.sessions
+                        .lock()
+                        .expect("session lock poisoned")
+                        .handle_renew(wall_ms(), &id, 1_000);
+                }
+            }
+        }
+    }
+
+    /// Creates a session; returns its ID.
+    ///
+    /// # Errors
+    /// [`AgentError`] if the session is refused (missing or critical check, unknown node).
+    pub async fn create_session(&self, mut session: Session) -> Result<String, AgentError> {
+        session.id = self.new_uuid();
+        let id = session.id.clone();
+        let ttl_ms = session.ttl_ms;
+        let applied = self.propose(Command::SessionCreate(session)).await?;
+        outcome_to_result(applied.outcome)?;
+        self.sessions
+            .lock()
+            .expect("session lock poisoned")
+            .handle_renew(wall_ms(), &id, ttl_ms);
+        self.sessions_changed.notify_one();
+        Ok(id)
+    }
+
+    /// Renews a session's TTL; returns the session, or `None` if it does not exist.
+    pub fn renew_session(&self, id: &str) -> Option<Session> {
+        let session = self.read(|s| s.session(id).cloned())?;
+        self.sessions
+            .lock()
+            .expect("session lock poisoned")
+            .handle_renew(wall_ms(), id, session.ttl_ms);
+        self.sessions_changed.notify_one();
+        Some(session)
+    }
+
+    /// Destroys a session.
+    ///
+    /// # Errors
+    /// [`AgentError::Write`] if the write fails.
+    pub async fn destroy_session(&self, id: &str) -> Result<(), AgentError> {
+        self.propose(Command::SessionDestroy { id: id.to_string() })
+            .await?;
+        self.sessions
+            .lock()
+            .expect("session lock poisoned")
+            .handle_remove(id);
+        Ok(())
+    }
+
+    // ===== Checks =====
+
+    /// Updates a TTL check's status (Consul's `check/pass|warn|fail|update`) and restarts its
+    /// TTL.
+    ///
+    /// # Errors
+    /// [`AgentError::NotFound`] for an unknown check, [`AgentError::Invalid`] for a check that
+    /// is not a TTL check.
+    pub async fn update_ttl_check(
+        &self,
+        check_id: &str,
+        status: HealthStatus,
+        output: String,
+    ) -> Result<(), AgentError> {
+        let check = self
+            .read(|s| s.check(&self.config.node_name, check_id).cloned())
+            .ok_or_else(|| AgentError::NotFound(format!("unknown check ID {check_id:?}")))?;
+        if check.definition.ttl_ms.is_none() {
+            return Err(AgentError::Invalid(format!(
+                "check {check_id:?} is not a TTL check"
+            )));
+        }
+        self.checks.reset_ttl(check_id, wall_ms(), status);
+        self.metrics
+            .check_results
+            .get_or_create(&crate::metrics::CheckLabels {
+                kind: "ttl".into(),
+                status: status.as_str().into(),
+            })
+            .inc();
+        if check.status != status || check.output != output {
+            let command = Command::CheckUpdate {
+                node: self.config.node_name.clone(),
+                check_id: check_id.to_string(),
+                status,
+                output,
+            };
+            outcome_to_result(self.propose(command).await?.outcome)?;
+        }
+        Ok(())
+    }
+
+    /// When this agent last observed `check_id`'s result, and for how long it holds.
+    pub fn check_observation(&self, check_id: &str) -> Option<(u64, u64)> {
+        self.checks.observation(check_id)
+    }
+}
+
+/// Turns a state-machine outcome into a result.
+///
+/// # Errors
+/// [`AgentError`] for a rejected command.
+pub fn outcome_to_result(outcome: Outcome) -> Result<Outcome, AgentError> {
+    match outcome {
+        Outcome::Rejected(rejection) => Err(match rejection.kind {
+            colony_store::RejectionKind::NotFound => AgentError::NotFound(rejection.message),
+            colony_store::RejectionKind::Invalid => AgentError::Invalid(rejection.message),
+        }),
+        other => Ok(other),
+    }
+}
+
+fn load_or_create_node_id(dir: &std::path::Path) -> Result<String, StartError> {
+    let path = dir.join("node-id");
+    let fail = |detail: String| StartError::NodeId {
+        path: path.clone(),
+        detail,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_string();
+            if id.len() != 36 || id.matches('-').count() != 4 {
+                return Err(fail(format!("does not hold a UUID: {id:?}")));
+            }
+            Ok(id)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let seed = wall_ms() ^ u64::from(std::process::id()).rotate_left(17);
+            let id = SplitMix64::new(seed).uuid();
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(id)
+        }
+        Err(error) => Err(fail(error.to_string())),
+    }
+}

@@ -1,0 +1,370 @@
+//! Check runners: one task per HTTP, TCP or TTL check registered on this node. Probes feed
+//! the pure rules of `colony-health`; status changes become `CheckUpdate` entries; a service
+//! whose check stays critical past `DeregisterCriticalServiceAfter` is deregistered.
+//!
+//! The runners follow the catalog: a reconciler watches the checks table and starts, restarts
+//! or stops runners so that exactly the checks of this node with a definition are running.
+
+use crate::agent::{Agent, wall_ms};
+use crate::metrics::CheckLabels;
+use crate::watch_hub::Topic;
+use bytes::Bytes;
+use colony_health::{CheckTracker, DampingRule, classify_http_status};
+use colony_store::{Check, CheckDefinition, Command, HealthStatus, Table};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// The HTTP client used by HTTP checks.
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Consul's default probe timeout for HTTP and TCP checks.
+pub const CHECK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The most output kept from one probe, in bytes (Consul keeps 4 KiB).
+pub const CHECK_OUTPUT_BYTES_MAX: usize = 4 * 1024;
+
+pub(crate) fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+struct CheckShared {
+    tracker: Mutex<CheckTracker>,
+    /// Woken when a TTL check is updated, to restart its TTL.
+    ttl_reset: Notify,
+    lifetime_ms: u64,
+}
+
+struct RunningCheck {
+    definition: CheckDefinition,
+    task: JoinHandle<()>,
+    shared: Arc<CheckShared>,
+}
+
+/// The set of running check tasks of this agent.
+#[derive(Default)]
+pub(crate) struct CheckManager {
+    running: Mutex<HashMap<String, RunningCheck>>,
+}
+
+impl CheckManager {
+    pub(crate) fn stop_all(&self) {
+        for (_, check) in self.running.lock().expect("checks lock poisoned").drain() {
+            check.task.abort();
+        }
+    }
+
+    pub(crate) fn reset_ttl(&self, check_id: &str, now_ms: u64, status: HealthStatus) {
+        if let Some(check) = self
+            .running
+            .lock()
+            .expect("checks lock poisoned")
+            .get(check_id)
+        {
+            check
+                .shared
+                .tracker
+                .lock()
+                .expect("tracker lock poisoned")
+                .handle_explicit(now_ms, status);
+            check.shared.ttl_reset.notify_one();
+        }
+    }
+
+    pub(crate) fn observation(&self, check_id: &str) -> Option<(u64, u64)> {
+        let running = self.running.lock().expect("checks lock poisoned");
+        let check = running.get(check_id)?;
+        let observed = check
+            .shared
+            .tracker
+            .lock()
+            .expect("tracker lock poisoned")
+            .observed_ms();
+        Some((observed, check.shared.lifetime_ms))
+    }
+}
+
+/// Keeps the running checks in step with the catalog, until shutdown.
+pub(crate) fn spawn_reconciler(agent: Arc<Agent>) {
+    tokio::spawn(async move {
+        let mut shutdown = agent.shutdown_signal();
+        loop {
+            let mut changes = agent.subscribe(&Topic::Table(Table::Checks));
+            reconcile(&agent);
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+fn reconcile(agent: &Arc<Agent>) {
+    let node = agent.node_name().to_string();
+    let desired: HashMap<String, Check> = agent.read(|s| {
+        s.node_checks(&node)
+            .filter(|c| !c.definition.kind().is_empty())
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect()
+    });
+    let mut running = agent.checks.running.lock().expect("checks lock poisoned");
+    running.retain(|id, check| {
+        let keep = desired
+            .get(id)
+            .is_some_and(|d| d.definition == check.definition);
+        if !keep {
+            check.task.abort();
+        }
+        keep
+    });
+    for (id, check) in desired {
+        if running.contains_key(&id) {
+            continue;
+        }
+        let rule = DampingRule {
+            success_before_passing: check.definition.success_before_passing,
+            failures_before_critical: check.definition.failures_before_critical,
+        };
+        let lifetime_ms = check
+            .definition
+            .ttl_ms
+            .or(check.definition.interval_ms)
+            .unwrap_or(0);
+        let shared = Arc::new(CheckShared {
+            tracker: Mutex::new(CheckTracker::new(rule, check.status, wall_ms())),
+            ttl_reset: Notify::new(),
+            lifetime_ms,
+        });
+        let task = tokio::spawn(run_check(agent.clone(), check.clone(), shared.clone()));
+        tracing::debug!(check = %id, kind = check.definition.kind(), "check runner started");
+        running.insert(
+            id,
+            RunningCheck {
+                definition: check.definition,
+                task,
+                shared,
+            },
+        );
+    }
+}
+
+async fn run_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>) {
+    if let Some(ttl_ms) = check.definition.ttl_ms {
+        return run_ttl_check(agent, check, shared, ttl_ms).await;
+    }
+    let interval_ms = check.definition.interval_ms.unwrap_or(10_000).max(1);
+    let first = agent.with_rng(|rng| colony_health::first_run_delay_ms(interval_ms, rng));
+    tokio::time::sleep(Duration::from_millis(first)).await;
+    loop {
+        let (result, output) = probe(&agent, &check.definition).await;
+        agent
+            .metrics()
+            .check_results
+            .get_or_create(&CheckLabels {
+                kind: check.definition.kind().to_string(),
+                status: result.as_str().to_string(),
+            })
+            .inc();
+        let now = wall_ms();
+        let changed = shared
+            .tracker
+            .lock()
+            .expect("tracker lock poisoned")
+            .handle_result(now, result);
+        if let Some(status) = changed {
+            record_status(&agent, &check, status, output).await;
+        }
+        if deregister_if_critical_too_long(&agent, &check, &shared).await {
+            return;
+        }
+        let delay = agent.with_rng(|rng| colony_health::next_run_delay_ms(interval_ms, rng));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+}
+
+async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>, ttl_ms: u64) {
+    loop {
+        let ttl = tokio::time::sleep(Duration::from_millis(ttl_ms));
+        tokio::select! {
+            () = ttl => {}
+            () = shared.ttl_reset.notified() => continue,
+        }
+        let changed = shared
+            .tracker
+            .lock()
+            .expect("tracker lock poisoned")
+            .handle_explicit(wall_ms(), HealthStatus::Critical);
+        if changed.is_some() {
+            tracing::info!(check = %check.id, "TTL expired");
+            record_status(
+                &agent,
+                &check,
+                HealthStatus::Critical,
+                "TTL expired".to_string(),
+            )
+            .await;
+        }
+        // While critical, wake at the deregistration deadline (if any) or on the next update.
+        loop {
+            if deregister_if_critical_too_long(&agent, &check, &shared).await {
+                return;
+            }
+            let wait_ms = check
+                .definition
+                .deregister_critical_service_after_ms
+                .unwrap_or(3_600_000);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait_ms.clamp(10, 1_000))) => {}
+                () = shared.ttl_reset.notified() => break,
+            }
+        }
+    }
+}
+
+async fn record_status(agent: &Agent, check: &Check, status: HealthStatus, output: String) {
+    tracing::info!(check = %check.id, status = status.as_str(), "check status changed");
+    let command = Command::CheckUpdate {
+        node: agent.node_name().to_string(),
+        check_id: check.id.clone(),
+        status,
+        output,
+    };
+    if let Err(error) = agent.propose(command).await {
+        tracing::warn!(check = %check.id, %error, "could not record check status");
+    }
+}
+
+async fn deregister_if_critical_too_long(
+    agent: &Agent,
+    check: &Check,
+    shared: &CheckShared,
+) -> bool {
+    let Some(after_ms) = check.definition.deregister_critical_service_after_ms else {
+        return false;
+    };
+    if check.service_id.is_empty() {
+        return false;
+    }
+    let due = shared
+        .tracker
+        .lock()
+        .expect("tracker lock poisoned")
+        .should_deregister(wall_ms(), after_ms);
+    if !due {
+        return false;
+    }
+    tracing::info!(
+        check = %check.id,
+        service = %check.service_id,
+        "check critical past DeregisterCriticalServiceAfter, deregistering service"
+    );
+    let command = Command::CatalogDeregister {
+        node: agent.node_name().to_string(),
+        service_id: Some(check.service_id.clone()),
+        check_id: None,
+    };
+    match agent.propose(command).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "could not deregister service");
+            false
+        }
+    }
+}
+
+async fn probe(agent: &Agent, definition: &CheckDefinition) -> (HealthStatus, String) {
+    let timeout = Duration::from_millis(
+        definition
+            .timeout_ms
+            .unwrap_or(CHECK_TIMEOUT_MS_DEFAULT)
+            .max(1),
+    );
+    if let Some(url) = &definition.http {
+        return probe_http(agent, definition, url, timeout).await;
+    }
+    if let Some(address) = &definition.tcp {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) => (
+                HealthStatus::Passing,
+                format!("TCP connect {address}: Success"),
+            ),
+            Ok(Err(error)) => (
+                HealthStatus::Critical,
+                format!("dial tcp {address}: {error}"),
+            ),
+            Err(_) => (
+                HealthStatus::Critical,
+                format!("dial tcp {address}: i/o timeout"),
+            ),
+        };
+    }
+    (HealthStatus::Critical, "check has no probe".to_string())
+}
+
+async fn probe_http(
+    agent: &Agent,
+    definition: &CheckDefinition,
+    url: &str,
+    timeout: Duration,
+) -> (HealthStatus, String) {
+    let method = definition
+        .method
+        .clone()
+        .unwrap_or_else(|| "GET".to_string());
+    let mut request = hyper::Request::builder().method(method.as_str()).uri(url);
+    for (name, values) in &definition.header {
+        for value in values {
+            request = request.header(name, value);
+        }
+    }
+    let body = Full::new(Bytes::from(definition.body.clone().unwrap_or_default()));
+    let request = match request.body(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return (
+                HealthStatus::Critical,
+                format!("invalid HTTP check request: {error}"),
+            );
+        }
+    };
+    let response = match tokio::time::timeout(timeout, agent.http_client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            let detail =
+                std::error::Error::source(&error).map_or(error.to_string(), |s| s.to_string());
+            return (
+                HealthStatus::Critical,
+                format!("HTTP {method} {url}: {detail}"),
+            );
+        }
+        Err(_) => {
+            return (
+                HealthStatus::Critical,
+                format!(
+                    "HTTP {method} {url}: timed out after {}ms",
+                    timeout.as_millis()
+                ),
+            );
+        }
+    };
+    let status = response.status();
+    let body = match tokio::time::timeout(timeout, response.into_body().collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let shown = &body[..body.len().min(CHECK_OUTPUT_BYTES_MAX)];
+    let output = format!(
+        "HTTP {method} {url}: {} {} Output: {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        String::from_utf8_lossy(shown)
+    );
+    (classify_http_status(status.as_u16()), output)
+}

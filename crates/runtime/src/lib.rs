@@ -1,0 +1,29 @@
+//! Colony's production runtime: binds the sans-IO cores to the real world.
+//!
+//! What it is: the durable log on disk ([`log_store`], redb, one fsync per batch), the writer
+//! thread that batches, persists, applies and answers ([`writer`]), the watch hub that wakes
+//! blocking queries ([`watch_hub`]), check runners (HTTP, TCP, TTL) and session TTL timers, all
+//! owned by one [`Agent`].
+//!
+//! What it is not: it speaks no client protocol; `colony-api` maps Consul's HTTP API onto the
+//! [`Agent`] handle.
+//!
+//! Driving it:
+//! 1. [`Agent::start`] with an [`AgentConfig`]: opens and replays the data dir, registers the
+//!    node, starts checks and session timers.
+//! 2. Write with [`Agent::propose`]; the answer arrives once the entry is on disk and applied.
+//! 3. Read with [`Agent::read`]; wait for changes with [`Agent::subscribe`].
+//! 4. [`Agent::shutdown`] on SIGINT/SIGTERM; [`Agent::fatal_error`] resolves if storage fails.
+#![deny(missing_docs, unreachable_pub)]
+
+mod agent;
+mod checks;
+pub mod log_store;
+pub mod metrics;
+pub mod watch_hub;
+pub mod writer;
+
+pub use agent::{Agent, AgentConfig, AgentError, StartError, outcome_to_result, wall_ms};
+pub use checks::{CHECK_OUTPUT_BYTES_MAX, CHECK_TIMEOUT_MS_DEFAULT};
+pub use watch_hub::Topic;
+pub use writer::{Applied, WriteError};

@@ -1,0 +1,135 @@
+//! Wakes blocking queries when what they watch changes, without polling: each watched topic
+//! has a `tokio::sync::watch` channel carrying the index of its last change, created on first
+//! subscription and dropped once nobody listens.
+
+use colony_store::{Change, Table};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// What a blocking query watches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One KV key.
+    Key(String),
+    /// Every KV key under a prefix.
+    Prefix(String),
+    /// A whole table.
+    Table(Table),
+}
+
+#[derive(Default)]
+struct Channels {
+    keys: HashMap<String, watch::Sender<u64>>,
+    prefixes: HashMap<String, watch::Sender<u64>>,
+    tables: HashMap<Table, watch::Sender<u64>>,
+    sweep_at_len: usize,
+}
+
+/// The registry of watch channels.
+#[derive(Default)]
+pub struct WatchHub {
+    channels: Mutex<Channels>,
+}
+
+const SWEEP_LEN_MIN: usize = 1024;
+
+impl WatchHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to `topic`. Subscribe *before* reading the state, then wait on the receiver:
+    /// a change applied in between is then still seen.
+    pub fn subscribe(&self, topic: &Topic) -> watch::Receiver<u64> {
+        let mut channels = self.channels.lock().expect("hub lock poisoned");
+        let map = match topic {
+            Topic::Key(key) => channels.keys.entry(key.clone()),
+            Topic::Prefix(prefix) => channels.prefixes.entry(prefix.clone()),
+            Topic::Table(table) => {
+                return channels
+                    .tables
+                    .entry(*table)
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe();
+            }
+        };
+        let receiver = map.or_insert_with(|| watch::channel(0).0).subscribe();
+        let len = channels.keys.len() + channels.prefixes.len();
+        if len >= channels.sweep_at_len.max(SWEEP_LEN_MIN) {
+            channels
+                .keys
+                .retain(|_, sender| sender.receiver_count() > 0);
+            channels
+                .prefixes
+                .retain(|_, sender| sender.receiver_count() > 0);
+            channels.sweep_at_len = 2 * (channels.keys.len() + channels.prefixes.len());
+        }
+        receiver
+    }
+
+    /// Wakes the watchers of every change applied at `index`.
+    pub fn notify(&self, changes: &[Change], index: u64) {
+        let mut channels = self.channels.lock().expect("hub lock poisoned");
+        for change in changes {
+            match change {
+                Change::Table(table) => {
+                    if let Some(sender) = channels.tables.get(table) {
+                        sender.send_replace(index);
+                    }
+                }
+                Change::Key(key) => {
+                    if let Some(sender) = channels.keys.get(key) {
+                        sender.send_replace(index);
+                        if sender.receiver_count() == 0 {
+                            channels.keys.remove(key);
+                        }
+                    }
+                    if channels.prefixes.is_empty() {
+                        continue;
+                    }
+                    let boundaries = key.char_indices().map(|(i, _)| i).chain([key.len()]);
+                    for end in boundaries {
+                        if let Some(sender) = channels.prefixes.get(&key[..end]) {
+                            sender.send_replace(index);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_key_change_wakes_key_and_prefix_watchers_only() {
+        let hub = WatchHub::new();
+        let mut key = hub.subscribe(&Topic::Key("a/b".into()));
+        let mut prefix = hub.subscribe(&Topic::Prefix("a/".into()));
+        let mut root = hub.subscribe(&Topic::Prefix(String::new()));
+        let mut other = hub.subscribe(&Topic::Key("c".into()));
+        hub.notify(&[Change::Key("a/b".into())], 7);
+        assert!(key.has_changed().expect("open"));
+        assert!(prefix.has_changed().expect("open"));
+        assert!(root.has_changed().expect("open"));
+        assert!(!other.has_changed().expect("open"));
+        assert_eq!(*key.borrow_and_update(), 7);
+    }
+
+    #[test]
+    fn hub_drops_channels_nobody_listens_to() {
+        let hub = WatchHub::new();
+        for i in 0..(SWEEP_LEN_MIN * 2) {
+            drop(hub.subscribe(&Topic::Key(format!("k{i}"))));
+        }
+        let len = hub.channels.lock().expect("lock").keys.len();
+        assert!(
+            len < SWEEP_LEN_MIN * 2,
+            "abandoned channels are swept, {len} left"
+        );
+    }
+}

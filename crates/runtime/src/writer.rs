@@ -1,0 +1,261 @@
+//! The log writer: one thread that batches proposals, makes each batch durable with a single
+//! fsync (group commit), applies it to the state machine, answers the proposers and wakes
+//! watchers. It also runs the storage mode machine: a full disk sends storage to Floor (writes
+//! refused, reads served) and probes bring it back through Recovery.
+
+use crate::log_store::{AppendError, LogStore};
+use crate::metrics::Metrics;
+use crate::watch_hub::WatchHub;
+use colony_modes::{Hysteresis, Mode, ModeMachine, Signal};
+use colony_store::{Command, Entry, Outcome, StateMachine};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The most proposals made durable by one fsync.
+pub const BATCH_ENTRIES_MAX: usize = 1024;
+/// How many proposals may wait for the writer before proposers wait to enqueue.
+pub const QUEUE_PROPOSALS_MAX: usize = 16 * 1024;
+/// How often a Floor-mode store probes whether writes work again.
+const FLOOR_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A committed and applied command.
+#[derive(Debug)]
+pub struct Applied {
+    /// The log index it was applied at.
+    pub index: u64,
+    /// What the state machine answered.
+    pub outcome: Outcome,
+}
+
+/// Why a write was not made. A refused write changed nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// Storage is in Floor mode (the disk is full): writes are refused until it recovers.
+    #[error("storage is in floor mode, writes are refused: {reason}")]
+    Refused {
+        /// What put storage in Floor mode.
+        reason: String,
+    },
+    /// The agent is stopping.
+    #[error("agent is shutting down")]
+    ShuttingDown,
+    /// The write failed in a way that leaves the disk's state unknown; the agent is stopping.
+    #[error("write failed, agent stopping: {0}")]
+    Fatal(String),
+}
+
+pub(crate) struct Proposal {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// The storage subsystem's mode, shared with the API for reporting.
+pub struct StorageMode {
+    machine: Mutex<ModeMachine>,
+    reason: Mutex<String>,
+}
+
+impl StorageMode {
+    pub(crate) fn new(now_ms: u64) -> Self {
+        StorageMode {
+            machine: Mutex::new(ModeMachine::new(Hysteresis::default(), now_ms)),
+            reason: Mutex::new(String::new()),
+        }
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.machine.lock().expect("mode lock poisoned").mode()
+    }
+
+    /// Why the mode was last changed.
+    pub fn reason(&self) -> String {
+        self.reason.lock().expect("mode lock poisoned").clone()
+    }
+
+    fn signal(&self, metrics: &Metrics, now_ms: u64, signal: Signal, reason: &str) {
+        let transition = self
+            .machine
+            .lock()
+            .expect("mode lock poisoned")
+            .handle_signal(now_ms, signal);
+        if let Some(t) = transition {
+            *self.reason.lock().expect("mode lock poisoned") = reason.to_string();
+            metrics.set_mode("storage", t.to);
+            tracing::warn!(
+                subsystem = "storage",
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                reason,
+                "mode change"
+            );
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) store: LogStore,
+    pub(crate) state: Arc<RwLock<StateMachine>>,
+    pub(crate) hub: Arc<WatchHub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) mode: Arc<StorageMode>,
+    pub(crate) fatal: watch::Sender<Option<String>>,
+    pub(crate) snapshot_every_entries: u64,
+    pub(crate) wall_ms: fn() -> u64,
+}
+
+impl Writer {
+    /// Runs until every proposer is gone or a fatal error stops the agent.
+    pub(crate) fn run(mut self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<Proposal>) {
+        let _context = runtime.enter();
+        let mut last_probe = Instant::now();
+        loop {
+            let floor = self.mode.mode() == Mode::Floor;
+            let wait = if floor {
+                FLOOR_PROBE_INTERVAL
+            } else {
+                Duration::from_secs(3600)
+            };
+            let first = match runtime.block_on(tokio::time::timeout(wait, rx.recv())) {
+                Ok(Some(proposal)) => Some(proposal),
+                Ok(None) => return,
+                Err(_) => None,
+            };
+            if floor && last_probe.elapsed() >= FLOOR_PROBE_INTERVAL {
+                last_probe = Instant::now();
+                if self.probe().is_err() {
+                    return;
+                }
+            }
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            while batch.len() < BATCH_ENTRIES_MAX {
+                match rx.try_recv() {
+                    Ok(proposal) => batch.push(proposal),
+                    Err(_) => break,
+                }
+            }
+            if self.mode.mode() == Mode::Floor {
+                let reason = self.mode.reason();
+                for proposal in batch {
+                    let _ = proposal.reply.send(Err(WriteError::Refused {
+                        reason: reason.clone(),
+                    }));
+                }
+                continue;
+            }
+            if self.commit(batch).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Tries one Noop write while in Floor mode; success is evidence that writes work again.
+    fn probe(&mut self) -> Result<(), ()> {
+        if let Err(reason) = self.store.reopen() {
+            tracing::debug!(%reason, "store reopen failed, staying in floor mode");
+            return Ok(());
+        }
+        let (reply, _) = oneshot::channel();
+        self.commit(vec![Proposal {
+            command: Command::Noop,
+            reply,
+        }])
+    }
+
+    /// Makes `batch` durable, applies it, answers. `Err` means the writer must stop.
+    fn commit(&mut self, batch: Vec<Proposal>) -> Result<(), ()> {
+        assert!(!batch.is_empty() && batch.len() <= BATCH_ENTRIES_MAX);
+        let time_ms = (self.wall_ms)();
+        let (entries, replies): (Vec<Entry>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| {
+                (
+                    Entry {
+                        time_ms,
+                        command: p.command,
+                    },
+                    p.reply,
+                )
+            })
+            .unzip();
+        let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+        let started = Instant::now();
+        if let Err(error) = self.store.append(&encoded) {
+            return self.handle_append_error(error, replies);
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .commit_batch_entries
+            .observe(entries.len() as f64);
+        self.mode.signal(
+            &self.metrics,
+            time_ms,
+            Signal::Healthy,
+            "writes are durable again",
+        );
+
+        let last_index = self.store.last_index();
+        let first_index = last_index + 1 - entries.len() as u64;
+        let mut applied = Vec::with_capacity(entries.len());
+        {
+            let mut state = self.state.write().expect("state lock poisoned");
+            for (offset, entry) in entries.iter().enumerate() {
+                let index = first_index + offset as u64;
+                applied.push((index, state.apply(index, entry)));
+            }
+            assert_eq!(state.applied_index(), last_index);
+        }
+        self.metrics.applied_entries.inc_by(applied.len() as u64);
+        for ((index, (outcome, changes)), reply) in applied.into_iter().zip(replies) {
+            let _ = reply.send(Ok(Applied { index, outcome }));
+            self.hub.notify(&changes, index);
+        }
+        if last_index - self.store.snapshot_index() >= self.snapshot_every_entries {
+            let bytes = self
+                .state
+                .read()
+                .expect("state lock poisoned")
+                .to_snapshot();
+            if let Err(error) = self.store.write_snapshot(&bytes, last_index) {
+                return self.handle_append_error(error, Vec::new());
+            }
+            self.metrics.snapshots.inc();
+            tracing::debug!(index = last_index, bytes = bytes.len(), "snapshot written");
+        }
+        Ok(())
+    }
+
+    fn handle_append_error(
+        &mut self,
+        error: AppendError,
+        replies: Vec<oneshot::Sender<Result<Applied, WriteError>>>,
+    ) -> Result<(), ()> {
+        match error {
+            AppendError::DiskFull { .. } => {
+                let reason = error.to_string();
+                tracing::error!(%reason, "disk full: storage enters floor mode, writes refused");
+                self.mode
+                    .signal(&self.metrics, (self.wall_ms)(), Signal::Failed, &reason);
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::Refused {
+                        reason: reason.clone(),
+                    }));
+                }
+                Ok(())
+            }
+            AppendError::Fatal { .. } => {
+                let message = error.to_string();
+                tracing::error!(%message, "unrecoverable storage error: stopping the agent");
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::Fatal(message.clone())));
+                }
+                let _ = self.fatal.send(Some(message));
+                Err(())
+            }
+        }
+    }
+}
