@@ -181,3 +181,37 @@ def test_catalog_register_and_deregister_external_node(agent):
     assert node not in {n["Node"] for n in nodes}
     _, checks = c.health.node(node)
     assert checks == []
+
+
+def test_agent_service_definition_and_unknown_ids(agent):
+    c = agent.client
+    name = unique("def")
+    assert c.agent.service.register(name, service_id=name, port=5555, tags=["d"]) is True
+    d = c.agent.service_definition(name)
+    assert (d["ID"], d["Service"], d["Port"], d["Tags"]) == (name, name, 5555, ["d"])
+    missing = unique("missing")
+    assert c.agent.service_definition(missing) is None, "unknown service ID -> 404"
+    assert c.agent.service.deregister(missing) is False, "deregistering an unknown service ID -> 404"
+    assert c.agent.service.deregister(name) is True
+
+
+def test_multiple_checks_and_replace_existing_checks(agent):
+    c = agent.client
+    name = unique("multi")
+    assert c.agent.service.register(
+        name, service_id=name, check=Check.ttl("60s"), extra_checks=[Check.ttl("60s")]
+    ) is True
+    ids = sorted(cid for cid, chk in c.agent.checks().items() if chk["ServiceID"] == name)
+    assert ids == [f"service:{name}:1", f"service:{name}:2"], "several checks are numbered service:<id>:<n>"
+
+    # Without replace-existing-checks the old checks stay...
+    assert c.agent.service.register(name, service_id=name, check=Check.ttl("60s")) is True
+    ids = sorted(cid for cid, chk in c.agent.checks().items() if chk["ServiceID"] == name)
+    assert ids == [f"service:{name}", f"service:{name}:1", f"service:{name}:2"]
+    # ...with it, checks missing from the new definition are removed.
+    assert c.agent.service.register(
+        name, service_id=name, check=Check.ttl("60s"), replace_existing_checks=True
+    ) is True
+    ids = sorted(cid for cid, chk in c.agent.checks().items() if chk["ServiceID"] == name)
+    assert ids == [f"service:{name}"]
+    assert c.agent.service.deregister(name) is True

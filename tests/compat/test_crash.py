@@ -152,5 +152,6 @@ def test_acknowledged_writes_survive_kill9(agent_factory):
         assert c.kv.get(probe)[1]["Value"] == f"after crash {rnd}".encode()
         assert c.kv.delete(probe) is True
 
+    print("; ".join(report))
     rc = agent.stop()
     assert rc == 0, f"clean SIGTERM after crash recovery should exit 0, got {rc}"

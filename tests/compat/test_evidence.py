@@ -88,13 +88,15 @@ def test_every_kind_of_response_has_evidence(agent):
         ("PUT", "/v1/agent/service/register", b"{not json"),  # 400
         ("DELETE", f"/v1/kv/{key}", None),
         ("GET", "/v1/this/does/not/exist", None),  # 404 route
+        ("DELETE", "/v1/agent/services", None),  # 405
+        ("PUT", f"/v1/kv/{key}-big", b"x" * (512 * 1024 + 1)),  # 413
     ]
     seen_statuses = set()
     for method, path, body in calls:
         r = s.request(method, agent.url(path), data=body, timeout=10)
         seen_statuses.add(r.status_code)
         _evidence(r)
-    assert {200, 400, 404, 409} <= seen_statuses, f"expected a mix of statuses, saw {seen_statuses}"
+    assert {200, 400, 404, 405, 409, 413} <= seen_statuses, f"expected a mix of statuses, saw {seen_statuses}"
 
 
 def test_kv_read_is_fresh(agent):

@@ -191,3 +191,26 @@ def test_exactly_max_value_size_is_accepted(agent):
     _, entry = c.kv.get(key)
     assert entry["Value"] == value
     c.kv.delete(key)
+
+
+def test_consistency_modes_accepted(agent):
+    """py-consul sends ?consistent=1 / ?stale=1; both must work like a default read."""
+    c = agent.client
+    key = unique("kvmode")
+    assert c.kv.put(key, "v") is True
+    for mode in ("consistent", "stale"):
+        index, entry = c.kv.get(key, consistency=mode)
+        assert int(index) > 0, mode
+        assert entry["Value"] == b"v", mode
+    c.kv.delete(key)
+
+
+def test_conflicting_flags_rejected(agent):
+    """Consul: ?cas, ?acquire and ?release are mutually exclusive -> 400."""
+    key = unique("kvconflict")
+    s = agent.client.session.create(lock_delay=0)
+    r = requests.put(agent.url(f"/v1/kv/{key}"), data=b"v", params={"cas": "0", "acquire": s})
+    assert r.status_code == 400, describe(r)
+    assert "conflict" in r.text.lower(), describe(r)
+    assert agent.client.kv.get(key)[1] is None
+    agent.client.session.destroy(s)

@@ -109,9 +109,9 @@ mod tests {
     fn hub_key_change_wakes_key_and_prefix_watchers_only() {
         let hub = WatchHub::new();
         let mut key = hub.subscribe(&Topic::Key("a/b".into()));
-        let mut prefix = hub.subscribe(&Topic::Prefix("a/".into()));
-        let mut root = hub.subscribe(&Topic::Prefix(String::new()));
-        let mut other = hub.subscribe(&Topic::Key("c".into()));
+        let prefix = hub.subscribe(&Topic::Prefix("a/".into()));
+        let root = hub.subscribe(&Topic::Prefix(String::new()));
+        let other = hub.subscribe(&Topic::Key("c".into()));
         hub.notify(&[Change::Key("a/b".into())], 7);
         assert!(key.has_changed().expect("open"));
         assert!(prefix.has_changed().expect("open"));

@@ -1,0 +1,135 @@
+//! The CLI as a user runs it: help everywhere, KV commands, locks that exclude.
+
+use crate::support::{Agent, cli, colony_bin};
+use std::process::Command;
+
+#[test]
+fn cli_every_command_has_help() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["agent"],
+        &["kv"],
+        &["kv", "get"],
+        &["kv", "put"],
+        &["kv", "delete"],
+        &["kv", "list"],
+        &["services"],
+        &["services", "register"],
+        &["catalog"],
+        &["members"],
+        &["lock"],
+        &["watch"],
+        &["watch", "key"],
+        &["bench"],
+    ];
+    for command in commands {
+        let output = Command::new(colony_bin())
+            .args(*command)
+            .arg("--help")
+            .output()
+            .expect("run");
+        assert!(output.status.success(), "colony {command:?} --help failed");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{command:?}"
+        );
+    }
+}
+
+#[test]
+fn cli_kv_round_trip_and_json_output() {
+    let agent = Agent::start();
+    let (code, out, err) = cli(agent.addr, &["kv", "put", "app/name", "colony"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wrote"));
+    let (code, out, _) = cli(agent.addr, &["kv", "get", "app/name"]);
+    assert_eq!((code, out.trim()), (0, "colony"));
+    let (code, out, _) = cli(agent.addr, &["kv", "get", "app/name", "--json"]);
+    assert_eq!(code, 0);
+    let entry: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(entry["Key"], "app/name");
+    cli(agent.addr, &["kv", "put", "app/sub/x", "1"]);
+    let (_, out, _) = cli(agent.addr, &["kv", "list", "app/", "--separator", "/"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["app/name", "app/sub/"]
+    );
+    let (code, _, err) = cli(
+        agent.addr,
+        &["kv", "put", "app/name", "other", "--cas", "1"],
+    );
+    assert_ne!(code, 0, "stale cas must fail");
+    assert!(err.contains("stale"), "{err}");
+    let (code, _, _) = cli(agent.addr, &["kv", "delete", "app/", "--recurse"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(agent.addr, &["kv", "get", "app/name"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no key"), "{err}");
+}
+
+#[test]
+fn cli_services_register_list_and_catalog() {
+    let agent = Agent::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let file = temp.path().join("svc.json");
+    std::fs::write(
+        &file,
+        br#"{"Name": "db", "ID": "db-1", "Port": 5432, "Tags": ["primary"]}"#,
+    )
+    .expect("write");
+    let (code, _, err) = cli(
+        agent.addr,
+        &["services", "register", file.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(agent.addr, &["services", "list"]);
+    assert!(out.contains("db-1") && out.contains("5432"), "{out}");
+    let (_, out, _) = cli(agent.addr, &["catalog", "services", "--json"]);
+    let services: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(services["db"], serde_json::json!(["primary"]));
+    let (_, out, _) = cli(agent.addr, &["members"]);
+    assert!(out.contains("test-node") && out.contains("alive"), "{out}");
+    let (code, _, _) = cli(agent.addr, &["services", "deregister", "db-1"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = cli(agent.addr, &["catalog", "services", "--json"]);
+    assert!(!out.contains("\"db\""), "{out}");
+}
+
+#[test]
+fn cli_lock_excludes_concurrent_holders_and_passes_exit_code() {
+    let agent = Agent::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let journal = temp.path().join("journal");
+    let script = format!(
+        "echo start >> {0}; sleep 0.4; echo end >> {0}",
+        journal.to_str().expect("utf8")
+    );
+    let addr = agent.addr;
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let script = script.clone();
+            std::thread::spawn(move || {
+                cli(addr, &["lock", "jobs/nightly", "--", "sh", "-c", &script])
+            })
+        })
+        .collect();
+    for holder in holders {
+        let (code, _, err) = holder.join().expect("holder");
+        assert_eq!(code, 0, "{err}");
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&journal)
+        .expect("journal")
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for pair in lines.chunks(2) {
+        assert_eq!(
+            pair,
+            ["start", "end"],
+            "critical sections overlapped: {lines:?}"
+        );
+    }
+    let (code, _, _) = cli(addr, &["lock", "jobs/other", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(code, 3, "the command's exit code is passed through");
+}

@@ -1,0 +1,99 @@
+//! A disk that fills while the agent runs: writes are refused with a clear error, reads keep
+//! being served, storage reports Floor mode, and writes work again once space returns.
+
+use crate::support::{Agent, wait_until};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount_small_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(Mount(dir.to_path_buf())),
+        _ => None,
+    }
+}
+
+#[test]
+fn disk_full_refuses_writes_serves_reads_and_recovers() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mount_dir = temp.path().join("small-disk");
+    let Some(_mount) = mount_small_tmpfs(&mount_dir, "32m") else {
+        let message = "DISK-FULL TEST NOT RUN: cannot mount a tmpfs (needs root)";
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{message}: CI must be able to run it"
+        );
+        eprintln!("\n*** {message} ***\n");
+        return;
+    };
+    let agent = Agent::start_in(&mount_dir.join("data"), &[]);
+    assert_eq!(agent.put("/v1/kv/before", b"kept").status, 200);
+    let filler = mount_dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 20 * 1024 * 1024]).expect("filler");
+
+    let value = vec![b'v'; 256 * 1024];
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..200 {
+        let response = agent.put(&format!("/v1/kv/fill/{i}"), &value);
+        match response.status {
+            200 => acknowledged.push(i),
+            _ => {
+                refusal = Some(response);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the disk filled up within 50 MB of writes");
+    assert_eq!(refusal.status, 507, "{}", refusal.text());
+    assert!(refusal.text().contains("disk full"), "{}", refusal.text());
+    assert!(refusal.text().contains("colony.redb"), "{}", refusal.text());
+
+    assert_eq!(
+        agent.get("/v1/kv/before?raw").text(),
+        "kept",
+        "reads are still served"
+    );
+    assert_eq!(
+        agent.get("/v1/colony/modes").json()["storage"]["mode"],
+        "floor"
+    );
+    let small = agent.put("/v1/kv/small", b"x");
+    assert_eq!(
+        small.status,
+        507,
+        "floor mode refuses every write: {}",
+        small.text()
+    );
+
+    std::fs::remove_file(&filler).expect("free space");
+    wait_until("writes accepted again", Duration::from_secs(30), || {
+        agent.put("/v1/kv/after", b"back").status == 200
+    });
+    let mode = agent.get("/v1/colony/modes").json()["storage"]["mode"].clone();
+    assert!(
+        mode == "recovery" || mode == "target",
+        "mode after recovery: {mode}"
+    );
+    for i in acknowledged {
+        assert_eq!(
+            agent.get(&format!("/v1/kv/fill/{i}")).status,
+            200,
+            "acked write {i} kept"
+        );
+    }
+    assert_eq!(agent.get("/v1/kv/after?raw").text(), "back");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `colony` binary on ephemeral loopback ports.
+
+mod bad_input;
+mod blocking;
+mod cli;
+mod disk_full;
+mod durability;
+mod startup;
+mod support;

@@ -1,0 +1,103 @@
+//! Start-up refuses unusable data dirs and addresses with a message naming the culprit.
+
+use crate::support::{Agent, colony_bin, free_addr};
+use std::process::Command;
+
+fn agent_error(args: &[&str]) -> (i32, String) {
+    let output = Command::new(colony_bin())
+        .args(args)
+        .output()
+        .expect("run colony");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn startup_data_dir_locked_by_another_agent_is_refused() {
+    let first = Agent::start();
+    let addr = free_addr().to_string();
+    let dir = first.data_dir.to_string_lossy().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("in use by another colony agent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("colony.lock"), "{stderr}");
+    assert_eq!(
+        first.get("/v1/status/leader").status,
+        200,
+        "the first agent is unharmed"
+    );
+}
+
+#[test]
+fn startup_data_dir_that_is_a_file_is_refused() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let file = temp.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    let dir = file.join("data").to_string_lossy().to_string();
+    let addr = free_addr().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("plain-file"), "{stderr}");
+}
+
+#[test]
+fn startup_corrupt_store_file_is_refused_naming_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(temp.path()).expect("mkdir");
+    std::fs::write(temp.path().join("colony.redb"), vec![0xA5u8; 128 * 1024]).expect("write");
+    let dir = temp.path().to_string_lossy().to_string();
+    let addr = free_addr().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("colony.redb"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn startup_truncated_store_file_is_refused_naming_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data = temp.path().join("data");
+    {
+        let mut agent = Agent::start_in(&data, &[]);
+        for i in 0..50 {
+            agent.put(&format!("/v1/kv/key{i}"), b"some value");
+        }
+        assert!(agent.terminate().success());
+    }
+    let store = data.join("colony.redb");
+    let len = std::fs::metadata(&store).expect("store exists").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .expect("open");
+    file.set_len(len / 3).expect("truncate");
+    let addr = free_addr().to_string();
+    let dir = data.to_string_lossy().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0, "a truncated store must not open as if empty");
+    assert!(stderr.contains("colony.redb"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn startup_unspecified_advertise_address_is_refused() {
+    let addr = format!("0.0.0.0:{}", free_addr().port());
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--advertise"), "{stderr}");
+}
+
+#[test]
+fn startup_client_agent_says_what_is_missing() {
+    let (code, stderr) = agent_error(&["agent", "--data-dir", "/tmp/x"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--dev") && stderr.contains("--server"),
+        "{stderr}"
+    );
+}
