@@ -117,14 +117,54 @@ pub fn canonicalize(value: Value) -> Value {
     }
 }
 
-/// Decodes a request body into `T`.
+/// Decodes a request body holding a JSON object into `T`.
 ///
 /// # Errors
-/// 400 with a reason naming the position (malformed JSON) or the field (wrong type).
+/// 400 with a reason naming the position (malformed JSON), the field (wrong type), or the
+/// body's shape if it is not an object (serde would otherwise read an array positionally).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let value = parse(body)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "Request decode failed: expected a JSON object",
+        ));
+    }
     decode_value(value)
+}
+
+/// Decodes a request body holding a JSON array into a list of `T`.
+///
+/// # Errors
+/// As [`decode`], for a body that is not an array.
+pub fn decode_list<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
+    let value = parse(body)?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::bad_request(
+            "Request decode failed: expected a JSON array",
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if !item.is_object() {
+                return Err(ApiError::bad_request(format!(
+                    "Request decode failed: [{i}]: expected a JSON object"
+                )));
+            }
+            decode_value(item).map_err(|e| {
+                ApiError::bad_request(e.message.replace(
+                    "Request decode failed: ",
+                    &format!("Request decode failed: [{i}]."),
+                ))
+            })
+        })
+        .collect()
+}
+
+fn parse(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
 }
 
 /// Decodes an already parsed JSON value into `T`, as [`decode`].
@@ -206,6 +246,18 @@ mod tests {
     fn decode_wrong_type_names_the_field() {
         let error = decode::<Sample>(br#"{"Port":"abc"}"#).expect_err("wrong type");
         assert!(error.message.contains("Port"), "{}", error.message);
+    }
+
+    #[test]
+    fn decode_array_body_for_an_object_is_refused() {
+        let error = decode::<Sample>(br#"["a", 80]"#).expect_err("not an object");
+        assert!(
+            error.message.contains("expected a JSON object"),
+            "{}",
+            error.message
+        );
+        let error = decode_list::<Sample>(br#"[{"Port": "x"}]"#).expect_err("wrong type");
+        assert!(error.message.contains("[0].Port"), "{}", error.message);
     }
 
     #[test]

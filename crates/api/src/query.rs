@@ -52,6 +52,22 @@ impl Query {
             .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
     }
 
+    /// A boolean parameter parsed as Go's `strconv.ParseBool` does (Consul's parser): `1`,
+    /// `t`, `T`, `TRUE`, `true`, `True` and their false counterparts.
+    ///
+    /// # Errors
+    /// 400 naming the parameter for any other spelling.
+    pub fn go_bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(Some(true)),
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Invalid value for {name}: {other:?} is not a boolean"
+            ))),
+        }
+    }
+
     /// An unsigned integer parameter.
     ///
     /// # Errors
@@ -114,6 +130,25 @@ mod tests {
         assert!(!query.flag("raw"));
         assert_eq!(query.all("tag"), vec!["a", "b"]);
         assert_eq!(query.u64("cas").expect("number"), Some(0));
+    }
+
+    #[test]
+    fn query_go_bool_accepts_go_spellings() {
+        for text in ["1", "t", "T", "TRUE", "true", "True"] {
+            let query = Query::parse(Some(&format!("enable={text}")));
+            assert_eq!(
+                query.go_bool("enable").expect("valid"),
+                Some(true),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            Query::parse(Some("enable=False"))
+                .go_bool("enable")
+                .expect("ok"),
+            Some(false)
+        );
+        assert!(Query::parse(Some("enable=yes")).go_bool("enable").is_err());
     }
 
     #[test]

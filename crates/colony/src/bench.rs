@@ -1,10 +1,592 @@
-//! `colony bench`: an HTTP load generator built into the binary.
+//! `colony bench`: an HTTP load generator built into the binary, so that measuring needs
+//! nothing else installed. By default it starts its own agent (so that it can also measure the
+//! agent's CPU and memory), runs each workload once per run, interleaved across runs so that
+//! machine noise spreads evenly, and reports medians.
+
+use crate::client::ApiClient;
+use anyhow::{Context, bail};
+use hyper::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Options of `colony bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Workloads to run, comma-separated: put, get, health, wake, parked, fsync (or all).
+    #[arg(long, default_value = "all")]
+    workloads: String,
+    /// Concurrent clients for put (comma-separated list).
+    #[arg(long, default_value = "1,64")]
+    put_clients: String,
+    /// Concurrent clients for get and health.
+    #[arg(long, default_value_t = 64)]
+    read_clients: usize,
+    /// Measured time per closed-loop workload and run.
+    #[arg(long, default_value = "5s")]
+    duration: String,
+    /// Warm-up before each measured window (not counted).
+    #[arg(long, default_value = "1s")]
+    warmup: String,
+    /// How many runs (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Value size of puts, bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Parked blocking queries in the `parked` workload.
+    #[arg(long, default_value_t = 10_000)]
+    parked: usize,
+    /// Wake-ups measured per run in the `wake` workload.
+    #[arg(long, default_value_t = 200)]
+    wakes: usize,
+    /// Benchmark the agent at --http-addr instead of starting one (agent CPU and memory are
+    /// then not measured).
+    #[arg(long)]
+    external: bool,
+    /// Where the started agent keeps its data (and where the fsync probe writes): default a
+    /// fresh directory under the system temp dir.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// One measured figure set of one workload in one run.
+type Figures = BTreeMap<String, f64>;
+
+struct Target {
+    client: ApiClient,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _temp: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn duration_arg(text: &str, name: &str) -> anyhow::Result<Duration> {
+    colony_base::parse_go_duration_ms(text)
+        .map(Duration::from_millis)
+        .with_context(|| format!("invalid --{name}"))
+}
 
 /// Runs the benchmark.
-pub async fn run(_args: BenchArgs, _json: bool) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not yet")
+pub async fn run(
+    args: BenchArgs,
+    http_addr: &str,
+    json_out: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let duration = duration_arg(&args.duration, "duration")?;
+    let warmup = duration_arg(&args.warmup, "warmup")?;
+    let all = ["put", "get", "health", "wake", "parked", "fsync"];
+    let workloads: Vec<String> = if args.workloads == "all" {
+        all.iter().map(|w| w.to_string()).collect()
+    } else {
+        args.workloads
+            .split(',')
+            .map(|w| w.trim().to_string())
+            .collect()
+    };
+    if let Some(unknown) = workloads.iter().find(|w| !all.contains(&w.as_str())) {
+        bail!("unknown workload {unknown:?}: use {}", all.join(", "));
+    }
+    let put_clients: Vec<usize> = args
+        .put_clients
+        .split(',')
+        .map(|c| c.trim().parse().context("invalid --put-clients"))
+        .collect::<anyhow::Result<_>>()?;
+    raise_fd_limit();
+    let target = start_target(&args, http_addr).await?;
+    let mut results: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
+    for run in 1..=args.runs {
+        for workload in &workloads {
+            let configs: Vec<usize> = if workload == "put" {
+                put_clients.clone()
+            } else {
+                vec![0]
+            };
+            for clients in configs {
+                let label = if workload == "put" {
+                    format!("put_c{clients}")
+                } else {
+                    workload.clone()
+                };
+                eprintln!("[run {run}/{}] {label} ...", args.runs);
+                let figures = match workload.as_str() {
+                    "put" => {
+                        closed_loop(&target, "put", clients, args.value_bytes, warmup, duration)
+                            .await?
+                    }
+                    "get" => {
+                        closed_loop(
+                            &target,
+                            "get",
+                            args.read_clients,
+                            args.value_bytes,
+                            warmup,
+                            duration,
+                        )
+                        .await?
+                    }
+                    "health" => {
+                        closed_loop(&target, "health", args.read_clients, 0, warmup, duration)
+                            .await?
+                    }
+                    "wake" => wake_latency(&target, args.wakes).await?,
+                    "parked" => parked_queries(&target, args.parked).await?,
+                    "fsync" => fsync_probe(&target.data_dir, duration)?,
+                    _ => unreachable!("workloads were validated"),
+                };
+                eprintln!("           {}", summary_line(&figures));
+                results.entry(label).or_default().push(figures);
+            }
+        }
+    }
+    report(&results, json_out);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+async fn start_target(args: &BenchArgs, http_addr: &str) -> anyhow::Result<Target> {
+    if args.external {
+        let client = ApiClient::new(http_addr);
+        client.get("/v1/status/leader").await?.ok()?;
+        let data_dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        return Ok(Target {
+            client,
+            pid: None,
+            child: None,
+            _temp: None,
+            data_dir,
+        });
+    }
+    let (temp, base) = match &args.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::Builder::new().prefix("colony-bench-").tempdir()?;
+            let path = temp.path().to_path_buf();
+            (Some(temp), path)
+        }
+    };
+    let data_dir = base.join("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let exe = std::env::current_exe().context("locating the colony binary")?;
+    let child = Command::new(exe)
+        .args([
+            "agent",
+            "--dev",
+            "--node",
+            "bench",
+            "--log-level",
+            "warn",
+            "--http-addr",
+            &addr,
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    let pid = child.id();
+    let client = ApiClient::new(&addr);
+    let started = Instant::now();
+    while !client
+        .get("/v1/status/leader")
+        .await
+        .is_ok_and(|a| a.status.is_success())
+    {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the agent did not start within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "agent started: pid {pid}, http {addr}, data dir {}",
+        data_dir.display()
+    );
+    Ok(Target {
+        client,
+        pid: Some(pid),
+        child: Some(child),
+        _temp: temp,
+        data_dir: base,
+    })
+}
+
+/// CPU seconds (user + system) consumed by `pid` so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn metric(client: &ApiClient, name: &str) -> f64 {
+    let Ok(answer) = client.get("/v1/agent/metrics?format=prometheus").await else {
+        return 0.0;
+    };
+    String::from_utf8_lossy(&answer.body)
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn closed_loop(
+    target: &Target,
+    kind: &'static str,
+    clients: usize,
+    value_bytes: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let client = &target.client;
+    match kind {
+        "get" => {
+            client
+                .put("/v1/kv/bench/get", vec![b'g'; value_bytes])
+                .await?
+                .ok()?;
+        }
+        "health" => {
+            let service = json!({"Name": "bench-svc", "Port": 1, "Check": {"CheckID": "bench-ttl", "TTL": "1h"}});
+            client
+                .put(
+                    "/v1/agent/service/register",
+                    service.to_string().into_bytes(),
+                )
+                .await?
+                .ok()?;
+            client
+                .put("/v1/agent/check/pass/bench-ttl", Vec::new())
+                .await?
+                .ok()?;
+        }
+        _ => {}
+    }
+    let value = Arc::new(vec![b'v'; value_bytes]);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let pid = target.pid.map(|p| p.to_string());
+    let batches_before = metric(client, "colony_store_commit_batch_entries_count").await;
+    let entries_before = metric(client, "colony_store_commit_batch_entries_sum").await;
+    let mut tasks = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let client = client.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::with_capacity(16 * 1024);
+            let mut errors = 0u64;
+            for i in 0u64.. {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let result = match kind {
+                    "put" => {
+                        client
+                            .send(
+                                Method::PUT,
+                                &format!("/v1/kv/bench/w{worker}/k{}", i % 1024),
+                                Some(value.to_vec()),
+                            )
+                            .await
+                    }
+                    "get" => client.get("/v1/kv/bench/get").await,
+                    _ => client.get("/v1/health/service/bench-svc?passing").await,
+                };
+                match result {
+                    Ok(answer) if answer.status.is_success() => {
+                        if sent >= measure_from {
+                            latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    // CPU is sampled over the measured window only.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let cpu_start = pid.as_deref().map(cpu_seconds);
+    let client_cpu_start = cpu_seconds("self");
+    tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)).await;
+    let cpu_end = pid.as_deref().map(cpu_seconds);
+    let client_cpu_end = cpu_seconds("self");
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut lat, err) = task.await.context("load task")?;
+        latencies.append(&mut lat);
+        errors += err;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let ops = latencies.len() as f64;
+    let mut figures = Figures::new();
+    figures.insert("ops_per_s".into(), ops / duration.as_secs_f64());
+    figures.insert("p50_ms".into(), percentile(&latencies, 0.50) / 1000.0);
+    figures.insert("p99_ms".into(), percentile(&latencies, 0.99) / 1000.0);
+    figures.insert("errors".into(), errors as f64);
+    figures.insert(
+        "client_cpu_us_per_op".into(),
+        (client_cpu_end - client_cpu_start) * 1e6 / ops.max(1.0),
+    );
+    if let (Some(a), Some(b)) = (cpu_start, cpu_end) {
+        figures.insert("server_cpu_us_per_op".into(), (b - a) * 1e6 / ops.max(1.0));
+        figures.insert("server_cpu_cores".into(), (b - a) / duration.as_secs_f64());
+    }
+    if kind == "put" {
+        let batches =
+            metric(client, "colony_store_commit_batch_entries_count").await - batches_before;
+        let entries =
+            metric(client, "colony_store_commit_batch_entries_sum").await - entries_before;
+        figures.insert("entries_per_fsync".into(), entries / batches.max(1.0));
+    }
+    Ok(figures)
+}
+
+/// Blocking-query wake-up: one parked GET, one PUT; time from sending the PUT to the parked
+/// GET's answer.
+async fn wake_latency(target: &Target, wakes: usize) -> anyhow::Result<Figures> {
+    let client = &target.client;
+    client.put("/v1/kv/bench/wake", b"0".to_vec()).await?.ok()?;
+    let mut latencies = Vec::with_capacity(wakes);
+    for i in 0..wakes {
+        let index = client.get("/v1/kv/bench/wake").await?.ok()?.index();
+        let parked_before = metric(client, "colony_blocking_queries_parked").await;
+        let watcher = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let answer = client
+                    .get(&format!("/v1/kv/bench/wake?index={index}&wait=30s"))
+                    .await;
+                (answer, Instant::now())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric(client, "colony_blocking_queries_parked").await <= parked_before {
+            if Instant::now() > deadline {
+                bail!("the watcher did not park");
+            }
+        }
+        let sent = Instant::now();
+        client
+            .put("/v1/kv/bench/wake", format!("{i}").into_bytes())
+            .await?
+            .ok()?;
+        let (answer, woke) = watcher.await.context("watcher task")?;
+        if answer?.index() <= index {
+            bail!("the watcher woke without a new index");
+        }
+        latencies.push(woke.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let mut figures = Figures::new();
+    figures.insert("wake_p50_ms".into(), percentile(&latencies, 0.50));
+    figures.insert("wake_p99_ms".into(), percentile(&latencies, 0.99));
+    figures.insert("wake_max_ms".into(), percentile(&latencies, 1.0));
+    Ok(figures)
+}
+
+/// Parks `count` blocking queries on one key, measures the agent's extra memory, then wakes
+/// them all with one PUT and measures how long each took to answer.
+async fn parked_queries(target: &Target, count: usize) -> anyhow::Result<Figures> {
+    let client = &target.client;
+    client.put("/v1/kv/bench/herd", b"0".to_vec()).await?.ok()?;
+    let index = client.get("/v1/kv/bench/herd").await?.ok()?.index();
+    let rss_before = target.pid.map(rss_mib);
+    let parked_before = metric(client, "colony_blocking_queries_parked").await;
+    let mut watchers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = client.clone();
+        watchers.push(tokio::spawn(async move {
+            let answer = client
+                .get(&format!("/v1/kv/bench/herd?index={index}&wait=60s"))
+                .await;
+            (answer.map(|a| a.index()).unwrap_or(0), Instant::now())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(client, "colony_blocking_queries_parked").await < parked_before + count as f64 {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {count} queries parked within 60 s",
+                metric(client, "colony_blocking_queries_parked").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_parked = target.pid.map(rss_mib);
+    let sent = Instant::now();
+    client.put("/v1/kv/bench/herd", b"1".to_vec()).await?.ok()?;
+    let mut latencies = Vec::with_capacity(count);
+    let mut stale = 0;
+    for watcher in watchers {
+        let (new_index, woke) = watcher.await.context("watcher task")?;
+        if new_index <= index {
+            stale += 1;
+        }
+        latencies.push(woke.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let mut figures = Figures::new();
+    figures.insert("parked".into(), count as f64);
+    figures.insert("not_woken_by_change".into(), f64::from(stale));
+    figures.insert("wake_all_p50_ms".into(), percentile(&latencies, 0.50));
+    figures.insert("wake_all_p99_ms".into(), percentile(&latencies, 0.99));
+    figures.insert("wake_all_max_ms".into(), percentile(&latencies, 1.0));
+    if let (Some(before), Some(parked)) = (rss_before, rss_parked) {
+        figures.insert("extra_rss_mib".into(), parked - before);
+        figures.insert(
+            "bytes_per_parked_query".into(),
+            (parked - before) * 1024.0 * 1024.0 / count as f64,
+        );
+    }
+    Ok(figures)
+}
+
+/// This disk's durability ceiling: 4 KiB write + fdatasync in a loop.
+fn fsync_probe(dir: &Path, duration: Duration) -> anyhow::Result<Figures> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("fsync-probe");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let block = vec![0x5au8; 4096];
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut offset = 0u64;
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all_at(&block, offset)?;
+        file.sync_data()?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        offset = (offset + 4096) % (4096 * 256);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    latencies.sort_by(f64::total_cmp);
+    let mut figures = Figures::new();
+    figures.insert(
+        "fsync_per_s".into(),
+        latencies.len() as f64 / started.elapsed().as_secs_f64(),
+    );
+    figures.insert("fsync_p50_ms".into(), percentile(&latencies, 0.50));
+    figures.insert("fsync_p99_ms".into(), percentile(&latencies, 0.99));
+    Ok(figures)
+}
+
+fn summary_line(figures: &Figures) -> String {
+    figures
+        .iter()
+        .map(|(k, v)| format!("{k}={}", round(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn round(value: f64) -> f64 {
+    if value.abs() >= 100.0 {
+        value.round()
+    } else {
+        (value * 1000.0).round() / 1000.0
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn report(results: &BTreeMap<String, Vec<Figures>>, json_out: bool) {
+    let mut medians: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for (label, runs) in results {
+        let keys: Vec<String> = runs
+            .first()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let mut values: Vec<f64> = runs.iter().filter_map(|f| f.get(&key).copied()).collect();
+            let per_run: Vec<f64> = values.iter().map(|v| round(*v)).collect();
+            let m = median(&mut values);
+            medians
+                .entry(label.clone())
+                .or_default()
+                .insert(key, json!({ "median": round(m), "runs": per_run }));
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "medians": medians })).unwrap_or_default()
+        );
+        return;
+    }
+    println!("| workload | metric | median | per run |");
+    println!("|---|---|---|---|");
+    for (label, figures) in &medians {
+        for (key, value) in figures {
+            println!(
+                "| {label} | {key} | {} | {} |",
+                value["median"], value["runs"]
+            );
+        }
+    }
 }

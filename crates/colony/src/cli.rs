@@ -146,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Agent(args) => return agent_cmd::run(args, &cli.http_addr).await,
-        Command::Bench(args) => return bench::run(args, json).await,
+        Command::Bench(args) => return bench::run(args, &cli.http_addr, json).await,
         Command::Kv(command) => kv(&client, command, json).await?,
         Command::Services(command) => services(&client, command, json).await?,
         Command::Catalog(command) => catalog(&client, command, json).await?,

@@ -210,6 +210,7 @@ impl Agent {
             node,
             service: None,
             checks: vec![check],
+            replace_service_checks: false,
         };
         match self.propose(Command::CatalogRegister(registration)).await {
             Ok(Applied {

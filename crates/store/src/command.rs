@@ -81,6 +81,9 @@ pub struct CatalogRegistration {
     pub service: Option<Service>,
     /// Checks on that node (indexes ignored).
     pub checks: Vec<Check>,
+    /// Remove the service's existing checks that `checks` does not name (Consul's
+    /// `replace-existing-checks`).
+    pub replace_service_checks: bool,
 }
 
 /// One operation of a KV transaction, as Consul's `/v1/txn` names the verbs.

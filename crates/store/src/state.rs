@@ -416,6 +416,17 @@ impl StateMachine {
         self.upsert_node(ctx, &reg.node);
         if let Some(service) = &reg.service {
             self.upsert_service(ctx, &node_name, service);
+            if reg.replace_service_checks {
+                let doomed: Vec<String> = self
+                    .node_checks(&node_name)
+                    .filter(|c| c.service_id == service.id)
+                    .filter(|c| !reg.checks.iter().any(|new| new.id == c.id))
+                    .map(|c| c.id.clone())
+                    .collect();
+                for check in doomed {
+                    self.remove_check(ctx, &node_name, &check);
+                }
+            }
         }
         for check in &reg.checks {
             self.upsert_check(ctx, &node_name, check);

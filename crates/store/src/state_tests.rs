@@ -73,6 +73,7 @@ fn registration(node: &str, checks: Vec<Check>) -> CatalogRegistration {
         },
         service: None,
         checks,
+        replace_service_checks: false,
     }
 }
 

@@ -128,11 +128,15 @@ pub(crate) async fn checks(State(app): State<AppState>) -> Response {
 
 pub(crate) async fn register_service(
     State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> ApiResult<Response> {
+    let query = Query::parse(raw.as_deref());
     let request: ServiceRequest = decode(&body)?;
     let agent = &app.agent;
-    let registration = service_registration(agent, request)?;
+    let mut registration = service_registration(agent, request)?;
+    registration.replace_service_checks = query.has("replace-existing-checks")
+        && query.go_bool("replace-existing-checks")? != Some(false);
     propose_done(agent, Command::CatalogRegister(registration)).await?;
     Ok(ok_empty(agent))
 }
@@ -194,6 +198,7 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
         node,
         service: Some(service),
         checks,
+        replace_service_checks: false,
     })
 }
 
@@ -360,6 +365,7 @@ pub(crate) async fn register_check(
         node,
         service: None,
         checks: vec![check],
+        replace_service_checks: false,
     };
     propose_done(agent, Command::CatalogRegister(registration)).await?;
     Ok(ok_empty(agent))
@@ -460,14 +466,10 @@ pub(crate) async fn check_update(
 }
 
 fn maintenance_flag(query: &Query) -> ApiResult<bool> {
-    match query.get("enable") {
-        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "Invalid value for enable: {other:?}"
-        ))),
+    if query.get("enable").is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request("Missing value for enable"));
     }
+    Ok(query.go_bool("enable")?.unwrap_or(false))
 }
 
 fn maintenance_check(
@@ -555,6 +557,7 @@ async fn toggle_maintenance(agent: &Agent, enable: bool, mut check: Check) -> Ap
             node: node_record,
             service: None,
             checks: vec![check],
+            replace_service_checks: false,
         };
         propose_done(agent, Command::CatalogRegister(registration)).await?;
     } else if !enable && exists {

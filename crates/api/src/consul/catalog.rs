@@ -240,7 +240,8 @@ pub(crate) async fn register(
         None => None,
         Some(svc) => {
             let name = svc
-                .name
+                .service
+                .or(svc.name)
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| ApiError::bad_request("Must provide service name"))?;
             Some(Service {
@@ -302,6 +303,7 @@ pub(crate) async fn register(
             node,
             service,
             checks,
+            replace_service_checks: false,
         }),
     )
     .await?;

@@ -5,7 +5,7 @@ use super::{bool_answer, write_evidence};
 use crate::AppState;
 use crate::blocking;
 use crate::error::{ApiError, ApiResult};
-use crate::json::decode;
+use crate::json::decode_list;
 use crate::query::Query;
 use crate::respond::StoreAnswer;
 use axum::body::Bytes;
@@ -309,7 +309,7 @@ pub(crate) async fn txn(
     let query = Query::parse(raw.as_deref());
     let agent = &app.agent;
     query.check_datacenter(&agent.config().datacenter)?;
-    let requests: Vec<TxnOpRequest> = decode(&body)?;
+    let requests: Vec<TxnOpRequest> = decode_list(&body)?;
     if requests.len() > TXN_OPS_MAX {
         return Err(ApiError::too_large(format!(
             "Transaction contains too many operations ({} > {TXN_OPS_MAX})",

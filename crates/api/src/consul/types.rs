@@ -93,6 +93,9 @@ pub struct ServiceRequest {
     pub id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// The service name as catalog registrations spell it (`Service.Service`).
+    #[serde(default)]
+    pub service: Option<String>,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     #[serde(default)]
