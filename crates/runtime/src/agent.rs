@@ -112,7 +112,7 @@ impl Agent {
             .await
             .expect("store open task panicked")?;
         tracing::info!(
-            file = %store.path().display(),
+            data_dir = %store.path().display(),
             applied_index = recovered.state.applied_index(),
             replayed = recovered.replayed_count,
             "store opened"

@@ -1,6 +1,7 @@
 //! Colony's production runtime: binds the sans-IO cores to the real world.
 //!
-//! What it is: the durable log on disk ([`log_store`], redb, one fsync per batch), the writer
+//! What it is: the durable log on disk ([`log_store`]: preallocated segments of
+//! checksummed records, one fdatasync per batch, snapshots), the writer
 //! thread that batches, persists, applies and answers ([`writer`]), the watch hub that wakes
 //! blocking queries ([`watch_hub`]), check runners (HTTP, TCP, TTL) and session TTL timers, all
 //! owned by one [`Agent`].

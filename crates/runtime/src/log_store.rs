@@ -1,26 +1,54 @@
-//! The durable log: entries appended in batches and synced with one fsync per batch (group
-//! commit), plus a snapshot of the state machine that lets the log be truncated.
+//! The durable log: entries appended in batches with one `fdatasync` per batch (group commit),
+//! plus a snapshot of the state machine that lets old log segments be deleted.
 //!
-//! Layout of `<data-dir>/colony.redb` (one redb file):
-//! - table `log`: index (u64) -> encoded [`Entry`]
-//! - table `snapshot`: `"state"` -> encoded [`StateMachine`], `"index"` -> its index (u64 LE)
+//! Layout of a data dir:
+//! ```text
+//! colony.lock                       held (flock) by the agent using the dir
+//! snapshot                          the state machine at some index (may be absent)
+//! wal/00000000000000000001.wal      segments, named by the index of their first entry
+//! wal/00000000000000052345.wal
+//! ```
+//! A segment is created at its full size and zero-filled before use, so that appending never
+//! changes the file's size or allocation: `fdatasync` then writes the data only, and a segment
+//! shorter than its created size is detectably truncated.
 //!
-//! Invariant: the log holds exactly the entries `snapshot_index + 1 ..= last_index`, without
-//! gaps; replaying them onto the snapshot reproduces the state that was acknowledged.
+//! A segment starts with a 16-byte header (`CLNYWAL1`, then its created size as u64 LE), then
+//! holds records one after another, then zeros:
+//! ```text
+//! | payload_len: u32 LE | crc32: u32 LE | index: u64 LE | payload (an encoded Entry) |
+//! ```
+//! `crc32` covers the index and the payload. A zero `payload_len` ends the segment's records.
+//!
+//! Recovery: every record must be valid, except at the end of the *last* segment, where a
+//! record that fails its checksum (and everything after it) is a write torn by a crash: it was
+//! never acknowledged (acknowledgement follows `fdatasync`), so it is zeroed and logged. Any
+//! other damage is an error naming the file and offset.
+//!
+//! Invariant: the entries `snapshot_index + 1 ..= last_index` are in the segments, without
+//! gaps; replaying them onto the snapshot reproduces the acknowledged state.
 
 use colony_store::{Entry, StateMachine};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const SNAPSHOT_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-
-/// The store file's name inside the data dir.
-pub const STORE_FILE_NAME: &str = "colony.redb";
 /// The lock file's name inside the data dir.
 pub const LOCK_FILE_NAME: &str = "colony.lock";
+/// The snapshot file's name inside the data dir.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshot";
+/// The directory of log segments inside the data dir.
+pub const WAL_DIR_NAME: &str = "wal";
+/// The size a segment is created with (a batch larger than this gets a segment of its own).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// The largest record payload accepted when reading; anything larger is corruption.
+pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+const RECORD_HEADER_BYTES: u64 = 16;
+const SEGMENT_MAGIC: &[u8; 8] = b"CLNYWAL1";
+const SEGMENT_HEADER_BYTES: u64 = 16;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CLNYSNP1";
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 8 + 4;
 
 /// Why the data dir could not be opened. Each message names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +56,7 @@ pub enum OpenError {
     /// The directory could not be created or is not writable.
     #[error("data dir {path} is not usable: {source}")]
     DataDir {
-        /// The directory.
+        /// The directory or file.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
@@ -41,12 +69,12 @@ pub enum OpenError {
         /// The lock file.
         lock: PathBuf,
     },
-    /// The store file could not be opened, or is corrupt.
-    #[error("store file {path} cannot be opened: {detail}")]
-    Store {
-        /// The store file.
+    /// A file of the store is damaged.
+    #[error("store file {path} is damaged: {detail}")]
+    Corrupt {
+        /// The damaged file.
         path: PathBuf,
-        /// What redb or the decoder said.
+        /// What is wrong, with the offset where it applies.
         detail: String,
     },
 }
@@ -54,10 +82,10 @@ pub enum OpenError {
 /// Why an append did not become durable. Nothing of the batch may be acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
-    /// The disk is full; the batch was not written. Recoverable once space returns.
+    /// The disk is full; nothing of the batch was made durable. Recoverable once space returns.
     #[error("disk full writing {path}: {source}")]
     DiskFull {
-        /// The store file.
+        /// The file being written.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
@@ -66,21 +94,32 @@ pub enum AppendError {
     /// agent must stop.
     #[error("writing {path} failed: {detail}")]
     Fatal {
-        /// The store file.
+        /// The file being written.
         path: PathBuf,
         /// What failed.
         detail: String,
     },
 }
 
+struct Segment {
+    path: PathBuf,
+    file: File,
+    first_index: u64,
+    size_bytes: u64,
+    /// Where the next record goes.
+    write_offset: u64,
+}
+
 /// The durable log of one agent.
 pub struct LogStore {
-    /// `None` only between dropping a handle that saw an IO error and reopening the file.
-    db: Option<Database>,
-    needs_reopen: bool,
-    path: PathBuf,
+    dir: PathBuf,
+    wal_dir: PathBuf,
+    /// Older segments, oldest first: (first index, path).
+    sealed: Vec<(u64, PathBuf)>,
+    active: Segment,
     snapshot_index: u64,
     last_index: u64,
+    segment_bytes: u64,
     _lock: File,
 }
 
@@ -92,61 +131,91 @@ pub struct Recovered {
     pub replayed_count: u64,
 }
 
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, detail: String) -> OpenError {
+    OpenError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the store in `dir`, takes the data dir's lock, and replays the log.
     ///
     /// # Errors
-    /// Returns [`OpenError`] naming the directory or file that is unusable, locked or corrupt.
+    /// [`OpenError`] naming the directory or file that is unusable, locked or damaged.
     pub fn open(dir: &Path) -> Result<(LogStore, Recovered), OpenError> {
-        let data_dir_error = |source| OpenError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(data_dir_error)?;
-        let lock_path = dir.join(LOCK_FILE_NAME);
-        let mut lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| OpenError::DataDir {
-                path: lock_path.clone(),
-                source,
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked {
-                    dir: dir.to_path_buf(),
-                    lock: lock_path,
-                });
+        Self::open_with_segment_bytes(dir, SEGMENT_BYTES_DEFAULT)
+    }
+
+    /// As [`LogStore::open`], with a chosen segment size (tests use small ones).
+    ///
+    /// # Errors
+    /// As [`LogStore::open`].
+    pub fn open_with_segment_bytes(
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(LogStore, Recovered), OpenError> {
+        assert!(
+            segment_bytes >= 4096,
+            "segments smaller than a page make no sense"
+        );
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = take_lock(dir)?;
+        let wal_dir = dir.join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
+
+        let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
+        let (snapshot_index, mut state) = read_snapshot(&snapshot_path)?;
+        let mut segments = list_segments(&wal_dir)?;
+        let mut replayed_count = 0;
+        let mut last_index = snapshot_index;
+        let mut active = None;
+        let segments_count = segments.len();
+        for (position, (first_index, path)) in segments.iter().enumerate() {
+            let is_last = position + 1 == segments_count;
+            if *first_index > last_index + 1 {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "log has a gap: expected an entry at index {}",
+                        last_index + 1
+                    ),
+                ));
             }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(OpenError::DataDir {
-                    path: lock_path,
-                    source,
-                });
+            let scan = scan_segment(path, *first_index, is_last, &mut |index, entry| {
+                if index == last_index + 1 {
+                    state.apply(index, entry);
+                    last_index = index;
+                    replayed_count += 1;
+                }
+            })?;
+            if is_last {
+                active = Some(scan);
             }
         }
-        let _ = lock
-            .set_len(0)
-            .and_then(|()| writeln!(lock, "{}", std::process::id()));
-
-        let path = dir.join(STORE_FILE_NAME);
-        let store_error = |detail: String| OpenError::Store {
-            path: path.clone(),
-            detail,
+        let active = match active {
+            Some(segment) => segment,
+            None => create_segment(&wal_dir, snapshot_index + 1, segment_bytes)
+                .map_err(|e| corrupt(&wal_dir, format!("cannot create the first segment: {e}")))?,
         };
-        let db = Database::create(&path).map_err(|e| store_error(e.to_string()))?;
-        let (snapshot_index, state) = read_snapshot(&db).map_err(store_error)?;
-        let (state, last_index, replayed_count) =
-            replay(&db, snapshot_index, state).map_err(store_error)?;
+        segments.pop();
+        state.check_invariants();
+        assert_eq!(state.applied_index(), last_index);
         let store = LogStore {
-            db: Some(db),
-            needs_reopen: false,
-            path,
+            dir: dir.to_path_buf(),
+            wal_dir,
+            sealed: segments,
+            active,
             snapshot_index,
             last_index,
+            segment_bytes,
             _lock: lock,
         };
         Ok((
@@ -158,9 +227,9 @@ impl LogStore {
         ))
     }
 
-    /// The store file's path, for messages.
+    /// The data dir, for messages.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dir
     }
 
     /// The index of the last durable entry.
@@ -173,187 +242,349 @@ impl LogStore {
         self.snapshot_index
     }
 
-    /// Appends `entries` (already encoded) after the last index and syncs them: one fsync for
-    /// the whole batch. On success every entry is durable.
+    /// Appends `entries` (already encoded) after the last index and makes them durable with
+    /// one `fdatasync`.
     ///
     /// # Errors
-    /// [`AppendError::DiskFull`] if space ran out (nothing was written); [`AppendError::Fatal`]
-    /// for any other failure.
+    /// [`AppendError::DiskFull`] if space ran out (nothing was made durable, the log is
+    /// unchanged); [`AppendError::Fatal`] for any other failure.
     pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<(), AppendError> {
         assert!(!entries.is_empty(), "empty batches are not written");
         let first = self.last_index + 1;
-        let result = (|| -> Result<(), redb::Error> {
-            let db = self.db.as_ref().ok_or(redb::Error::DatabaseClosed)?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut table = txn.open_table(LOG_TABLE)?;
-                for (offset, bytes) in entries.iter().enumerate() {
-                    table.insert(first + offset as u64, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        result.map_err(|e| self.classify(e))?;
+        let batch_bytes: u64 = entries
+            .iter()
+            .map(|e| RECORD_HEADER_BYTES + e.len() as u64)
+            .sum::<u64>();
+        if self.active.write_offset + batch_bytes + RECORD_HEADER_BYTES > self.active.size_bytes {
+            self.roll_segment(first, batch_bytes)?;
+        }
+        let mut buffer = Vec::with_capacity(batch_bytes as usize);
+        for (offset, payload) in entries.iter().enumerate() {
+            encode_record(&mut buffer, first + offset as u64, payload);
+        }
+        assert_eq!(buffer.len() as u64, batch_bytes);
+        let segment = &mut self.active;
+        let written = segment
+            .file
+            .write_all_at(&buffer, segment.write_offset)
+            .and_then(|()| segment.file.sync_data());
+        if let Err(error) = written {
+            return Err(classify(&segment.path, error));
+        }
+        segment.write_offset += batch_bytes;
         self.last_index += entries.len() as u64;
         Ok(())
     }
 
-    /// Stores `state` (whose applied index must be the last durable index) as the snapshot and
-    /// removes the log entries it covers, in one durable transaction.
+    fn roll_segment(&mut self, first_index: u64, batch_bytes: u64) -> Result<(), AppendError> {
+        let size = self.segment_bytes.max(batch_bytes + RECORD_HEADER_BYTES);
+        let segment = create_segment(&self.wal_dir, first_index, size)
+            .map_err(|error| classify(&self.wal_dir, error))?;
+        let sealed = std::mem::replace(&mut self.active, segment);
+        self.sealed.push((sealed.first_index, sealed.path));
+        Ok(())
+    }
+
+    /// Stores `state_bytes` (the state at `index`, which must be durable) as the snapshot, then
+    /// deletes the segments it covers entirely.
     ///
     /// # Errors
-    /// As [`LogStore::append`].
+    /// As [`LogStore::append`]; the previous snapshot stays valid on error.
     pub fn write_snapshot(&mut self, state_bytes: &[u8], index: u64) -> Result<(), AppendError> {
         assert!(index <= self.last_index && index >= self.snapshot_index);
-        let result = (|| -> Result<(), redb::Error> {
-            let db = self.db.as_ref().ok_or(redb::Error::DatabaseClosed)?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut snapshot = txn.open_table(SNAPSHOT_TABLE)?;
-                snapshot.insert("state", state_bytes)?;
-                snapshot.insert("index", index.to_le_bytes().as_slice())?;
-                let mut log = txn.open_table(LOG_TABLE)?;
-                log.retain_in(..=index, |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
+        let path = self.dir.join(SNAPSHOT_FILE_NAME);
+        let temp = self.dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
+        let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + state_bytes.len());
+        bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&index.to_le_bytes());
+        bytes.extend_from_slice(&(state_bytes.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(state_bytes).to_le_bytes());
+        bytes.extend_from_slice(state_bytes);
+        let written = (|| {
+            let mut file = File::create(&temp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            File::open(&self.dir)?.sync_all()
         })();
-        result.map_err(|e| self.classify(e))?;
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(classify(&path, error));
+        }
         self.snapshot_index = index;
+        // The oldest sealed segment ends just before the next segment starts; delete it while
+        // the snapshot covers all of it. The active segment is never deleted.
+        while !self.sealed.is_empty() {
+            let next_first = self
+                .sealed
+                .get(1)
+                .map_or(self.active.first_index, |(first, _)| *first);
+            if next_first > index + 1 {
+                break;
+            }
+            let (_, old) = self.sealed.remove(0);
+            if let Err(error) = std::fs::remove_file(&old) {
+                tracing::warn!(file = %old.display(), %error, "could not delete a covered segment");
+            }
+        }
         Ok(())
-    }
-
-    /// Re-opens the database after an IO error (redb refuses further work on a handle that saw
-    /// one) and checks that the failed batch left no trace.
-    ///
-    /// # Errors
-    /// A message naming the file if it cannot be reopened or its log end moved.
-    pub fn reopen(&mut self) -> Result<(), String> {
-        if !self.needs_reopen {
-            return Ok(());
-        }
-        self.db = None;
-        let db =
-            Database::create(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let last = last_log_index(&db)?.unwrap_or(self.snapshot_index);
-        if last != self.last_index {
-            return Err(format!(
-                "{}: log ends at {last} after reopen, expected {}",
-                self.path.display(),
-                self.last_index
-            ));
-        }
-        self.db = Some(db);
-        self.needs_reopen = false;
-        Ok(())
-    }
-
-    fn classify(&mut self, error: redb::Error) -> AppendError {
-        self.needs_reopen = true;
-        let io = match &error {
-            redb::Error::Io(io) => Some(io),
-            _ => None,
-        };
-        match io {
-            Some(io) if is_disk_full(io) => AppendError::DiskFull {
-                path: self.path.clone(),
-                source: std::io::Error::new(io.kind(), io.to_string()),
-            },
-            _ if error.to_string().contains("No space left") => AppendError::DiskFull {
-                path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::StorageFull, error.to_string()),
-            },
-            _ => AppendError::Fatal {
-                path: self.path.clone(),
-                detail: error.to_string(),
-            },
-        }
     }
 }
 
-fn is_disk_full(error: &std::io::Error) -> bool {
+fn take_lock(dir: &Path) -> Result<File, OpenError> {
+    let lock_path = dir.join(LOCK_FILE_NAME);
+    let mut lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(OpenError::Locked {
+                dir: dir.to_path_buf(),
+                lock: lock_path,
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(OpenError::DataDir {
+                path: lock_path,
+                source,
+            });
+        }
+    }
+    let _ = lock
+        .set_len(0)
+        .and_then(|()| writeln!(lock, "{}", std::process::id()));
+    Ok(lock)
+}
+
+fn classify(path: &Path, error: std::io::Error) -> AppendError {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
-    error.kind() == std::io::ErrorKind::StorageFull
-        || matches!(error.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+    let full = error.kind() == std::io::ErrorKind::StorageFull
+        || matches!(error.raw_os_error(), Some(ENOSPC) | Some(EDQUOT));
+    if full {
+        AppendError::DiskFull {
+            path: path.to_path_buf(),
+            source: error,
+        }
+    } else {
+        AppendError::Fatal {
+            path: path.to_path_buf(),
+            detail: error.to_string(),
+        }
+    }
 }
 
-fn read_snapshot(db: &Database) -> Result<(u64, StateMachine), String> {
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let table = match txn.open_table(SNAPSHOT_TABLE) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, StateMachine::new())),
-        Err(e) => return Err(e.to_string()),
-    };
-    let index = match table.get("index").map_err(|e| e.to_string())? {
-        Some(bytes) => {
-            let raw: [u8; 8] = bytes
-                .value()
-                .try_into()
-                .map_err(|_| "snapshot index is not 8 bytes".to_string())?;
-            u64::from_le_bytes(raw)
+fn segment_name(first_index: u64) -> String {
+    format!("{first_index:020}.wal")
+}
+
+fn create_segment(wal_dir: &Path, first_index: u64, size_bytes: u64) -> std::io::Result<Segment> {
+    let path = wal_dir.join(segment_name(first_index));
+    let temp = wal_dir.join(format!("{}.tmp", segment_name(first_index)));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&temp)?;
+        // Zero-fill rather than set_len: the blocks are then allocated, so appends neither
+        // change metadata nor hit ENOSPC, and fdatasync writes only data.
+        file.write_all(SEGMENT_MAGIC)?;
+        file.write_all(&size_bytes.to_le_bytes())?;
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut remaining = size_bytes - SEGMENT_HEADER_BYTES;
+        while remaining > 0 {
+            let chunk = remaining.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..chunk])?;
+            remaining -= chunk as u64;
         }
-        None => return Ok((0, StateMachine::new())),
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        File::open(wal_dir)?.sync_all()?;
+        Ok(file)
+    })();
+    match result {
+        Ok(file) => Ok(Segment {
+            path,
+            file,
+            first_index,
+            size_bytes,
+            write_offset: SEGMENT_HEADER_BYTES,
+        }),
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(error)
+        }
+    }
+}
+
+fn list_segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
+    let mut segments = Vec::new();
+    for item in std::fs::read_dir(wal_dir).map_err(io_error(wal_dir))? {
+        let item = item.map_err(io_error(wal_dir))?;
+        let name = item.file_name().to_string_lossy().to_string();
+        if name.ends_with(".tmp") {
+            // A segment whose creation did not finish holds no entries.
+            let _ = std::fs::remove_file(item.path());
+            continue;
+        }
+        let first_index = name
+            .strip_suffix(".wal")
+            .and_then(|stem| stem.parse::<u64>().ok())
+            .ok_or_else(|| corrupt(&item.path(), "unexpected file in the log directory".into()))?;
+        segments.push((first_index, item.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn encode_record(buffer: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&index.to_le_bytes());
+    hasher.update(payload);
+    buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buffer.extend_from_slice(&hasher.finalize().to_le_bytes());
+    buffer.extend_from_slice(&index.to_le_bytes());
+    buffer.extend_from_slice(payload);
+}
+
+/// Reads a segment's records, calling `visit` for each; returns the segment positioned for
+/// appending. In the last segment a damaged record ends the log (a torn write) and is zeroed.
+fn scan_segment(
+    path: &Path,
+    first_index: u64,
+    is_last: bool,
+    visit: &mut dyn FnMut(u64, &Entry),
+) -> Result<Segment, OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    let size_bytes = file.metadata().map_err(io_error(path))?.len();
+    let data = std::fs::read(path).map_err(io_error(path))?;
+    if data.len() < SEGMENT_HEADER_BYTES as usize || &data[..8] != SEGMENT_MAGIC {
+        return Err(corrupt(
+            path,
+            "not a colony log segment (bad header)".into(),
+        ));
+    }
+    let created_bytes = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    if data.len() as u64 != created_bytes || size_bytes != created_bytes {
+        return Err(corrupt(
+            path,
+            format!(
+                "segment is {} bytes but was created with {created_bytes}: truncated",
+                data.len()
+            ),
+        ));
+    }
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    let mut expected = first_index;
+    let torn = loop {
+        if offset + RECORD_HEADER_BYTES as usize > data.len() {
+            break None;
+        }
+        let header = &data[offset..offset + RECORD_HEADER_BYTES as usize];
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        if len == 0 {
+            let rest = &data[offset..];
+            if rest.iter().any(|b| *b != 0) {
+                break Some(format!(
+                    "non-zero bytes after the last record at offset {offset}"
+                ));
+            }
+            break None;
+        }
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let end = offset + RECORD_HEADER_BYTES as usize + len as usize;
+        if len > RECORD_PAYLOAD_BYTES_MAX || end > data.len() {
+            break Some(format!("record at offset {offset} claims {len} bytes"));
+        }
+        let payload = &data[offset + RECORD_HEADER_BYTES as usize..end];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&index.to_le_bytes());
+        hasher.update(payload);
+        if hasher.finalize() != crc {
+            break Some(format!("record at offset {offset} fails its checksum"));
+        }
+        if index != expected {
+            return Err(corrupt(
+                path,
+                format!("record at offset {offset} has index {index}, expected {expected}"),
+            ));
+        }
+        let entry = Entry::decode(payload)
+            .map_err(|e| corrupt(path, format!("entry {index} at offset {offset}: {e}")))?;
+        visit(index, &entry);
+        expected += 1;
+        offset = end;
     };
-    let bytes = table
-        .get("state")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("snapshot at index {index} has no state"))?;
-    let state = StateMachine::from_snapshot(bytes.value())
-        .map_err(|e| format!("snapshot at index {index}: {e}"))?;
+    if let Some(damage) = torn {
+        if !is_last {
+            return Err(corrupt(path, damage));
+        }
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            %damage,
+            "discarding a torn write at the end of the log (never acknowledged)"
+        );
+        let zeros = vec![0u8; data.len() - offset];
+        file.write_all_at(&zeros, offset as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(io_error(path))?;
+    }
+    Ok(Segment {
+        path: path.to_path_buf(),
+        file,
+        first_index,
+        size_bytes,
+        write_offset: offset as u64,
+    })
+}
+
+fn read_snapshot(path: &Path) -> Result<(u64, StateMachine), OpenError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((0, StateMachine::new()));
+        }
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(path, "not a colony snapshot (bad header)".into()));
+    }
+    let index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
+    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if payload.len() as u64 != len {
+        return Err(corrupt(
+            path,
+            format!("holds {} bytes of state, header says {len}", payload.len()),
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(corrupt(path, "state fails its checksum".into()));
+    }
+    let state = StateMachine::from_snapshot(payload).map_err(|e| corrupt(path, e.to_string()))?;
     if state.applied_index() != index {
-        return Err(format!(
-            "snapshot claims index {index} but holds state at {}",
-            state.applied_index()
+        return Err(corrupt(
+            path,
+            format!(
+                "claims index {index} but holds state at {}",
+                state.applied_index()
+            ),
         ));
     }
     Ok((index, state))
-}
-
-fn last_log_index(db: &Database) -> Result<Option<u64>, String> {
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
-    match txn.open_table(LOG_TABLE) {
-        Ok(table) => Ok(table
-            .last()
-            .map_err(|e| e.to_string())?
-            .map(|(k, _)| k.value())),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn replay(
-    db: &Database,
-    snapshot_index: u64,
-    mut state: StateMachine,
-) -> Result<(StateMachine, u64, u64), String> {
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let table = match txn.open_table(LOG_TABLE) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((state, snapshot_index, 0)),
-        Err(e) => return Err(e.to_string()),
-    };
-    let mut expected = snapshot_index + 1;
-    let mut replayed = 0;
-    for item in table.range(expected..).map_err(|e| e.to_string())? {
-        let (key, value) = item.map_err(|e| e.to_string())?;
-        let index = key.value();
-        if index != expected {
-            return Err(format!(
-                "log has a gap: expected entry {expected}, found {index}"
-            ));
-        }
-        let entry = Entry::decode(value.value())
-            .map_err(|e| format!("log entry {index} is corrupt: {e}"))?;
-        state.apply(index, &entry);
-        expected += 1;
-        replayed += 1;
-    }
-    state.check_invariants();
-    Ok((state, expected - 1, replayed))
 }
 
 #[cfg(test)]
@@ -366,7 +597,7 @@ mod tests {
             time_ms: 1,
             command: Command::KvSet {
                 key: key.into(),
-                value: b"v".to_vec(),
+                value: vec![b'v'; 100],
                 flags: 0,
                 mode: KvSetMode::Set,
             },
@@ -374,62 +605,131 @@ mod tests {
         .encode()
     }
 
-    #[test]
-    fn log_store_reopen_replays_every_appended_entry() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let (mut store, recovered) = LogStore::open(dir.path()).expect("open");
-            assert_eq!(recovered.state.applied_index(), 0);
-            store.append(&[put("a"), put("b")]).expect("append");
-            store.append(&[put("c")]).expect("append");
-        }
-        let (store, recovered) = LogStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.last_index(), 3);
-        assert_eq!(recovered.replayed_count, 3);
-        assert!(recovered.state.kv_get("c").is_some());
+    fn open_small(dir: &Path) -> Result<(LogStore, Recovered), OpenError> {
+        LogStore::open_with_segment_bytes(dir, 8192)
     }
 
     #[test]
-    fn log_store_snapshot_truncates_log_and_restores_state() {
+    fn log_store_reopen_replays_every_appended_entry_across_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (mut store, mut recovered) = LogStore::open(dir.path()).expect("open");
-            let entries = vec![put("a"), put("b")];
-            store.append(&entries).expect("append");
-            for (i, bytes) in entries.iter().enumerate() {
+            let (mut store, recovered) = open_small(dir.path()).expect("open");
+            assert_eq!(recovered.state.applied_index(), 0);
+            for i in 0..200 {
+                store.append(&[put(&format!("k{i}"))]).expect("append");
+            }
+            assert!(store.sealed.len() > 2, "small segments roll over");
+        }
+        let (store, recovered) = open_small(dir.path()).expect("reopen");
+        assert_eq!(store.last_index(), 200);
+        assert_eq!(recovered.replayed_count, 200);
+        assert!(recovered.state.kv_get("k199").is_some());
+    }
+
+    #[test]
+    fn log_store_snapshot_deletes_covered_segments_and_restores_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut store, mut recovered) = open_small(dir.path()).expect("open");
+            for i in 0..150u64 {
+                let bytes = put(&format!("k{i}"));
+                store.append(std::slice::from_ref(&bytes)).expect("append");
                 recovered
                     .state
-                    .apply(i as u64 + 1, &Entry::decode(bytes).expect("decode"));
+                    .apply(i + 1, &Entry::decode(&bytes).expect("decode"));
             }
+            let segments_before = store.sealed.len();
             store
-                .write_snapshot(&recovered.state.to_snapshot(), 2)
+                .write_snapshot(&recovered.state.to_snapshot(), 150)
                 .expect("snapshot");
-            store.append(&[put("c")]).expect("append");
+            assert!(
+                store.sealed.len() < segments_before,
+                "covered segments deleted"
+            );
+            store.append(&[put("after")]).expect("append");
         }
-        let (store, recovered) = LogStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.snapshot_index(), 2);
-        assert_eq!(
-            recovered.replayed_count, 1,
-            "only the entry after the snapshot replays"
-        );
-        assert_eq!(recovered.state.applied_index(), 3);
-        assert!(recovered.state.kv_get("a").is_some());
+        let (store, recovered) = open_small(dir.path()).expect("reopen");
+        assert_eq!(store.snapshot_index(), 150);
+        assert_eq!(recovered.state.applied_index(), 151);
+        assert!(recovered.state.kv_get("k0").is_some());
+        assert!(recovered.state.kv_get("after").is_some());
+    }
+
+    #[test]
+    fn log_store_torn_tail_in_last_segment_is_discarded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segment;
+        {
+            let (mut store, _) = open_small(dir.path()).expect("open");
+            store.append(&[put("a"), put("b")]).expect("append");
+            segment = store.active.path.clone();
+        }
+        // Tear the second record: flip a payload byte.
+        let file = OpenOptions::new().write(true).open(&segment).expect("open");
+        let second_payload =
+            SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES as usize * 2 + put("a").len() + 3;
+        file.write_all_at(&[0xFF], second_payload as u64)
+            .expect("tear");
+        let (mut store, recovered) = open_small(dir.path()).expect("a torn tail is repaired");
+        assert_eq!(recovered.state.applied_index(), 1);
+        store.append(&[put("c")]).expect("append after repair");
+        drop(store);
+        let (_, recovered) = open_small(dir.path()).expect("reopen");
+        assert!(recovered.state.kv_get("c").is_some());
+        assert!(recovered.state.kv_get("b").is_none());
+    }
+
+    #[test]
+    fn log_store_damage_in_a_sealed_segment_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first;
+        {
+            let (mut store, _) = open_small(dir.path()).expect("open");
+            for i in 0..100 {
+                store.append(&[put(&format!("k{i}"))]).expect("append");
+            }
+            first = store.sealed[0].1.clone();
+        }
+        let file = OpenOptions::new().write(true).open(&first).expect("open");
+        file.write_all_at(&[0xFF], SEGMENT_HEADER_BYTES + 40)
+            .expect("damage");
+        let error = open_small(dir.path()).err().expect("damaged");
+        assert!(error.to_string().contains(&segment_name(1)), "{error}");
+    }
+
+    #[test]
+    fn log_store_truncated_segment_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segment;
+        {
+            let (mut store, _) = open_small(dir.path()).expect("open");
+            store.append(&[put("a")]).expect("append");
+            segment = store.active.path.clone();
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("open")
+            .set_len(5000)
+            .expect("cut");
+        let error = open_small(dir.path()).err().expect("truncated");
+        assert!(error.to_string().contains("truncated"), "{error}");
     }
 
     #[test]
     fn log_store_second_open_of_same_dir_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let _first = LogStore::open(dir.path()).expect("open");
-        let error = LogStore::open(dir.path()).err().expect("locked");
+        let _first = open_small(dir.path()).expect("open");
+        let error = open_small(dir.path()).err().expect("locked");
         assert!(matches!(error, OpenError::Locked { .. }));
-        assert!(error.to_string().contains("colony.lock"));
+        assert!(error.to_string().contains(LOCK_FILE_NAME));
     }
 
     #[test]
-    fn log_store_garbage_file_is_a_clear_error_naming_it() {
+    fn log_store_garbage_snapshot_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(STORE_FILE_NAME), vec![0x5a; 64 * 1024]).expect("write");
-        let error = LogStore::open(dir.path()).err().expect("corrupt");
-        assert!(error.to_string().contains(STORE_FILE_NAME), "{error}");
+        std::fs::write(dir.path().join(SNAPSHOT_FILE_NAME), vec![0x5a; 1024]).expect("write");
+        let error = open_small(dir.path()).err().expect("corrupt");
+        assert!(error.to_string().contains(SNAPSHOT_FILE_NAME), "{error}");
     }
 }

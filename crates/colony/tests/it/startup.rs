@@ -46,20 +46,20 @@ fn startup_data_dir_that_is_a_file_is_refused() {
 }
 
 #[test]
-fn startup_corrupt_store_file_is_refused_naming_it() {
+fn startup_corrupt_snapshot_is_refused_naming_it() {
     let temp = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(temp.path()).expect("mkdir");
-    std::fs::write(temp.path().join("colony.redb"), vec![0xA5u8; 128 * 1024]).expect("write");
+    std::fs::write(temp.path().join("snapshot"), vec![0xA5u8; 128 * 1024]).expect("write");
     let dir = temp.path().to_string_lossy().to_string();
     let addr = free_addr().to_string();
     let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("colony.redb"), "{stderr}");
+    assert!(stderr.contains("snapshot"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
-fn startup_truncated_store_file_is_refused_naming_it() {
+fn startup_truncated_log_segment_is_refused_naming_it() {
     let temp = tempfile::tempdir().expect("tempdir");
     let data = temp.path().join("data");
     {
@@ -69,18 +69,70 @@ fn startup_truncated_store_file_is_refused_naming_it() {
         }
         assert!(agent.terminate().success());
     }
-    let store = data.join("colony.redb");
-    let len = std::fs::metadata(&store).expect("store exists").len();
+    let segment = std::fs::read_dir(data.join("wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .max()
+        .expect("a segment");
+    let len = std::fs::metadata(&segment).expect("segment exists").len();
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .open(&store)
+        .open(&segment)
         .expect("open");
     file.set_len(len / 3).expect("truncate");
     let addr = free_addr().to_string();
     let dir = data.to_string_lossy().to_string();
     let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
-    assert_ne!(code, 0, "a truncated store must not open as if empty");
-    assert!(stderr.contains("colony.redb"), "{stderr}");
+    assert_ne!(code, 0, "a truncated log must not open as if shorter");
+    let name = segment
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        stderr.contains(&name) && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn startup_damaged_log_record_is_refused_naming_the_segment() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data = temp.path().join("data");
+    {
+        let mut agent = Agent::start_in(&data, &[]);
+        for i in 0..20 {
+            agent.put(&format!("/v1/kv/key{i}"), b"some value");
+        }
+        assert!(agent.terminate().success());
+    }
+    // Make the first segment a sealed one by adding a later (empty) segment after it, then
+    // damage a record in it: only the last segment may have a torn tail.
+    let wal = data.join("wal");
+    let first = std::fs::read_dir(&wal)
+        .expect("wal")
+        .map(|e| e.expect("e").path())
+        .max()
+        .expect("seg");
+    let bytes = std::fs::read(&first).expect("read");
+    let next = wal.join(format!("{:020}.wal", 10_000));
+    std::fs::write(&next, &bytes).expect("copy");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xEE; 4], 100).expect("damage");
+    let addr = free_addr().to_string();
+    let dir = data.to_string_lossy().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0);
+    let name = first
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(stderr.contains(&name), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
