@@ -142,7 +142,13 @@ pub async fn run(
                             .await?
                     }
                     "wake" => wake_latency(&target, args.wakes).await?,
-                    "parked" => parked_queries(&target, args.parked).await?,
+                    "parked" if args.external => parked_queries(&target, args.parked).await?,
+                    // A fresh agent per run: RSS never shrinks, so an agent that already
+                    // parked (and freed) queries would hide the cost of parking again.
+                    "parked" => {
+                        let fresh = start_target(&args, http_addr).await?;
+                        parked_queries(&fresh, args.parked).await?
+                    }
                     "fsync" => fsync_probe(&target.data_dir, duration)?,
                     _ => unreachable!("workloads were validated"),
                 };

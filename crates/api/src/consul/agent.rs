@@ -6,13 +6,13 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::json::decode;
 use crate::query::Query;
-use crate::respond::local_json;
+use crate::respond::{StoreAnswer, local_json};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use colony_runtime::Agent;
+use colony_runtime::{Agent, Topic};
 use colony_store::{
-    CatalogRegistration, Check, CheckDefinition, Command, HealthStatus, Service, Weights,
+    CatalogRegistration, Check, CheckDefinition, Command, HealthStatus, Service, Table, Weights,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -82,20 +82,29 @@ pub(crate) async fn members(State(app): State<AppState>) -> Response {
     )
 }
 
-pub(crate) async fn services(State(app): State<AppState>) -> Response {
+pub(crate) async fn services(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let agent = &app.agent;
     let dc = agent.config().datacenter.clone();
-    let services: BTreeMap<String, AgentServiceJson> = agent.read(|s| {
-        s.node_services(agent.node_name())
+    let blocking = Query::parse(raw.as_deref()).blocking()?;
+    let topics = [Topic::Table(Table::Services)];
+    let (services, index) = crate::blocking::run(agent, blocking, &topics, |s| {
+        let services: BTreeMap<String, AgentServiceJson> = s
+            .node_services(agent.node_name())
             .map(|svc| {
                 (
                     svc.id.clone(),
                     AgentServiceJson::from_service(svc, &dc, false),
                 )
             })
-            .collect()
-    });
-    local_json(&services, &agent.local_evidence("agent:services".into()))
+            .collect();
+        (services, s.max_table_index(&[Table::Services]))
+    })
+    .await;
+    let evidence = agent.local_evidence("agent:services".into());
+    Ok(StoreAnswer::json(&services, index, evidence).into_response())
 }
 
 pub(crate) async fn service(
@@ -116,14 +125,23 @@ pub(crate) async fn service(
     ))
 }
 
-pub(crate) async fn checks(State(app): State<AppState>) -> Response {
+pub(crate) async fn checks(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let agent = &app.agent;
-    let checks: BTreeMap<String, _> = agent.read(|s| {
-        s.node_checks(agent.node_name())
+    let blocking = Query::parse(raw.as_deref()).blocking()?;
+    let topics = [Topic::Table(Table::Checks)];
+    let (checks, index) = crate::blocking::run(agent, blocking, &topics, |s| {
+        let checks: BTreeMap<String, _> = s
+            .node_checks(agent.node_name())
             .map(|c| (c.id.clone(), check_json(agent, c)))
-            .collect()
-    });
-    local_json(&checks, &agent.local_evidence("agent:checks".into()))
+            .collect();
+        (checks, s.max_table_index(&[Table::Checks]))
+    })
+    .await;
+    let evidence = agent.local_evidence("agent:checks".into());
+    Ok(StoreAnswer::json(&checks, index, evidence).into_response())
 }
 
 pub(crate) async fn register_service(

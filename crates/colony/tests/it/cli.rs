@@ -133,3 +133,37 @@ fn cli_lock_excludes_concurrent_holders_and_passes_exit_code() {
     let (code, _, _) = cli(addr, &["lock", "jobs/other", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code, 3, "the command's exit code is passed through");
 }
+
+#[test]
+fn cli_watch_key_prints_each_change() {
+    use std::io::BufRead;
+    let agent = Agent::start();
+    let mut watcher = Command::new(colony_bin())
+        .args(["watch", "key", "feature/flag", "--json"])
+        .env("COLONY_HTTP_ADDR", agent.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let stdout = watcher.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.expect("utf8 line")).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| -> serde_json::Value {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("no output for {what}"));
+        serde_json::from_str(&line).expect("json line")
+    };
+    assert_eq!(next("the initial state")["value"], serde_json::Value::Null);
+    agent.put("/v1/kv/feature/flag", b"on");
+    assert_eq!(next("the first change")["value"][0]["Value"], "b24=");
+    agent.put("/v1/kv/feature/flag", b"off");
+    assert_eq!(next("the second change")["value"][0]["Value"], "b2Zm");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -7,3 +7,4 @@ mod disk_full;
 mod durability;
 mod startup;
 mod support;
+mod tidy;
