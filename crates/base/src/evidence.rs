@@ -124,6 +124,12 @@ impl Evidence {
 }
 
 fn sf_escape(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        return text.to_string();
+    }
     text.chars()
         .filter(|c| (' '..='~').contains(c))
         .flat_map(|c| match c {

@@ -29,8 +29,9 @@ pub struct AgentArgs {
     /// Address advertised to other nodes (default: the HTTP address's IP).
     #[arg(long, value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
-    /// Snapshot the state and truncate the log every this many entries.
-    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    /// Snapshot the state and delete covered log segments every this many entries (etcd's
+    /// --snapshot-count default). A snapshot serializes the whole state on the writer thread.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub snapshot_every: u64,
     /// Smallest session TTL accepted (Consul's default: 10s).
     #[arg(long, default_value = "10s", value_name = "DURATION")]
