@@ -411,13 +411,7 @@ pub(crate) async fn check_pass(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    ttl_update(
-        &app,
-        &id,
-        HealthStatus::Passing,
-        &Query::parse(raw.as_deref()),
-    )
-    .await
+    ttl_update(&app, &id, HealthStatus::Passing, raw).await
 }
 
 pub(crate) async fn check_warn(
@@ -425,13 +419,7 @@ pub(crate) async fn check_warn(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    ttl_update(
-        &app,
-        &id,
-        HealthStatus::Warning,
-        &Query::parse(raw.as_deref()),
-    )
-    .await
+    ttl_update(&app, &id, HealthStatus::Warning, raw).await
 }
 
 pub(crate) async fn check_fail(
@@ -439,21 +427,16 @@ pub(crate) async fn check_fail(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    ttl_update(
-        &app,
-        &id,
-        HealthStatus::Critical,
-        &Query::parse(raw.as_deref()),
-    )
-    .await
+    ttl_update(&app, &id, HealthStatus::Critical, raw).await
 }
 
 async fn ttl_update(
     app: &AppState,
     id: &str,
     status: HealthStatus,
-    query: &Query,
+    raw: Option<String>,
 ) -> ApiResult<Response> {
+    let query = Query::parse(raw.as_deref());
     let output = query.get("note").unwrap_or_default().to_string();
     app.agent.update_ttl_check(id, status, output).await?;
     Ok(ok_empty(&app.agent))

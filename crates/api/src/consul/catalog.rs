@@ -3,9 +3,8 @@
 use super::types::{
     AgentServiceJson, CatalogDeregisterRequest, CatalogRegisterRequest, CheckJson, NodeJson,
 };
-use super::{bool_answer, check_json, propose_done, write_evidence};
+use super::{bool_answer, check_json, propose_done, table_answer, write_evidence};
 use crate::AppState;
-use crate::blocking;
 use crate::error::{ApiError, ApiResult};
 use crate::json::decode;
 use crate::query::Query;
@@ -13,7 +12,7 @@ use crate::respond::StoreAnswer;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use colony_runtime::{Agent, Topic};
+
 use colony_store::{
     CatalogRegistration, Check, CheckDefinition, Command, HealthStatus, Node, Service, Table,
     Weights,
@@ -22,38 +21,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 const CATALOG_TABLES: [Table; 3] = [Table::Nodes, Table::Services, Table::Checks];
-
-fn topics(tables: &[Table]) -> Vec<Topic> {
-    tables.iter().map(|t| Topic::Table(*t)).collect()
-}
-
-fn reject_filter(query: &Query) -> ApiResult<()> {
-    if query.get("filter").is_some_and(|f| !f.is_empty()) {
-        return Err(ApiError::bad_request(
-            "filter expressions are not supported by colony yet",
-        ));
-    }
-    Ok(())
-}
-
-/// Runs a blocking read over `tables` and answers with JSON.
-async fn catalog_answer<T: serde::Serialize>(
-    agent: &Agent,
-    raw: Option<String>,
-    tables: &[Table],
-    binding: String,
-    compute: impl Fn(&colony_store::StateMachine, &Query) -> T,
-) -> ApiResult<Response> {
-    let query = Query::parse(raw.as_deref());
-    query.check_datacenter(&agent.config().datacenter)?;
-    reject_filter(&query)?;
-    let (value, index) = blocking::run(agent, query.blocking()?, &topics(tables), |s| {
-        (compute(s, &query), s.max_table_index(tables))
-    })
-    .await;
-    let evidence = agent.store_evidence(index, binding);
-    Ok(StoreAnswer::json(&value, index, evidence).into_response())
-}
 
 pub(crate) async fn datacenters(State(app): State<AppState>) -> Response {
     let agent = &app.agent;
@@ -67,7 +34,7 @@ pub(crate) async fn services(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let agent = &app.agent;
-    catalog_answer(
+    table_answer(
         agent,
         raw,
         &[Table::Services],
@@ -137,7 +104,7 @@ pub(crate) async fn service(
 ) -> ApiResult<Response> {
     let agent = &app.agent;
     let dc = agent.config().datacenter.clone();
-    catalog_answer(
+    table_answer(
         agent,
         raw,
         &CATALOG_TABLES,
@@ -159,7 +126,7 @@ pub(crate) async fn nodes(
 ) -> ApiResult<Response> {
     let agent = &app.agent;
     let dc = agent.config().datacenter.clone();
-    catalog_answer(
+    table_answer(
         agent,
         raw,
         &[Table::Nodes],
@@ -180,7 +147,7 @@ pub(crate) async fn node(
 ) -> ApiResult<Response> {
     let agent = &app.agent;
     let dc = agent.config().datacenter.clone();
-    catalog_answer(
+    table_answer(
         agent,
         raw,
         &[Table::Nodes, Table::Services],
@@ -348,7 +315,7 @@ pub(crate) async fn health_service(
 ) -> ApiResult<Response> {
     let agent = app.agent.clone();
     let dc = agent.config().datacenter.clone();
-    catalog_answer(
+    table_answer(
         &app.agent,
         raw,
         &CATALOG_TABLES,
@@ -388,7 +355,7 @@ pub(crate) async fn health_checks(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let agent = app.agent.clone();
-    catalog_answer(
+    table_answer(
         &app.agent,
         raw,
         &[Table::Checks],
@@ -409,7 +376,7 @@ pub(crate) async fn health_node(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let agent = app.agent.clone();
-    catalog_answer(
+    table_answer(
         &app.agent,
         raw,
         &[Table::Checks],
@@ -437,7 +404,7 @@ pub(crate) async fn health_state(
         })?),
     };
     let agent = app.agent.clone();
-    catalog_answer(
+    table_answer(
         &app.agent,
         raw,
         &[Table::Checks],

@@ -8,13 +8,15 @@ pub(crate) mod session;
 pub mod types;
 
 use crate::AppState;
+use crate::blocking;
 use crate::error::{ApiError, ApiResult};
+use crate::query::Query;
 use crate::respond::{StoreAnswer, evidence_json};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use colony_base::{Evidence, Freshness, HlcTimestamp, Lifetime};
-use colony_runtime::{Agent, outcome_to_result};
-use colony_store::{Check, Command};
+use colony_runtime::{Agent, Topic, outcome_to_result};
+use colony_store::{Check, Command, Table};
 use types::CheckJson;
 
 /// Proposes a command that answers `Done` (or is rejected); returns the index it applied at.
@@ -74,6 +76,39 @@ pub(crate) fn check_json(agent: &Agent, check: &Check) -> CheckJson {
         freshness,
     };
     CheckJson::from_check(check, evidence_json(&evidence))
+}
+
+fn topics(tables: &[Table]) -> Vec<Topic> {
+    tables.iter().map(|t| Topic::Table(*t)).collect()
+}
+
+fn reject_filter(query: &Query) -> ApiResult<()> {
+    if query.get("filter").is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::bad_request(
+            "filter expressions are not supported by colony yet",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a blocking read over `tables` (`?index`, `?wait`, `?dc`; `?filter` refused) and
+/// answers with JSON, the tables' index and store evidence.
+pub(crate) async fn table_answer<T: serde::Serialize>(
+    agent: &Agent,
+    raw: Option<String>,
+    tables: &[Table],
+    binding: String,
+    compute: impl Fn(&colony_store::StateMachine, &Query) -> T,
+) -> ApiResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    query.check_datacenter(&agent.config().datacenter)?;
+    reject_filter(&query)?;
+    let (value, index) = blocking::run(agent, query.blocking()?, &topics(tables), |s| {
+        (compute(s, &query), s.max_table_index(tables))
+    })
+    .await;
+    let evidence = agent.store_evidence(index, binding);
+    Ok(StoreAnswer::json(&value, index, evidence).into_response())
 }
 
 pub(crate) async fn status_leader(State(app): State<AppState>) -> Response {

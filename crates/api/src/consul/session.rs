@@ -1,9 +1,8 @@
 //! `/v1/session/*`: sessions, the leases behind locks.
 
 use super::types::{SessionJson, SessionRequest};
-use super::{bool_answer, write_evidence};
+use super::{bool_answer, table_answer, write_evidence};
 use crate::AppState;
-use crate::blocking;
 use crate::error::{ApiError, ApiResult};
 use crate::json::decode;
 use crate::query::Query;
@@ -12,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use colony_base::format_go_duration;
-use colony_runtime::Topic;
 use colony_store::{NODE_HEALTH_CHECK_ID, Session, SessionBehavior, Table};
 use serde_json::json;
 
@@ -135,25 +133,13 @@ async fn sessions_answer(
     binding: String,
     select: impl Fn(&Session) -> bool,
 ) -> ApiResult<Response> {
-    let agent = &app.agent;
-    let query = Query::parse(raw.as_deref());
-    query.check_datacenter(&agent.config().datacenter)?;
-    let (sessions, index) = blocking::run(
-        agent,
-        query.blocking()?,
-        &[Topic::Table(Table::Sessions)],
-        |s| {
-            let sessions: Vec<SessionJson> = s
-                .sessions()
-                .filter(|x| select(x))
-                .map(SessionJson::from_session)
-                .collect();
-            (sessions, s.max_table_index(&[Table::Sessions]))
-        },
-    )
-    .await;
-    let evidence = agent.store_evidence(index, binding);
-    Ok(StoreAnswer::json(&sessions, index, evidence).into_response())
+    table_answer(&app.agent, raw, &[Table::Sessions], binding, |s, _| {
+        s.sessions()
+            .filter(|x| select(x))
+            .map(SessionJson::from_session)
+            .collect::<Vec<_>>()
+    })
+    .await
 }
 
 pub(crate) async fn info(
