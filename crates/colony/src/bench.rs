@@ -324,8 +324,8 @@ async fn closed_loop(
     let entries_before = metric(client, "colony_store_commit_batch_entries_sum").await;
     let mut tasks = Vec::with_capacity(clients);
     for worker in 0..clients {
-        let client = client.clone();
-        let value = value.clone();
+        let value = bytes::Bytes::from(value.to_vec());
+        let mut connection = Connection::open(client.authority()).await?;
         tasks.push(tokio::spawn(async move {
             let mut latencies_us = Vec::with_capacity(16 * 1024);
             let mut errors = 0u64;
@@ -336,19 +336,17 @@ async fn closed_loop(
                 }
                 let result = match kind {
                     "put" => {
-                        client
-                            .send(
-                                Method::PUT,
-                                &format!("/v1/kv/bench/w{worker}/k{}", i % 1024),
-                                Some(value.to_vec()),
-                            )
-                            .await
+                        let path = format!("/v1/kv/bench/w{worker}/k{}", i % 1024);
+                        connection.send(Method::PUT, &path, value.clone()).await
                     }
-                    "get" => client.get("/v1/kv/bench/get").await,
-                    _ => client.get("/v1/health/service/bench-svc?passing").await,
+                    "get" => connection.send(Method::GET, "/v1/kv/bench/get", bytes::Bytes::new()).await,
+                    _ => {
+                        let path = "/v1/health/service/bench-svc?passing";
+                        connection.send(Method::GET, path, bytes::Bytes::new()).await
+                    }
                 };
                 match result {
-                    Ok(answer) if answer.status.is_success() => {
+                    Ok(true) => {
                         if sent >= measure_from {
                             latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
                         }
@@ -396,6 +394,41 @@ async fn closed_loop(
         figures.insert("entries_per_fsync".into(), entries / batches.max(1.0));
     }
     Ok(figures)
+}
+
+/// One keep-alive HTTP/1.1 connection owned by one load worker: no pool, no shared state, so
+/// the load generator costs as little CPU as it can (it shares the machine with the agent).
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    authority: String,
+}
+
+impl Connection {
+    async fn open(authority: &str) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        Ok(Connection { sender, authority: authority.to_string() })
+    }
+
+    /// Sends one request and reads the whole answer; `Ok(true)` for a 2xx.
+    async fn send(&mut self, method: Method, path: &str, body: bytes::Bytes) -> anyhow::Result<bool> {
+        use http_body_util::BodyExt as _;
+        self.sender.ready().await?;
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.authority.as_str())
+            .body(http_body_util::Full::new(body))?;
+        let response = self.sender.send_request(request).await?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await?;
+        Ok(ok)
+    }
 }
 
 /// Blocking-query wake-up: one parked GET, one PUT; time from sending the PUT to the parked

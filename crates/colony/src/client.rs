@@ -108,6 +108,11 @@ impl ApiClient {
         })
     }
 
+    /// The agent's `host:port`.
+    pub fn authority(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     /// GET.
     pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
         self.send(Method::GET, path, None).await
