@@ -339,10 +339,16 @@ async fn closed_loop(
                         let path = format!("/v1/kv/bench/w{worker}/k{}", i % 1024);
                         connection.send(Method::PUT, &path, value.clone()).await
                     }
-                    "get" => connection.send(Method::GET, "/v1/kv/bench/get", bytes::Bytes::new()).await,
+                    "get" => {
+                        connection
+                            .send(Method::GET, "/v1/kv/bench/get", bytes::Bytes::new())
+                            .await
+                    }
                     _ => {
                         let path = "/v1/health/service/bench-svc?passing";
-                        connection.send(Method::GET, path, bytes::Bytes::new()).await
+                        connection
+                            .send(Method::GET, path, bytes::Bytes::new())
+                            .await
                     }
                 };
                 match result {
@@ -412,11 +418,19 @@ impl Connection {
         let io = hyper_util::rt::TokioIo::new(stream);
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(connection);
-        Ok(Connection { sender, authority: authority.to_string() })
+        Ok(Connection {
+            sender,
+            authority: authority.to_string(),
+        })
     }
 
     /// Sends one request and reads the whole answer; `Ok(true)` for a 2xx.
-    async fn send(&mut self, method: Method, path: &str, body: bytes::Bytes) -> anyhow::Result<bool> {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: bytes::Bytes,
+    ) -> anyhow::Result<bool> {
         use http_body_util::BodyExt as _;
         self.sender.ready().await?;
         let request = hyper::Request::builder()

@@ -1,7 +1,24 @@
 //! Blocking queries wake on change, time out without one, and cost no polling.
 
-use crate::support::{Agent, http};
+use crate::support::{Agent, http, wait_until};
 use std::time::{Duration, Instant};
+
+/// Waits until the agent reports `count` parked blocking queries, so that a test's write
+/// exercises the wake-up path rather than racing the query.
+fn wait_parked(agent: &Agent, count: usize) {
+    let line = format!("colony_blocking_queries_parked {count}");
+    wait_until(
+        &format!("{count} parked queries"),
+        Duration::from_secs(20),
+        || {
+            agent
+                .get("/v1/agent/metrics?format=prometheus")
+                .text()
+                .lines()
+                .any(|l| l == line)
+        },
+    );
+}
 
 #[test]
 fn blocking_kv_query_wakes_on_put() {
@@ -21,7 +38,7 @@ fn blocking_kv_query_wakes_on_put() {
         .expect("blocking get");
         (response, started.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_parked(&agent, 1);
     agent.put("/v1/kv/unrelated", b"x");
     agent.put("/v1/kv/watched", b"2");
     let (response, elapsed) = waiter.join().expect("waiter");
@@ -74,7 +91,7 @@ fn blocking_health_query_wakes_on_ttl_check_pass() {
         )
         .expect("blocking get")
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_parked(&agent, 1);
     assert_eq!(
         agent
             .put("/v1/agent/check/pass/api-ttl?note=ok", b"")

@@ -1,36 +1,14 @@
 //! A disk that fills while the agent runs: writes are refused with a clear error, reads keep
 //! being served, storage reports Floor mode, and writes work again once space returns.
 
-use crate::support::{Agent, wait_until};
-use std::path::Path;
-use std::process::Command;
+use crate::support::{Agent, mount_tmpfs, wait_until};
 use std::time::Duration;
-
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_small_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(Mount(dir.to_path_buf())),
-        _ => None,
-    }
-}
 
 #[test]
 fn disk_full_refuses_writes_serves_reads_and_recovers() {
     let temp = tempfile::tempdir().expect("tempdir");
     let mount_dir = temp.path().join("small-disk");
-    let Some(_mount) = mount_small_tmpfs(&mount_dir, "64m") else {
+    let Some(_mount) = mount_tmpfs(&mount_dir, "size=64m") else {
         let message = "DISK-FULL TEST NOT RUN: cannot mount a tmpfs (needs root)";
         assert!(
             std::env::var_os("CI").is_none(),

@@ -1,6 +1,6 @@
 //! Start-up refuses unusable data dirs and addresses with a message naming the culprit.
 
-use crate::support::{Agent, colony_bin, free_addr};
+use crate::support::{Agent, colony_bin, free_addr, mount_tmpfs};
 use std::process::Command;
 
 fn agent_error(args: &[&str]) -> (i32, String) {
@@ -43,6 +43,27 @@ fn startup_data_dir_that_is_a_file_is_refused() {
     let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
     assert_ne!(code, 0);
     assert!(stderr.contains("plain-file"), "{stderr}");
+}
+
+#[test]
+fn startup_read_only_data_dir_is_refused_naming_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let read_only = temp.path().join("read-only-disk");
+    let Some(_mount) = mount_tmpfs(&read_only, "ro,size=1m") else {
+        let message = "READ-ONLY DATA DIR TEST NOT RUN: cannot mount a tmpfs (needs root)";
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{message}: CI must be able to run it"
+        );
+        eprintln!("\n*** {message} ***\n");
+        return;
+    };
+    let dir = read_only.join("data").to_string_lossy().to_string();
+    let addr = free_addr().to_string();
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", &dir]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("read-only-disk"), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
 }
 
 #[test]

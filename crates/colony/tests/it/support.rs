@@ -248,3 +248,26 @@ pub fn cli(addr: SocketAddr, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).to_string(),
     )
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+pub struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs with `options` (e.g. `size=64m`, `ro`) at `dir`; `None` without the
+/// privilege to mount.
+pub fn mount_tmpfs(dir: &Path, options: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(Mount(dir.to_path_buf())),
+        _ => None,
+    }
+}
