@@ -135,6 +135,7 @@ impl Agent {
             fatal: fatal_tx,
             snapshot_every_entries: config.snapshot_every_entries,
             wall_ms,
+            snapshot_in_flight: None,
         };
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()

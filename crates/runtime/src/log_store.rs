@@ -292,25 +292,28 @@ impl LogStore {
     /// As [`LogStore::append`]; the previous snapshot stays valid on error.
     pub fn write_snapshot(&mut self, state_bytes: &[u8], index: u64) -> Result<(), AppendError> {
         assert!(index <= self.last_index && index >= self.snapshot_index);
-        let path = self.dir.join(SNAPSHOT_FILE_NAME);
-        let temp = self.dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
-        let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + state_bytes.len());
-        bytes.extend_from_slice(SNAPSHOT_MAGIC);
-        bytes.extend_from_slice(&index.to_le_bytes());
-        bytes.extend_from_slice(&(state_bytes.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(state_bytes).to_le_bytes());
-        bytes.extend_from_slice(state_bytes);
-        let written = (|| {
-            let mut file = File::create(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(error) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(classify(&path, error));
+        self.snapshot_file().write(state_bytes, index)?;
+        self.handle_snapshot_written(index);
+        Ok(())
+    }
+
+    /// A handle that writes snapshot files from another thread while the log keeps appending.
+    pub fn snapshot_file(&self) -> SnapshotFile {
+        SnapshotFile {
+            dir: self.dir.clone(),
         }
+    }
+
+    /// Records that a snapshot at `index` is durable and deletes the segments it covers.
+    ///
+    /// # Panics
+    /// If `index` is older than the current snapshot or newer than the log.
+    pub fn handle_snapshot_written(&mut self, index: u64) {
+        assert!(index >= self.snapshot_index, "snapshots only move forward");
+        assert!(
+            index <= self.last_index,
+            "a snapshot cannot be ahead of the log"
+        );
         self.snapshot_index = index;
         // The oldest sealed segment ends just before the next segment starts; delete it while
         // the snapshot covers all of it. The active segment is never deleted.
@@ -326,6 +329,42 @@ impl LogStore {
             if let Err(error) = std::fs::remove_file(&old) {
                 tracing::warn!(file = %old.display(), %error, "could not delete a covered segment");
             }
+        }
+    }
+}
+
+/// Writes the snapshot file of one data dir: to a temporary file, synced, renamed over the
+/// old snapshot, directory synced. A crash at any point leaves either snapshot intact.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    dir: PathBuf,
+}
+
+impl SnapshotFile {
+    /// Writes `state_bytes`, the state at `index`.
+    ///
+    /// # Errors
+    /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
+    pub fn write(&self, state_bytes: &[u8], index: u64) -> Result<(), AppendError> {
+        let path = self.dir.join(SNAPSHOT_FILE_NAME);
+        let temp = self.dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
+        let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
+        header.extend_from_slice(SNAPSHOT_MAGIC);
+        header.extend_from_slice(&index.to_le_bytes());
+        header.extend_from_slice(&(state_bytes.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(state_bytes).to_le_bytes());
+        assert_eq!(header.len(), SNAPSHOT_HEADER_BYTES);
+        let written = (|| {
+            let mut file = File::create(&temp)?;
+            file.write_all(&header)?;
+            file.write_all(state_bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(classify(&path, error));
         }
         Ok(())
     }

@@ -103,6 +103,8 @@ pub(crate) struct Writer {
     pub(crate) fatal: watch::Sender<Option<String>>,
     pub(crate) snapshot_every_entries: u64,
     pub(crate) wall_ms: fn() -> u64,
+    /// The snapshot being written by a background thread, if any: its result arrives here.
+    pub(crate) snapshot_in_flight: Option<std::sync::mpsc::Receiver<Result<u64, AppendError>>>,
 }
 
 impl Writer {
@@ -211,19 +213,56 @@ impl Writer {
             let _ = reply.send(Ok(Applied { index, outcome }));
             self.hub.notify(&changes, index);
         }
-        if last_index - self.store.snapshot_index() >= self.snapshot_every_entries {
-            let bytes = self
-                .state
-                .read()
-                .expect("state lock poisoned")
-                .to_snapshot();
-            if let Err(error) = self.store.write_snapshot(&bytes, last_index) {
-                return self.handle_append_error(error, Vec::new());
-            }
-            self.metrics.snapshots.inc();
-            tracing::debug!(index = last_index, bytes = bytes.len(), "snapshot written");
+        self.collect_snapshot()?;
+        let due = last_index - self.store.snapshot_index() >= self.snapshot_every_entries;
+        if due && self.snapshot_in_flight.is_none() {
+            self.start_snapshot(last_index);
         }
         Ok(())
+    }
+
+    /// Copies the state at `index` and writes it as a snapshot on a background thread, so that
+    /// commits do not wait for a whole-state encoding and a large file write.
+    fn start_snapshot(&mut self, index: u64) {
+        let state = self.state.read().expect("state lock poisoned").clone();
+        assert_eq!(state.applied_index(), index);
+        let file = self.store.snapshot_file();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("colony-snapshot".into())
+            .spawn(move || {
+                let bytes = state.to_snapshot();
+                let _ = done.send(file.write(&bytes, index).map(|()| index));
+            })
+            .expect("spawning the snapshot thread");
+        self.snapshot_in_flight = Some(result);
+    }
+
+    /// Takes the result of a finished background snapshot: deletes the segments it covers, or
+    /// handles its failure like a failed append. `Err` means the writer must stop.
+    fn collect_snapshot(&mut self) -> Result<(), ()> {
+        let Some(result) = &self.snapshot_in_flight else {
+            return Ok(());
+        };
+        match result.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                tracing::error!("the snapshot thread stopped without an answer; retrying later");
+                self.snapshot_in_flight = None;
+                Ok(())
+            }
+            Ok(Ok(index)) => {
+                self.snapshot_in_flight = None;
+                self.store.handle_snapshot_written(index);
+                self.metrics.snapshots.inc();
+                tracing::debug!(index, "snapshot written");
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                self.snapshot_in_flight = None;
+                self.handle_append_error(error, Vec::new())
+            }
+        }
     }
 
     fn handle_append_error(
