@@ -256,11 +256,25 @@ async fn services(client: &ApiClient, command: ServicesCommand, json: bool) -> a
         ServicesCommand::Register { file } => {
             let body =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            serde_json::from_slice::<Value>(&body)
+            let document: Value = serde_json::from_slice(&body)
                 .with_context(|| format!("{} is not valid JSON", file.display()))?;
-            client.put("/v1/agent/service/register", body).await?.ok()?;
+            let services = services_in_file(document)
+                .with_context(|| format!("{} holds no service definition", file.display()))?;
+            for service in &services {
+                client
+                    .put(
+                        "/v1/agent/service/register",
+                        service.to_string().into_bytes(),
+                    )
+                    .await?
+                    .ok()?;
+            }
             if !json {
-                println!("registered service from {}", file.display());
+                println!(
+                    "registered {} service(s) from {}",
+                    services.len(),
+                    file.display()
+                );
             }
         }
         ServicesCommand::Deregister { id } => {
@@ -292,6 +306,21 @@ async fn services(client: &ApiClient, command: ServicesCommand, json: bool) -> a
         }
     }
     Ok(())
+}
+
+/// The service registrations in a file: a bare registration (`{"Name": ...}`), or a Consul
+/// service definition file (`{"service": {...}}` or `{"services": [...]}`, any key case).
+fn services_in_file(document: Value) -> Option<Vec<Value>> {
+    let Value::Object(map) = document else {
+        return None;
+    };
+    let wrapped = |name: &str| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+    match (wrapped("service"), wrapped("services")) {
+        (Some((_, service @ Value::Object(_))), None) => Some(vec![service.clone()]),
+        (None, Some((_, Value::Array(list)))) if !list.is_empty() => Some(list.clone()),
+        (None, None) if !map.is_empty() => Some(vec![Value::Object(map)]),
+        _ => None,
+    }
 }
 
 async fn catalog(client: &ApiClient, command: CatalogCommand, json: bool) -> anyhow::Result<()> {

@@ -96,6 +96,39 @@ fn cli_services_register_list_and_catalog() {
 }
 
 #[test]
+fn cli_services_register_accepts_consul_service_definition_files() {
+    let agent = Agent::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let single = temp.path().join("single.json");
+    std::fs::write(&single, br#"{"service": {"name": "cache", "port": 6379}}"#).expect("write");
+    let many = temp.path().join("many.json");
+    std::fs::write(
+        &many,
+        br#"{"Services": [{"Name": "a", "Port": 1}, {"Name": "b", "Port": 2}]}"#,
+    )
+    .expect("write");
+    let empty = temp.path().join("empty.json");
+    std::fs::write(&empty, br#"{"services": []}"#).expect("write");
+    for file in [&single, &many] {
+        let (code, _, err) = cli(
+            agent.addr,
+            &["services", "register", file.to_str().expect("utf8")],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let services = agent.get("/v1/agent/services").json();
+    assert_eq!(services["cache"]["Port"], 6379);
+    assert_eq!(services["a"]["Port"], 1);
+    assert_eq!(services["b"]["Port"], 2);
+    let (code, _, err) = cli(
+        agent.addr,
+        &["services", "register", empty.to_str().expect("utf8")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no service definition"), "{err}");
+}
+
+#[test]
 fn cli_lock_excludes_concurrent_holders_and_passes_exit_code() {
     let agent = Agent::start();
     let temp = tempfile::tempdir().expect("tempdir");
