@@ -301,13 +301,7 @@ async fn closed_loop(
         }
         "health" => {
             let service = json!({"Name": "bench-svc", "Port": 1, "Check": {"CheckID": "bench-ttl", "TTL": "1h"}});
-            client
-                .put(
-                    "/v1/agent/service/register",
-                    service.to_string().into_bytes(),
-                )
-                .await?
-                .ok()?;
+            client.register_service(&service).await?;
             client
                 .put("/v1/agent/check/pass/bench-ttl", Vec::new())
                 .await?

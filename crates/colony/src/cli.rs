@@ -261,13 +261,7 @@ async fn services(client: &ApiClient, command: ServicesCommand, json: bool) -> a
             let services = services_in_file(document)
                 .with_context(|| format!("{} holds no service definition", file.display()))?;
             for service in &services {
-                client
-                    .put(
-                        "/v1/agent/service/register",
-                        service.to_string().into_bytes(),
-                    )
-                    .await?
-                    .ok()?;
+                client.register_service(service).await?;
             }
             if !json {
                 println!(

@@ -108,6 +108,16 @@ impl ApiClient {
         })
     }
 
+    /// Registers a service at the agent (`PUT /v1/agent/service/register`).
+    ///
+    /// # Errors
+    /// A connection failure, or the agent's refusal with its reason.
+    pub async fn register_service(&self, service: &serde_json::Value) -> anyhow::Result<()> {
+        let body = service.to_string().into_bytes();
+        self.put("/v1/agent/service/register", body).await?.ok()?;
+        Ok(())
+    }
+
     /// The agent's `host:port`.
     pub fn authority(&self) -> &str {
         self.base.trim_start_matches("http://")
