@@ -108,8 +108,14 @@ impl CheckTracker {
     /// Whether the check has been critical for at least `after_ms` (Consul's
     /// `DeregisterCriticalServiceAfter`).
     pub fn should_deregister(&self, now_ms: u64, after_ms: u64) -> bool {
-        self.critical_since_ms
-            .is_some_and(|since| now_ms.saturating_sub(since) >= after_ms)
+        self.deregister_in_ms(now_ms, after_ms) == Some(0)
+    }
+
+    /// How long until the check will have been critical for `after_ms`: `Some(0)` if already,
+    /// `None` while it is not critical.
+    pub fn deregister_in_ms(&self, now_ms: u64, after_ms: u64) -> Option<u64> {
+        let since = self.critical_since_ms?;
+        Some((since + after_ms).saturating_sub(now_ms))
     }
 }
 
@@ -195,8 +201,10 @@ mod tests {
         tracker.handle_result(2_000, Critical);
         assert!(!tracker.should_deregister(2_999, 2_000));
         assert!(tracker.should_deregister(3_000, 2_000));
+        assert_eq!(tracker.deregister_in_ms(2_500, 2_000), Some(500));
         tracker.handle_result(3_500, Passing);
         assert!(!tracker.should_deregister(10_000, 2_000));
+        assert_eq!(tracker.deregister_in_ms(10_000, 2_000), None);
     }
 
     #[test]

@@ -211,19 +211,30 @@ async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>
             )
             .await;
         }
-        // While critical, wake at the deregistration deadline (if any) or on the next update.
-        loop {
-            if deregister_if_critical_too_long(&agent, &check, &shared).await {
-                return;
+        // While critical, wake at the deregistration deadline (if one is set) or on the next
+        // update; nothing else can change the outcome, so there is nothing to poll.
+        let deadline = check
+            .definition
+            .deregister_critical_service_after_ms
+            .and_then(|after| {
+                let tracker = shared.tracker.lock().expect("tracker lock poisoned");
+                tracker.deregister_in_ms(wall_ms(), after)
+            });
+        match deadline {
+            Some(wait_ms) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {
+                        if deregister_if_critical_too_long(&agent, &check, &shared).await {
+                            return;
+                        }
+                        // The deregistration was refused (storage in Floor mode): wait for
+                        // the next update, which restarts the TTL.
+                        shared.ttl_reset.notified().await;
+                    }
+                    () = shared.ttl_reset.notified() => {}
+                }
             }
-            let wait_ms = check
-                .definition
-                .deregister_critical_service_after_ms
-                .unwrap_or(3_600_000);
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(wait_ms.clamp(10, 1_000))) => {}
-                () = shared.ttl_reset.notified() => break,
-            }
+            None => shared.ttl_reset.notified().await,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `/v1/agent/*`: this agent's services, checks, maintenance, members and metrics.
 
 use super::types::{AgentServiceJson, CheckRequest, CheckUpdateRequest, ServiceRequest};
-use super::{check_json, ok_true, propose_done};
+use super::{check_json, propose_done};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::json::decode;
@@ -205,7 +205,7 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
             format!("service:{id}")
         };
         let default_name = format!("Service '{name}' check");
-        let mut built = build_check(agent, check, default_id, default_name, agent.now_ms())?;
+        let mut built = build_check(check, default_id, default_name, agent.now_ms())?;
         built.service_id = id.clone();
         checks.push(built);
     }
@@ -222,7 +222,6 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
 
 /// Validates a check request and builds the store check (with its definition).
 pub(crate) fn build_check(
-    agent: &Agent,
     request: CheckRequest,
     default_id: String,
     default_name: String,
@@ -304,7 +303,6 @@ pub(crate) fn build_check(
         .name
         .filter(|n| !n.is_empty())
         .unwrap_or(default_name);
-    let _ = agent;
     Ok(Check {
         node: String::new(),
         id,
@@ -367,7 +365,7 @@ pub(crate) async fn register_check(
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("Missing check name"))?;
-    let check = build_check(agent, request, name.clone(), name, agent.now_ms())?;
+    let check = build_check(request, name.clone(), name, agent.now_ms())?;
     if !check.service_id.is_empty()
         && agent.read(|s| s.service(agent.node_name(), &check.service_id).is_none())
     {
@@ -594,8 +592,10 @@ pub(crate) async fn metrics(State(app): State<AppState>, RawQuery(raw): RawQuery
     local_json(&body, &agent.local_evidence("agent:metrics".into()))
 }
 
+/// The empty 200 answer Consul's agent endpoints give to a successful write.
 fn ok_empty(agent: &Agent) -> Response {
-    let mut response = ok_true(agent);
-    *response.body_mut() = axum::body::Body::empty();
-    response
+    let index = agent.read(|s| s.applied_index());
+    let mut answer = StoreAnswer::json(&(), index, agent.local_evidence("agent".into()));
+    answer.body.clear();
+    answer.into_response()
 }

@@ -36,12 +36,6 @@ pub(crate) fn bool_answer(value: bool, index: u64, evidence: Evidence) -> Respon
     StoreAnswer::json(&value, index, evidence).into_response()
 }
 
-/// A `true` answer stamped with the current index.
-pub(crate) fn ok_true(agent: &Agent) -> Response {
-    let index = agent.read(|s| s.applied_index());
-    bool_answer(true, index, agent.local_evidence("agent".into()))
-}
-
 /// A check as JSON with its own evidence: a check this agent runs is fresh while its last
 /// observation is younger than its interval or TTL; other checks are as fresh as the store.
 pub(crate) fn check_json(agent: &Agent, check: &Check) -> CheckJson {

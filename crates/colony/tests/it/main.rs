@@ -5,6 +5,7 @@ mod blocking;
 mod cli;
 mod disk_full;
 mod durability;
+mod health;
 mod startup;
 mod support;
 mod tidy;
