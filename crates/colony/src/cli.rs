@@ -3,6 +3,7 @@
 use crate::agent_cmd::{self, AgentArgs};
 use crate::bench::{self, BenchArgs};
 use crate::client::{ApiClient, encode_key};
+use crate::sim_cmd::{self, SimCommand};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
@@ -61,6 +62,9 @@ enum Command {
     Watch(WatchCommand),
     /// Measure an agent with a built-in load generator.
     Bench(BenchArgs),
+    /// Run a scenario on the deterministic simulator (the real protocol code on virtual time).
+    #[command(subcommand)]
+    Sim(SimCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +151,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => return agent_cmd::run(args, &cli.http_addr).await,
         Command::Bench(args) => return bench::run(args, &cli.http_addr, json).await,
+        Command::Sim(command) => {
+            tokio::task::spawn_blocking(move || sim_cmd::run(command, json))
+                .await
+                .context("simulator thread")??;
+        }
         Command::Kv(command) => kv(&client, command, json).await?,
         Command::Services(command) => services(&client, command, json).await?,
         Command::Catalog(command) => catalog(&client, command, json).await?,

@@ -4,6 +4,8 @@ mod agent_cmd;
 mod bench;
 mod cli;
 mod client;
+mod plot;
+mod sim_cmd;
 
 use clap::Parser;
 
