@@ -187,6 +187,8 @@ class ColonyAgent:
             self.node,
             "--http-addr",
             f"{LOOPBACK}:{self.port}",
+            "--bind",
+            f"{LOOPBACK}:0",
             "--data-dir",
             str(self.data_dir),
         ]

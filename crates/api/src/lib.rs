@@ -16,6 +16,7 @@ pub mod blocking;
 pub mod consul;
 pub mod error;
 pub mod json;
+pub mod membership;
 pub mod query;
 pub mod respond;
 
@@ -41,12 +42,17 @@ pub struct AppState {
     pub agent: Arc<Agent>,
 }
 
-/// Builds the HTTP router for `agent`.
-pub fn router(agent: Arc<Agent>) -> Router {
+/// Wall-clock milliseconds, for evidence observed now.
+pub(crate) fn now_ms() -> u64 {
+    colony_runtime::wall_ms()
+}
+
+/// Builds the HTTP router of a server (or dev) agent: the store-backed endpoints plus the
+/// membership endpoints.
+pub fn router(agent: Arc<Agent>, membership: membership::MembershipState) -> Router {
     let state = AppState { agent };
     Router::new()
         .route("/v1/agent/self", get(ag::self_info))
-        .route("/v1/agent/members", get(ag::members))
         .route("/v1/agent/services", get(ag::services))
         .route("/v1/agent/service/{id}", get(ag::service))
         .route("/v1/agent/checks", get(ag::checks))
@@ -103,9 +109,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/status/leader", get(consul::status_leader))
         .route("/v1/status/peers", get(consul::status_peers))
         .route("/v1/colony/modes", get(modes))
+        .with_state(state.clone())
+        .merge(membership::routes(membership))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, observe))
 }
 
 /// Serves `router` on `listener` over HTTP/1.1 until `shutdown` resolves, then lets each open

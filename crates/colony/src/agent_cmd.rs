@@ -1,10 +1,14 @@
 //! `colony agent`: runs an agent until SIGINT/SIGTERM.
 
 use anyhow::{Context, bail};
+use colony_api::membership::MembershipState;
+use colony_runtime::gossip::{Gossip, GossipConfig};
 use colony_runtime::{Agent, AgentConfig};
-use std::net::SocketAddr;
+use colony_swim::Meta;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Options of `colony agent`.
@@ -42,6 +46,147 @@ pub struct AgentArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Gossip address, UDP and TCP on one port: IP or IP:PORT (port 8301 by default; 0 picks
+    /// a free one). Default: 127.0.0.1:8301 with --dev, 0.0.0.0:8301 otherwise.
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub bind: Option<String>,
+    /// Join the cluster through this member at start-up (repeatable); the agent exits if none
+    /// answers.
+    #[arg(long = "join", value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Like --join, but keep retrying every --retry-interval until one answers (repeatable).
+    #[arg(long = "retry-join", value_name = "ADDR")]
+    pub retry_join: Vec<String>,
+    /// Time between two --retry-join attempts.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub retry_interval: String,
+    /// Failure domain (rack, zone) advertised in this member's metadata.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// Gossip without Lifeguard (plain SWIM), for comparison.
+    #[arg(long)]
+    pub no_lifeguard: bool,
+}
+
+/// Where gossip binds and what it advertises.
+fn gossip_addresses(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<(SocketAddr, IpAddr)> {
+    let default_ip: IpAddr = if args.dev {
+        [127, 0, 0, 1].into()
+    } else {
+        [0, 0, 0, 0].into()
+    };
+    let bind = match &args.bind {
+        None => SocketAddr::new(default_ip, 8301),
+        Some(text) => colony_api::membership::parse_gossip_addr(text)
+            .map_err(|e| anyhow::anyhow!("invalid --bind: {}", e.message))?,
+    };
+    let advertise = match args.advertise {
+        Some(ip) => ip,
+        None if !bind.ip().is_unspecified() => bind.ip(),
+        None => http_ip,
+    };
+    if advertise.is_unspecified() {
+        bail!(
+            "cannot advertise {advertise}: other nodes cannot reach an unspecified address; \
+             pass --advertise with a routable IP (or --bind with one)"
+        );
+    }
+    Ok((bind, advertise))
+}
+
+fn parse_seeds(list: &[String], flag: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    list.iter()
+        .map(|a| {
+            colony_api::membership::parse_gossip_addr(a)
+                .map_err(|e| anyhow::anyhow!("invalid --{flag}: {}", e.message))
+        })
+        .collect()
+}
+
+/// Starts membership and joins the seeds given on the command line.
+async fn start_gossip(
+    args: &AgentArgs,
+    node_name: &str,
+    http_ip: IpAddr,
+    server: bool,
+) -> anyhow::Result<Arc<Gossip>> {
+    let (bind, advertise) = gossip_addresses(args, http_ip)?;
+    let join = parse_seeds(&args.join, "join")?;
+    let retry_join = parse_seeds(&args.retry_join, "retry-join")?;
+    let retry_ms = colony_base::parse_go_duration_ms(&args.retry_interval)
+        .context("invalid --retry-interval")?
+        .max(100);
+    let meta = Meta {
+        role: if server { "server" } else { "client" }.to_string(),
+        zone: args.zone.clone().unwrap_or_default(),
+        tags: Default::default(),
+    };
+    let swim = colony_swim::Config {
+        lifeguard: !args.no_lifeguard,
+        ..colony_swim::Config::lan()
+    };
+    let gossip = Gossip::start(GossipConfig {
+        node_name: node_name.to_string(),
+        bind,
+        advertise,
+        meta,
+        swim,
+    })
+    .await
+    .context("membership failed to start")?;
+    if !join.is_empty() {
+        let contacted = gossip.join(join.clone()).await;
+        if contacted == 0 {
+            bail!("could not join the cluster: none of {join:?} answered within 5s");
+        }
+        tracing::info!(contacted, "joined the cluster");
+    }
+    if !retry_join.is_empty() {
+        let gossip = gossip.clone();
+        tokio::spawn(async move {
+            loop {
+                let contacted = gossip.join(retry_join.clone()).await;
+                if contacted > 0 {
+                    tracing::info!(contacted, "joined the cluster");
+                    return;
+                }
+                tracing::warn!(seeds = ?retry_join, "join failed; retrying");
+                tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+            }
+        });
+    }
+    Ok(gossip)
+}
+
+/// A client agent: membership and its endpoints; everything that needs a server answers 503.
+async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    let node_name = args.node.clone().unwrap_or_else(hostname);
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for HTTP", http_addr))?;
+    let gossip = start_gossip(&args, &node_name, http_addr.ip(), false).await?;
+    tracing::info!(node = %node_name, http = %http_addr, gossip = %gossip.local_addr(), "colony client agent running");
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let router = colony_api::membership::client_router(MembershipState {
+        gossip: gossip.clone(),
+        datacenter: args.datacenter.clone(),
+        server: false,
+        stop: stop.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(colony_api::serve(listener, router, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "leaving the cluster and shutting down");
+            gossip.leave().await;
+        }
+        () = stop.notified() => tracing::info!("left the cluster; shutting down"),
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn hostname() -> String {
@@ -75,10 +220,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         .parse()
         .with_context(|| format!("invalid --http-addr {http_addr:?}: expected IP:PORT"))?;
     if !args.dev && !args.server {
-        bail!(
-            "client agents (without --server or --dev) need the gossip membership layer, which \
-             is not built yet: run with --dev, or --server --data-dir DIR"
-        );
+        return run_client(args, http_addr).await;
     }
     let session_ttl_ms_min = colony_base::parse_go_duration_ms(&args.session_ttl_min)
         .context("invalid --session-ttl-min")?;
@@ -117,14 +259,30 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(config)
         .await
         .context("agent failed to start")?;
+    let gossip = match start_gossip(&args, agent.node_name(), advertise, true).await {
+        Ok(gossip) => gossip,
+        Err(error) => {
+            agent.shutdown();
+            return Err(error);
+        }
+    };
+    colony_runtime::member_catalog::spawn(agent.clone(), gossip.clone());
     tracing::info!(
         node = agent.node_name(),
         http = %http_addr,
+        gossip = %gossip.local_addr(),
         data_dir = %data_dir.display(),
         dev = args.dev,
         "colony agent running"
     );
-    let router = colony_api::router(agent.clone());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let membership = MembershipState {
+        gossip: gossip.clone(),
+        datacenter: args.datacenter.clone(),
+        server: true,
+        stop: stop.clone(),
+    };
+    let router = colony_api::router(agent.clone(), membership);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -132,6 +290,10 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     let exit = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down");
+            ExitCode::SUCCESS
+        }
+        () = stop.notified() => {
+            tracing::info!("left the cluster; shutting down");
             ExitCode::SUCCESS
         }
         message = agent.fatal_error() => {

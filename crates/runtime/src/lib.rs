@@ -19,7 +19,9 @@
 
 mod agent;
 mod checks;
+pub mod gossip;
 pub mod log_store;
+pub mod member_catalog;
 pub mod metrics;
 pub mod watch_hub;
 pub mod writer;

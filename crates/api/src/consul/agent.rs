@@ -74,14 +74,6 @@ fn member_json(agent: &Agent) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn members(State(app): State<AppState>) -> Response {
-    let agent = &app.agent;
-    local_json(
-        &json!([member_json(agent)]),
-        &agent.local_evidence("agent:members".into()),
-    )
-}
-
 pub(crate) async fn services(
     State(app): State<AppState>,
     RawQuery(raw): RawQuery,

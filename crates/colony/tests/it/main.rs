@@ -6,6 +6,7 @@ mod cli;
 mod disk_full;
 mod durability;
 mod health;
+mod membership;
 mod startup;
 mod support;
 mod tidy;

@@ -166,11 +166,20 @@ fn startup_unspecified_advertise_address_is_refused() {
 }
 
 #[test]
-fn startup_client_agent_says_what_is_missing() {
-    let (code, stderr) = agent_error(&["agent", "--data-dir", "/tmp/x"]);
+fn startup_client_agent_refuses_to_advertise_an_unspecified_gossip_address() {
+    let addr = format!("0.0.0.0:{}", free_addr().port());
+    let (code, stderr) = agent_error(&[
+        "agent",
+        "--node",
+        "c",
+        "--http-addr",
+        &addr,
+        "--bind",
+        "0.0.0.0:0",
+    ]);
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("--dev") && stderr.contains("--server"),
+        stderr.contains("cannot advertise 0.0.0.0") && stderr.contains("--advertise"),
         "{stderr}"
     );
 }

@@ -132,6 +132,32 @@ impl Agent {
         agent
     }
 
+    /// Starts a client agent (no --dev, no --server) named `node` with extra arguments.
+    pub fn start_client(node: &str, extra: &[&str]) -> Agent {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let addr = free_addr();
+        let log = temp.path().join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(colony_bin())
+            .args(["agent", "--node", node, "--http-addr", &addr.to_string()])
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(log_file.try_clone().expect("clone"))
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn colony agent");
+        let mut agent = Agent {
+            addr,
+            data_dir: temp.path().to_path_buf(),
+            child,
+            log,
+            _temp: Some(temp),
+        };
+        agent.wait_ready();
+        agent
+    }
+
     /// Starts an agent on `data_dir` with extra arguments.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
         let addr = free_addr();
@@ -224,6 +250,8 @@ pub fn spawn_agent(addr: SocketAddr, data_dir: &Path, extra: &[&str], log: &Path
             "test-node",
             "--http-addr",
             &addr.to_string(),
+            "--bind",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(data_dir)

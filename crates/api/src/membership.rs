@@ -1,0 +1,321 @@
+//! Membership endpoints, served by every agent (server or client): Consul's
+//! `/v1/agent/members`, `join`, `leave`, `force-leave`, `/v1/event/fire` and `/v1/event/list`,
+//! and the native `/v1/colony/members` with suspect state, incarnation and per-member evidence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use base64::Engine as _;
+use colony_base::{Evidence, Freshness, HlcTimestamp, Lifetime};
+use colony_runtime::gossip::{Gossip, MemberInfo};
+use colony_swim::State as MemberState;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::query::Query;
+use crate::respond::{evidence_json, local_json};
+
+/// What the membership endpoints need.
+#[derive(Clone)]
+pub struct MembershipState {
+    /// The running membership layer.
+    pub gossip: Arc<Gossip>,
+    /// Datacenter (a tag of every member).
+    pub datacenter: String,
+    /// Whether this agent is a server.
+    pub server: bool,
+    /// Notified when `/v1/agent/leave` has gossiped the departure: the agent then stops.
+    pub stop: Arc<tokio::sync::Notify>,
+}
+
+/// Routes of the membership endpoints.
+pub fn routes(state: MembershipState) -> Router {
+    Router::new()
+        .route("/v1/agent/members", get(members))
+        .route("/v1/agent/join/{addr}", put(join))
+        .route("/v1/agent/leave", put(leave))
+        .route("/v1/agent/force-leave/{node}", put(force_leave))
+        .route("/v1/event/fire/{name}", put(fire))
+        .route("/v1/event/list", get(list_events))
+        .route("/v1/colony/members", get(colony_members))
+        .with_state(state)
+}
+
+/// Consul's member status numbers (serf's `MemberStatus`).
+fn consul_status(state: MemberState, leaving: bool) -> u8 {
+    match state {
+        MemberState::Alive | MemberState::Suspect if leaving => 2,
+        MemberState::Alive | MemberState::Suspect => 1,
+        MemberState::Left => 3,
+        MemberState::Dead => 4,
+    }
+}
+
+fn gossip_evidence(observer: &str, member: &MemberInfo) -> Evidence {
+    Evidence {
+        scope: format!("node:{}", member.name),
+        source: "gossip".to_string(),
+        observed: HlcTimestamp {
+            physical_ms: member.since_ms,
+            logical: 0,
+        },
+        observed_by: observer.to_string(),
+        lifetime: Lifetime::Ms(0),
+        binding: format!(
+            "swim:{}:gen={},inc={}",
+            member.name, member.generation, member.incarnation
+        ),
+        freshness: Freshness::Eventual,
+    }
+}
+
+fn view_evidence(observer: &str, now_ms: u64) -> Evidence {
+    Evidence {
+        scope: format!("node:{observer}"),
+        source: "gossip".to_string(),
+        observed: HlcTimestamp {
+            physical_ms: now_ms,
+            logical: 0,
+        },
+        observed_by: observer.to_string(),
+        lifetime: Lifetime::Ms(0),
+        binding: "swim:members".to_string(),
+        freshness: Freshness::Eventual,
+    }
+}
+
+fn member_json(m: &MemberInfo, dc: &str, leaving: bool) -> serde_json::Value {
+    let mut tags = serde_json::Map::new();
+    tags.insert("dc".into(), json!(dc));
+    tags.insert(
+        "role".into(),
+        json!(if m.meta.role == "server" {
+            "consul"
+        } else {
+            "node"
+        }),
+    );
+    tags.insert("vsn".into(), json!("2"));
+    tags.insert("build".into(), json!(env!("CARGO_PKG_VERSION")));
+    if !m.meta.zone.is_empty() {
+        tags.insert("zone".into(), json!(m.meta.zone));
+    }
+    for (k, v) in &m.meta.tags {
+        tags.insert(k.clone(), json!(v));
+    }
+    json!({
+        "Name": m.name,
+        "Addr": m.addr.ip().to_string(),
+        "Port": m.addr.port(),
+        "Tags": tags,
+        "Status": consul_status(m.state, leaving),
+        "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    })
+}
+
+async fn members(State(st): State<MembershipState>) -> Response {
+    let view = st.gossip.view();
+    let mut out = Vec::with_capacity(view.members.len() + 1);
+    if let Some(local) = &view.local {
+        out.push(member_json(local, &st.datacenter, view.leaving));
+    }
+    out.extend(
+        view.members
+            .iter()
+            .map(|m| member_json(m, &st.datacenter, false)),
+    );
+    let me = view.local.as_ref().map_or("", |l| l.name.as_str());
+    local_json(&out, &view_evidence(me, crate::now_ms()))
+}
+
+async fn colony_members(State(st): State<MembershipState>) -> Response {
+    let view = st.gossip.view();
+    let me = view
+        .local
+        .as_ref()
+        .map_or(String::new(), |l| l.name.clone());
+    let item = |m: &MemberInfo, this: bool| {
+        let mut evidence = gossip_evidence(&me, m);
+        if this {
+            evidence.source = "agent".into();
+            evidence.freshness = Freshness::Fresh;
+        }
+        json!({
+            "Name": m.name,
+            "Addr": m.addr.to_string(),
+            "State": if this && view.leaving { "leaving" } else { m.state.as_str() },
+            "Incarnation": m.incarnation,
+            "Generation": m.generation,
+            "Role": m.meta.role,
+            "Zone": m.meta.zone,
+            "Tags": m.meta.tags,
+            "Since": m.since_ms,
+            "Self": this,
+            "evidence": evidence_json(&evidence),
+        })
+    };
+    let mut out = Vec::new();
+    if let Some(local) = &view.local {
+        out.push(item(local, true));
+    }
+    out.extend(view.members.iter().map(|m| item(m, false)));
+    let body = json!({
+        "Members": out,
+        "Awareness": view.awareness,
+        "DecodeErrors": view.decode_errors,
+    });
+    local_json(&body, &view_evidence(&me, crate::now_ms()))
+}
+
+async fn join(
+    State(st): State<MembershipState>,
+    Path(addr): Path<String>,
+) -> Result<Response, ApiError> {
+    let target = parse_gossip_addr(&addr)?;
+    let contacted = st.gossip.join(vec![target]).await;
+    if contacted == 0 {
+        return Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("failed to join {target}: no answer within 5s"),
+        });
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 8301.
+pub fn parse_gossip_addr(text: &str) -> Result<SocketAddr, ApiError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 8301));
+    }
+    Err(ApiError::bad_request(format!(
+        "invalid address {text:?}: expected IP or IP:PORT (hostnames are not resolved)"
+    )))
+}
+
+async fn leave(State(st): State<MembershipState>) -> Response {
+    st.gossip.leave().await;
+    st.stop.notify_one();
+    StatusCode::OK.into_response()
+}
+
+async fn force_leave(
+    State(st): State<MembershipState>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = st.gossip.view();
+    let Some(member) = view.members.iter().find(|m| m.name == node) else {
+        return Err(ApiError::not_found(format!("unknown member {node:?}")));
+    };
+    if member.state == MemberState::Dead {
+        st.gossip.force_leave(&node).await;
+    }
+    // Consul answers 200 for a live member too: it refutes the leave itself.
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn fire(
+    State(st): State<MembershipState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let filter = |k: &str| query.get(k).unwrap_or_default().to_string();
+    let event = st
+        .gossip
+        .fire_event(&name, body.to_vec())
+        .await
+        .map_err(ApiError::bad_request)?;
+    let payload = if event.payload.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(base64::engine::general_purpose::STANDARD.encode(&event.payload))
+    };
+    let doc = json!({
+        "ID": event.id,
+        "Name": event.name,
+        "Payload": payload,
+        "NodeFilter": filter("node"),
+        "ServiceFilter": filter("service"),
+        "TagFilter": filter("tag"),
+        "Version": 1,
+        "LTime": 0,
+    });
+    let me = st.gossip.view().local.map(|l| l.name).unwrap_or_default();
+    Ok(local_json(&doc, &view_evidence(&me, crate::now_ms())))
+}
+
+async fn list_events(State(st): State<MembershipState>, RawQuery(raw): RawQuery) -> Response {
+    let query = Query::parse(raw.as_deref());
+    let name = query.get("name").map(str::to_string);
+    let view = st.gossip.view();
+    let out: Vec<_> = view
+        .events
+        .iter()
+        .filter(|e| name.as_deref().is_none_or(|n| n == e.name))
+        .map(|e| {
+            let payload = if e.payload.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(base64::engine::general_purpose::STANDARD.encode(&e.payload))
+            };
+            json!({
+                "ID": e.id, "Name": e.name, "Payload": payload,
+                "NodeFilter": "", "ServiceFilter": "", "TagFilter": "",
+                "Version": 1, "LTime": e.ltime,
+            })
+        })
+        .collect();
+    let me = view.local.map(|l| l.name).unwrap_or_default();
+    let mut response = local_json(&out, &view_evidence(&me, crate::now_ms()));
+    let index = view.events.last().map_or(1, |e| e.ltime.max(1));
+    if let Ok(value) = index.to_string().parse() {
+        response.headers_mut().insert("x-consul-index", value);
+    }
+    response
+}
+
+/// Routes of a client agent (no server reachable): membership works, everything that needs
+/// the catalog or KV answers 503 like Consul's "No known Consul servers".
+pub fn client_router(state: MembershipState) -> Router {
+    routes(state.clone())
+        .route("/v1/status/leader", get(|| async { axum::Json(json!("")) }))
+        .route("/v1/status/peers", get(|| async { axum::Json(json!([])) }))
+        .route("/v1/agent/self", get(client_self).with_state(state))
+        .fallback(no_server)
+}
+
+async fn client_self(State(st): State<MembershipState>) -> Response {
+    let view = st.gossip.view();
+    let Some(local) = view.local.as_ref() else {
+        return no_server().await;
+    };
+    let body = json!({
+        "Config": {
+            "Datacenter": st.datacenter,
+            "NodeName": local.name,
+            "Server": st.server,
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": member_json(local, &st.datacenter, view.leaving),
+    });
+    local_json(&body, &view_evidence(&local.name, crate::now_ms()))
+}
+
+async fn no_server() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No known Consul servers: this is a client agent and no server is reachable yet",
+    )
+        .into_response()
+}

@@ -1,0 +1,145 @@
+//! Membership across real processes: agents join over UDP/TCP on loopback, a SIGKILLed agent
+//! is declared failed (and its catalog node goes critical), a graceful leave is "left", client
+//! agents answer 503 for server APIs, and garbage datagrams are counted, not fatal.
+
+use crate::support::Agent;
+use std::time::{Duration, Instant};
+
+/// The gossip address of an agent, read from its own member list.
+fn gossip_addr(agent: &Agent) -> String {
+    let members = agent.get("/v1/colony/members").json();
+    let me = members["Members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["Self"] == true)
+        .expect("self listed")
+        .clone();
+    me["Addr"].as_str().expect("addr").to_string()
+}
+
+/// Consul status of `name` as `observer` sees it.
+fn status(observer: &Agent, name: &str) -> Option<u64> {
+    observer
+        .get("/v1/agent/members")
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["Name"] == name)
+        .and_then(|m| m["Status"].as_u64())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn membership_agents_join_detect_a_killed_member_and_see_a_leave() {
+    let server = Agent::start();
+    let seed = gossip_addr(&server);
+    let mut c1 = Agent::start_client("c1", &["--join", &seed]);
+    let mut c2 = Agent::start_client("c2", &["--retry-join", &seed, "--retry-interval", "200ms"]);
+    wait_until(
+        "all three alive everywhere",
+        Duration::from_secs(10),
+        || {
+            [&server, &c1, &c2].iter().all(|a| {
+                ["test-node", "c1", "c2"]
+                    .iter()
+                    .all(|n| status(a, n) == Some(1))
+            })
+        },
+    );
+    // The catalog knows the clients as nodes with a passing serfHealth check.
+    // (Registration follows the membership event asynchronously.)
+    wait_until("c1 registered as passing", Duration::from_secs(5), || {
+        let checks = server.get("/v1/health/node/c1").json();
+        checks[0]["CheckID"] == "serfHealth" && checks[0]["Status"] == "passing"
+    });
+
+    // A client agent has no store: server APIs answer 503, membership works.
+    let kv = c1.get("/v1/kv/anything");
+    assert_eq!(kv.status, 503);
+    assert!(
+        kv.text().contains("No known Consul servers"),
+        "{}",
+        kv.text()
+    );
+
+    // SIGKILL c2: failed (4) everywhere, and its catalog node goes critical.
+    c2.child.kill().expect("kill");
+    let _ = c2.child.wait();
+    let killed = Instant::now();
+    wait_until("c2 failed everywhere", Duration::from_secs(15), || {
+        status(&server, "c2") == Some(4) && status(&c1, "c2") == Some(4)
+    });
+    eprintln!("c2 detected failed after {:?}", killed.elapsed());
+    wait_until("c2 critical in the catalog", Duration::from_secs(5), || {
+        server.get("/v1/health/node/c2").json()[0]["Status"] == "critical"
+    });
+    let passing = server.get("/v1/health/state/critical").json();
+    assert!(
+        passing
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["Node"] == "c2")
+    );
+
+    // Graceful leave of c1: "left" (3), the process exits cleanly, the node leaves the catalog.
+    let left = c1.put("/v1/agent/leave", b"");
+    assert_eq!(left.status, 200);
+    wait_until("c1 exits", Duration::from_secs(10), || {
+        matches!(c1.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(c1.child.wait().expect("status").success());
+    wait_until("c1 left", Duration::from_secs(5), || {
+        status(&server, "c1") == Some(3)
+    });
+    wait_until("c1 deregistered", Duration::from_secs(5), || {
+        server.get("/v1/catalog/node/c1").status == 404
+            || server.get("/v1/catalog/node/c1").text() == "null"
+    });
+    // A failed member can be force-left.
+    assert_eq!(server.put("/v1/agent/force-leave/c2", b"").status, 200);
+    wait_until("c2 force-left", Duration::from_secs(5), || {
+        status(&server, "c2") == Some(3)
+    });
+}
+
+#[test]
+fn membership_garbage_datagrams_are_counted_and_dropped() {
+    let agent = Agent::start();
+    let gossip = gossip_addr(&agent);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let payloads: [&[u8]; 5] = [b"", b"CS", b"CS\x01", b"CS\x09junk", &[0xff; 1400]];
+    for p in payloads {
+        socket.send_to(p, &gossip).expect("send");
+    }
+    wait_until("decode errors counted", Duration::from_secs(5), || {
+        agent.get("/v1/colony/members").json()["DecodeErrors"].as_u64() >= Some(4)
+    });
+    // Still serving and still a healthy single member.
+    assert_eq!(agent.get("/v1/agent/members").json()[0]["Status"], 1);
+}
+
+#[test]
+fn membership_user_events_reach_other_agents() {
+    let server = Agent::start();
+    let client = Agent::start_client("c1", &["--join", &gossip_addr(&server)]);
+    let fired = client.put("/v1/event/fire/deploy?service=web", b"v2");
+    assert_eq!(fired.status, 200, "{}", fired.text());
+    let doc = fired.json();
+    assert_eq!(doc["Name"], "deploy");
+    assert_eq!(doc["ServiceFilter"], "web");
+    wait_until("event on the server", Duration::from_secs(5), || {
+        let list = server.get("/v1/event/list?name=deploy").json();
+        list.as_array()
+            .is_some_and(|l| l.len() == 1 && l[0]["ID"] == doc["ID"] && l[0]["Payload"] == "djI=")
+    });
+}

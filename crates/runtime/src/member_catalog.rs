@@ -1,0 +1,118 @@
+//! Keeps the catalog in step with membership, as Consul's leader does with Serf events: a
+//! member that is alive gets a node entry with a passing `serfHealth` check, a failed member's
+//! check goes critical (so its services drop out of `?passing` answers), and a member that
+//! left is deregistered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use colony_base::HealthStatus;
+use colony_store::{
+    CatalogRegistration, Check, CheckDefinition, Command, NODE_HEALTH_CHECK_ID, Node,
+};
+
+use crate::agent::{Agent, wall_ms};
+use crate::gossip::{Gossip, MemberEvent};
+
+/// Spawns the task that mirrors membership events into the catalog of `agent`.
+pub fn spawn(agent: Arc<Agent>, gossip: Arc<Gossip>) {
+    let mut events = gossip.subscribe();
+    tokio::spawn(async move {
+        let mut stop = agent.shutdown_signal();
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = stop.changed() => return,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "catalog reconciliation fell behind membership events"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if let Err(error) = reconcile(&agent, &gossip, &event).await {
+                tracing::warn!(?event, %error, "catalog reconciliation failed");
+            }
+        }
+    });
+}
+
+async fn reconcile(agent: &Agent, gossip: &Gossip, event: &MemberEvent) -> Result<(), String> {
+    let command = match event {
+        MemberEvent::Alive(name) | MemberEvent::Failed(name) => {
+            let view = gossip.view();
+            let Some(member) = view.members.iter().find(|m| &m.name == name) else {
+                return Ok(());
+            };
+            let alive = matches!(event, MemberEvent::Alive(_));
+            let address = member.addr.ip().to_string();
+            let (status, output) = if alive {
+                (HealthStatus::Passing, "Agent alive and reachable")
+            } else {
+                (HealthStatus::Critical, "Agent not live or unreachable")
+            };
+            let current = agent.read(|s| {
+                let node_ok = s.node(name).is_some_and(|n| n.address == address);
+                let check_ok = s
+                    .check(name, NODE_HEALTH_CHECK_ID)
+                    .is_some_and(|c| c.status == status);
+                node_ok && check_ok
+            });
+            if current {
+                return Ok(());
+            }
+            let existing_id = agent.read(|s| s.node(name).map(|n| n.id.clone()));
+            Command::CatalogRegister(CatalogRegistration {
+                node: Node {
+                    id: existing_id.unwrap_or_default(),
+                    name: name.clone(),
+                    address: address.clone(),
+                    tagged_addresses: BTreeMap::from([
+                        ("lan".to_string(), address.clone()),
+                        ("wan".to_string(), address),
+                    ]),
+                    meta: BTreeMap::new(),
+                    create_index: 0,
+                    modify_index: 0,
+                },
+                service: None,
+                checks: vec![Check {
+                    node: name.clone(),
+                    id: NODE_HEALTH_CHECK_ID.to_string(),
+                    name: "Serf Health Status".to_string(),
+                    status,
+                    notes: String::new(),
+                    output: output.to_string(),
+                    service_id: String::new(),
+                    service_name: String::new(),
+                    service_tags: Vec::new(),
+                    definition: CheckDefinition::default(),
+                    status_observed_ms: wall_ms(),
+                    create_index: 0,
+                    modify_index: 0,
+                }],
+                replace_service_checks: false,
+            })
+        }
+        MemberEvent::Left(name) | MemberEvent::Reaped(name) => {
+            if agent.read(|s| s.node(name).is_none()) {
+                return Ok(());
+            }
+            Command::CatalogDeregister {
+                node: name.clone(),
+                service_id: None,
+                check_id: None,
+            }
+        }
+    };
+    agent
+        .propose(command)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
