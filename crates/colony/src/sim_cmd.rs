@@ -70,6 +70,9 @@ pub struct MembershipArgs {
     /// Start with full membership everywhere (skips the join phase; for very large clusters).
     #[arg(long)]
     warm: bool,
+    /// Restarts per simulated second after the kill phase (same name, new address).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
     /// Draw dissemination and detection curves into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -134,6 +137,7 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         warm: args.warm,
         config,
         check_invariants: false,
+        churn_per_s: args.churn,
     };
     if !json {
         eprintln!(
@@ -184,6 +188,20 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         result.false_positive_failures,
         result.false_failure_declarations
     );
+    if let Some(heal) = result.partition_heal_ms {
+        println!("partition heal        one view everywhere {heal:.0} ms after the heal");
+    }
+    if result.churn_restarts > 0 {
+        println!(
+            "churn                 {} restarts, accepted everywhere p50 {} p99 {} ({} unaccepted), table ≤ {:.2}× live, {} version regressions",
+            result.churn_restarts,
+            ms(result.churn_accept_ms_p50),
+            ms(result.churn_accept_ms_p99),
+            result.churn_unaccepted,
+            result.max_table_ratio,
+            result.version_regressions
+        );
+    }
     println!(
         "idle traffic          {:.2} msgs/s, {:.0} B/s per node",
         result.msgs_per_node_per_s, result.bytes_per_node_per_s

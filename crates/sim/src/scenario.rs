@@ -37,6 +37,9 @@ pub struct MembershipScenario {
     pub config: Config,
     /// Check every node's invariants after every input (slow; for tests).
     pub check_invariants: bool,
+    /// Restarts per simulated second (same name, new address, new generation) after the kill
+    /// phase, until the end of the run.
+    pub churn_per_s: f64,
 }
 
 impl Default for MembershipScenario {
@@ -54,6 +57,7 @@ impl Default for MembershipScenario {
             warm: false,
             config: Config::lan(),
             check_invariants: false,
+            churn_per_s: 0.0,
         }
     }
 }
@@ -99,6 +103,23 @@ pub struct MembershipResult {
     pub false_positive_failures: u64,
     /// Same, as declarations (one per observer).
     pub false_failure_declarations: u64,
+    /// After the last partition healed: time until every live node saw every other live node
+    /// alive again.
+    pub partition_heal_ms: Option<f64>,
+    /// Restarts performed by the churn phase.
+    pub churn_restarts: u64,
+    /// Time until every live node knew a restarted node's new generation alive: median.
+    pub churn_accept_ms_p50: Option<f64>,
+    /// Same, 99th percentile.
+    pub churn_accept_ms_p99: Option<f64>,
+    /// Restarts whose acceptance did not complete before the node restarted again or the run
+    /// ended.
+    pub churn_unaccepted: u64,
+    /// Largest membership table seen, relative to the number of live members.
+    pub max_table_ratio: f64,
+    /// Times a view went back to an older generation or incarnation (tracked when churning
+    /// at up to 500 nodes).
+    pub version_regressions: u64,
     /// Datagrams and stream frames sent per node per second in the idle window.
     pub msgs_per_node_per_s: f64,
     /// Bytes sent per node per second in the idle window.
@@ -138,6 +159,10 @@ struct Observations {
     false_failed: BTreeSet<String>,
     false_failed_events: u64,
     first_suspicion: Option<u64>,
+    /// Restarted name → (restart time, new generation, observers that know it).
+    churn: BTreeMap<String, (u64, u64, BTreeSet<usize>)>,
+    churn_accepted: Vec<f64>,
+    churn_unaccepted: u64,
 }
 
 /// Runs the scenario.
@@ -168,7 +193,7 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
     }
 
     // Gray members: paused most of the time from now on (never node 0, never victims).
-    let settle = world.now() + SECOND;
+    let settle = world.now() + 5 * SECOND;
     let mut candidates: Vec<usize> = (1..n).collect();
     shuffle(&mut candidates, &mut world);
     let slow_count = ((s.slow_fraction * n as f64).round() as usize).min(candidates.len());
@@ -229,7 +254,51 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         );
         world.crash(v);
     }
-    run(&mut world, s.duration.max(kill_at), n, &mut obs);
+    let end = s.duration.max(kill_at);
+    let heal_at = s.net.partitions.iter().map(|p| p.start + p.duration).max();
+    let mut healed_at = None;
+    let mut restarts = 0u64;
+    let mut max_table_ratio = 0.0f64;
+    if s.churn_per_s > 0.0 && n <= 500 {
+        world.track_versions();
+    }
+    let churn_gap = if s.churn_per_s > 0.0 {
+        (SECOND as f64 / s.churn_per_s) as u64
+    } else {
+        u64::MAX
+    };
+    let mut next_churn = kill_at.saturating_add(churn_gap);
+    let mut next_sample = kill_at;
+    while world.now() < end {
+        let step = (world.now() + 100_000)
+            .min(end)
+            .min(next_churn.max(world.now() + 1));
+        run(&mut world, step, n, &mut obs);
+        if world.now() >= next_churn && !candidates.is_empty() {
+            next_churn += churn_gap;
+            let pick = candidates[world.rng().below(candidates.len() as u64) as usize];
+            if !victims.contains(&pick) {
+                let slot = n + restarts as usize;
+                restarts += 1;
+                let name = world.nodes()[pick].name().to_string();
+                if obs.churn.remove(&name).is_some() {
+                    obs.churn_unaccepted += 1;
+                }
+                world.restart(pick, Some(slot), &[0]);
+                let generation = world.nodes()[pick].swim().map_or(0, |x| x.generation());
+                obs.churn
+                    .insert(name, (world.now(), generation, BTreeSet::new()));
+            }
+        }
+        if world.now() >= next_sample {
+            next_sample += 10 * SECOND;
+            max_table_ratio = max_table_ratio.max(table_ratio(&world));
+        }
+        if healed_at.is_none() && heal_at.is_some_and(|h| world.now() >= h) && one_view(&world) {
+            healed_at = Some(world.now());
+        }
+    }
+    max_table_ratio = max_table_ratio.max(table_ratio(&world));
 
     // Results.
     let live_nodes: Vec<usize> = (0..n).filter(|&i| world.nodes()[i].is_running()).collect();
@@ -272,6 +341,8 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         }
     }
     detections.sort_by(f64::total_cmp);
+    let mut churn_accepted = std::mem::take(&mut obs.churn_accepted);
+    churn_accepted.sort_by(f64::total_cmp);
     let wall_s = wall.elapsed().as_secs_f64();
     let sim_s = world.now() as f64 / SECOND as f64;
     MembershipResult {
@@ -293,6 +364,14 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         detection_ms_max: detections.last().copied(),
         first_detection_ms: first.map(|f| f as f64 / 1000.0),
         first_suspicion_ms: obs.first_suspicion.map(|f| f as f64 / 1000.0),
+        partition_heal_ms: heal_at
+            .and_then(|h| healed_at.map(|t| t.saturating_sub(h) as f64 / 1000.0)),
+        churn_restarts: restarts,
+        churn_accept_ms_p50: percentile(&churn_accepted, 0.5),
+        churn_accept_ms_p99: percentile(&churn_accepted, 0.99),
+        churn_unaccepted: obs.churn_unaccepted + obs.churn.len() as u64,
+        max_table_ratio,
+        version_regressions: world.version_regressions().0,
         detected: detections.len(),
         false_positive_suspicions: obs.false_suspects.len() as u64,
         false_positive_failures: obs.false_failed.len() as u64,
@@ -323,6 +402,24 @@ fn record(w: &World, note: &Note, n: usize, obs: &mut Observations) {
             obs.alive_counts_done.insert(note.node);
             if obs.alive_counts_done.len() == n {
                 obs.converged_at = Some(note.at);
+            }
+        }
+        Notification::Up(name) | Notification::Updated(name) if obs.churn.contains_key(&**name) => {
+            let live = w.nodes().iter().filter(|x| x.is_running()).count();
+            let known = w.nodes()[note.node]
+                .swim()
+                .and_then(|s| s.member(name))
+                .map(|m| m.generation);
+            let accepted = match obs.churn.get_mut(&**name) {
+                Some((at, generation, seen)) if known == Some(*generation) => {
+                    seen.insert(note.node);
+                    (seen.len() + 1 >= live).then_some(*at)
+                }
+                _ => None,
+            };
+            if let Some(at) = accepted {
+                obs.churn.remove(&**name);
+                obs.churn_accepted.push((note.at - at) as f64 / 1000.0);
             }
         }
         Notification::Updated(name) => {
@@ -358,6 +455,33 @@ fn record(w: &World, note: &Note, n: usize, obs: &mut Observations) {
         },
         _ => {}
     }
+}
+
+/// Whether every live node sees every other live node alive.
+fn one_view(w: &World) -> bool {
+    let live: Vec<&str> = w
+        .nodes()
+        .iter()
+        .filter(|x| x.is_running())
+        .map(|x| x.name())
+        .collect();
+    w.nodes().iter().filter_map(|x| x.swim()).all(|s| {
+        live.iter().all(|name| {
+            **name == **s.name()
+                || s.member(name)
+                    .is_some_and(|m| m.state == colony_swim::State::Alive)
+        })
+    })
+}
+
+/// Largest table (members known, self included) relative to the live member count.
+fn table_ratio(w: &World) -> f64 {
+    let live = w.nodes().iter().filter(|x| x.is_running()).count().max(1) as f64;
+    w.nodes()
+        .iter()
+        .filter_map(|x| x.swim())
+        .map(|s| (s.members().len() + 1) as f64 / live)
+        .fold(0.0, f64::max)
 }
 
 fn curve(at: u64, got: &BTreeMap<usize, u64>, total: usize) -> Vec<(f64, f64)> {

@@ -121,6 +121,9 @@ fn run(seed: u64) -> Result<(), String> {
     }
     // Faults end by ~110 s; then a quiet period (loss stays: it is the link, not a fault).
     advance(&mut world, 200 * SECOND, rejoining);
+    if let (n, Some(first)) = world.version_regressions() {
+        return Err(format!("{n} version regressions; first: {first}"));
+    }
     let live: Vec<usize> = (0..p.nodes)
         .filter(|&i| world.nodes()[i].is_running())
         .collect();
