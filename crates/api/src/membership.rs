@@ -170,6 +170,17 @@ async fn colony_members(State(st): State<MembershipState>) -> Response {
         "Members": out,
         "Awareness": view.awareness,
         "DecodeErrors": view.decode_errors,
+        "Stats": {
+            "PacketsOut": view.stats.packets_out,
+            "BytesOut": view.stats.bytes_out,
+            "StreamsOut": view.stats.streams_out,
+            "StreamBytesOut": view.stats.stream_bytes_out,
+            "PacketsIn": view.stats.packets_in,
+            "ProbesOk": view.stats.probes_ok,
+            "ProbesFailed": view.stats.probes_failed,
+            "SuspicionsRaised": view.stats.suspicions_raised,
+            "Refutations": view.stats.refutations,
+        },
     });
     local_json(&body, &view_evidence(&me, crate::now_ms()))
 }

@@ -44,7 +44,8 @@ enum Command {
     /// Query the service catalog.
     #[command(subcommand)]
     Catalog(CatalogCommand),
-    /// List cluster members.
+    /// List cluster members as this agent's gossip layer sees them (alive, suspect, failed,
+    /// left), with incarnation, role and zone.
     Members,
     /// Run a command while holding a lock (like `consul lock`).
     Lock {
@@ -358,25 +359,22 @@ async fn catalog(client: &ApiClient, command: CatalogCommand, json: bool) -> any
 }
 
 async fn members(client: &ApiClient, json: bool) -> anyhow::Result<()> {
-    let members = client.get("/v1/agent/members").await?.ok()?.json()?;
+    let view = client.get("/v1/colony/members").await?.ok()?.json()?;
     if json {
-        print_json(&members);
+        print_json(&view);
         return Ok(());
     }
-    println!("Node\tAddress\tStatus");
-    for member in members.as_array().into_iter().flatten() {
-        let status = match member["Status"].as_u64() {
-            Some(1) => "alive",
-            Some(2) => "leaving",
-            Some(3) => "left",
-            Some(4) => "failed",
-            _ => "unknown",
-        };
+    println!("Node\tAddress\tState\tIncarnation\tRole\tZone");
+    for member in view["Members"].as_array().into_iter().flatten() {
+        let text = |k: &str| member[k].as_str().unwrap_or_default().to_string();
         println!(
-            "{}\t{}:{}\t{status}",
-            member["Name"].as_str().unwrap_or_default(),
-            member["Addr"].as_str().unwrap_or_default(),
-            member["Port"]
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            text("Name"),
+            text("Addr"),
+            text("State"),
+            member["Incarnation"],
+            text("Role"),
+            text("Zone")
         );
     }
     Ok(())

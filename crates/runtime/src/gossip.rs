@@ -211,6 +211,7 @@ impl Gossip {
             joins: Vec::new(),
             leave_waiters: Vec::new(),
             decode_errors: 0,
+            published_at: Instant::now(),
         };
         tokio::spawn(driver.run(command_rx, frames_rx));
         tracing::info!(bind = %config.bind, advertise = %local_addr, "gossip listening (udp+tcp)");
@@ -367,6 +368,7 @@ struct Driver {
     joins: Vec<(Instant, usize, oneshot::Sender<usize>)>,
     leave_waiters: Vec<oneshot::Sender<()>>,
     decode_errors: u64,
+    published_at: Instant,
 }
 
 impl Driver {
@@ -492,7 +494,9 @@ impl Driver {
             .read()
             .map(|v| v.local.is_none() || v.decode_errors != self.decode_errors)
             .unwrap_or(true);
-        if changed || stale {
+        // Counters move with every packet: refresh them at least once a second.
+        let old = self.published_at.elapsed() >= Duration::from_secs(1);
+        if changed || stale || old {
             self.publish();
         }
     }
@@ -582,6 +586,7 @@ impl Driver {
             *v = view;
         }
         self.changes.send_modify(|n| *n += 1);
+        self.published_at = Instant::now();
     }
 }
 
