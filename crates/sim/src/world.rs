@@ -252,6 +252,7 @@ impl World {
             let Some(swim) = node.swim.as_mut() else {
                 continue;
             };
+            swim.reserve_members(records.len());
             for r in &records {
                 swim.insert_member(0, r);
             }

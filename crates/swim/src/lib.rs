@@ -13,6 +13,7 @@
 pub mod addr;
 pub mod broadcast;
 pub mod config;
+pub mod index;
 pub mod member;
 mod swim;
 pub mod wire;

@@ -4,9 +4,7 @@
 //! [`Swim::drain_outputs`] and executes (send, schedule, notify). Randomness comes from a
 //! seeded generator the caller chooses.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use colony_base::SplitMix64;
@@ -14,6 +12,7 @@ use colony_base::SplitMix64;
 use crate::addr::Addr;
 use crate::broadcast::{BroadcastQueue, Subject};
 use crate::config::Config;
+use crate::index::{NameIndex, name_hash};
 use crate::member::{Member, State, digest_of};
 use crate::wire::{
     self, DecodeError, MAX_EVENT_PAYLOAD, MAX_META_LEN, MAX_NAME_LEN, Message, Meta, Name,
@@ -24,8 +23,6 @@ use crate::wire::{
 const SELF: u32 = u32::MAX;
 /// Top bit of a ping's digest hint: the sender has no membership update in flight.
 const QUIET: u32 = 1 << 31;
-/// Probe slots per pass: the shared order is redrawn every this many probe intervals.
-const PASS_SLOTS: u64 = 64;
 
 /// Timers the core asks the caller to fire. Stale timers (a probe that already finished, a
 /// suspicion already refuted) are recognised by their sequence number or token and ignored.
@@ -196,8 +193,6 @@ struct Suspicion {
     deadline: u64,
 }
 
-type FixedState = BuildHasherDefault<DefaultHasher>;
-
 /// One node's membership protocol: SWIM with Lifeguard.
 #[derive(Debug)]
 pub struct Swim {
@@ -211,15 +206,14 @@ pub struct Swim {
     rng: SplitMix64,
 
     members: Vec<Member>,
-    index: HashMap<Name, u32, FixedState>,
+    index: NameIndex,
     reachable: usize,
     /// Members failed or left: the few that reconnect and reaping look at.
     gone: BTreeSet<Name>,
     digest: u64,
 
-    /// Members (and [`SELF`]) in this pass's shared random order.
+    /// Members (and [`SELF`]) in the shared probe order.
     probe_order: Vec<u32>,
-    probe_pass: u64,
     order_dirty: bool,
     self_pos: usize,
     digest_mismatch_since: Option<u64>,
@@ -273,12 +267,11 @@ impl Swim {
             self_state: SelfState::Alive,
             rng: SplitMix64::new(seed),
             members: Vec::new(),
-            index: HashMap::default(),
+            index: NameIndex::default(),
             reachable: 0,
             gone: BTreeSet::new(),
             digest: 0,
             probe_order: Vec::new(),
-            probe_pass: u64::MAX,
             order_dirty: true,
             self_pos: 0,
             digest_mismatch_since: None,
@@ -332,7 +325,9 @@ impl Swim {
     }
     /// One member by name.
     pub fn member(&self, name: &str) -> Option<&Member> {
-        self.index.get(name).map(|&i| &self.members[i as usize])
+        self.index
+            .get(&self.members, name)
+            .map(|i| &self.members[i as usize])
     }
     /// Members believed alive or suspect, this node included.
     pub fn cluster_size(&self) -> usize {
@@ -439,7 +434,7 @@ impl Swim {
     /// Marks a failed member as left (Consul's force-leave). Returns false if the member is
     /// unknown or not failed (an alive member would refute it anyway).
     pub fn force_leave(&mut self, now: u64, name: &str) -> bool {
-        let Some(&i) = self.index.get(name) else {
+        let Some(i) = self.index.get(&self.members, name) else {
             return false;
         };
         let m = &self.members[i as usize];
@@ -503,6 +498,12 @@ impl Swim {
         Ok(self.event_clock)
     }
 
+    /// Makes room for `additional` more members (the simulator's warm start).
+    pub fn reserve_members(&mut self, additional: usize) {
+        self.members.reserve_exact(additional);
+        self.index.reserve(&self.members, additional);
+    }
+
     /// Adds a member directly, as if learned from a full sync (the simulator's warm start).
     pub fn insert_member(&mut self, now: u64, update: &Update) {
         if let Update::Alive {
@@ -513,7 +514,7 @@ impl Swim {
             meta,
         } = update
             && *name != self.me
-            && !self.index.contains_key(name)
+            && self.index.get(&self.members, name).is_none()
         {
             self.insert(
                 now,
@@ -785,38 +786,38 @@ impl Swim {
         }
     }
 
-    /// Coordinated randomized round-robin. Every node orders the members (itself included)
-    /// by a hash seeded with the current pass, and at slot `k` of the pass probes the member
-    /// `k + 1` places after itself. Nodes that agree on the membership thus probe every member
-    /// exactly once per slot (a rotation), so a failed member is first probed within one probe
-    /// interval instead of after an exponentially distributed wait; the order is redrawn every
-    /// pass, so who probes whom stays unpredictable.
+    /// Coordinated probing. Every node orders the members (itself included) the same way, by
+    /// a hash of their names, and at slot `k` (one probe interval of the shared clock) probes
+    /// the member `offset(k)` places after itself, where `offset(k)` is a pseudo-random number
+    /// in `1..n` that every node derives from `k` alone. Nodes that agree on the membership
+    /// thus probe every member exactly once per slot (a rotation), so a failed member is first
+    /// probed within one interval instead of after an exponentially distributed wait, while
+    /// who probes whom changes unpredictably from slot to slot. Where views differ, the
+    /// rotation degrades gracefully towards independent random choices.
     fn next_probe_target(&mut self, now: u64) -> Option<u32> {
         if self.reachable == 0 {
             return None;
         }
-        let slot = now / self.config.probe_interval.max(1);
-        let pass = slot / PASS_SLOTS;
-        if pass != self.probe_pass || self.order_dirty {
-            self.rebuild_probe_order(pass);
+        if self.order_dirty {
+            self.rebuild_probe_order();
         }
         let len = self.probe_order.len();
-        let start = self.self_pos + 1 + (slot % PASS_SLOTS) as usize;
+        let slot = now / self.config.probe_interval.max(1);
+        let offset = 1 + (digest_of("slot", slot, 0, State::Alive) % (len as u64 - 1)) as usize;
+        let start = self.self_pos + offset;
         (0..len)
             .map(|step| self.probe_order[(start + step) % len])
             .find(|&i| i != SELF && self.members[i as usize].state.is_reachable())
     }
 
-    fn rebuild_probe_order(&mut self, pass: u64) {
-        let seed = pass.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let key = |name: &str| digest_of(name, seed, 0, State::Alive);
+    fn rebuild_probe_order(&mut self) {
         let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(self.members.len() + 1);
-        keyed.push((key(&self.me), SELF));
+        keyed.push((name_hash(&self.me), SELF));
         keyed.extend(
             self.members
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (key(&m.name), i as u32)),
+                .map(|(i, m)| (name_hash(&m.name), i as u32)),
         );
         keyed.sort_unstable();
         self.probe_order.clear();
@@ -826,7 +827,6 @@ impl Swim {
             .iter()
             .position(|&i| i == SELF)
             .unwrap_or(0);
-        self.probe_pass = pass;
         self.order_dirty = false;
     }
 
@@ -840,7 +840,7 @@ impl Swim {
         let Some((target, addr)) = self.unacked_probe_target(seq) else {
             return;
         };
-        let exclude = self.index.get(&target).copied();
+        let exclude = self.index.get(&self.members, &target);
         let relays = self.random_members(self.config.indirect_checks, exclude);
         let nack = self.config.lifeguard;
         for &r in &relays {
@@ -1095,7 +1095,7 @@ impl Swim {
                     self.refute(*generation, *incarnation, source);
                     return;
                 }
-                let Some(&i) = self.index.get(name) else {
+                let Some(i) = self.index.get(&self.members, name) else {
                     return;
                 };
                 let m = &self.members[i as usize];
@@ -1133,7 +1133,7 @@ impl Swim {
                     self.refute(*generation, *incarnation, source);
                     return;
                 }
-                let Some(&i) = self.index.get(name) else {
+                let Some(i) = self.index.get(&self.members, name) else {
                     return;
                 };
                 let m = &self.members[i as usize];
@@ -1160,7 +1160,7 @@ impl Swim {
                     }
                     return;
                 }
-                let Some(&i) = self.index.get(name) else {
+                let Some(i) = self.index.get(&self.members, name) else {
                     return;
                 };
                 let m = &self.members[i as usize];
@@ -1207,7 +1207,7 @@ impl Swim {
         meta: &Arc<Meta>,
         update: &Update,
     ) {
-        match self.index.get(name).copied() {
+        match self.index.get(&self.members, name) {
             None => {
                 self.insert(
                     now,
@@ -1332,7 +1332,6 @@ impl Swim {
         self.digest =
             self.digest
                 .wrapping_add(digest_of(&name, generation, incarnation, State::Alive));
-        self.index.insert(name.clone(), i);
         self.members.push(Member {
             name,
             addr,
@@ -1342,6 +1341,7 @@ impl Swim {
             state_since: now,
             meta,
         });
+        self.index.insert(&self.members, i);
         self.reachable += 1;
         self.order_dirty = true;
     }
@@ -1471,7 +1471,7 @@ impl Swim {
             .cloned()
             .collect();
         for name in expired {
-            if let Some(&i) = self.index.get(&name) {
+            if let Some(i) = self.index.get(&self.members, &name) {
                 self.remove(i);
                 self.notify(Notification::Reaped(name));
             }
@@ -1481,7 +1481,7 @@ impl Swim {
         let dead: Vec<u32> = self
             .gone
             .iter()
-            .filter_map(|name| self.index.get(name).copied())
+            .filter_map(|name| self.index.get(&self.members, name))
             .filter(|&i| self.members[i as usize].state == State::Dead)
             .collect();
         if !dead.is_empty() {
@@ -1503,15 +1503,15 @@ impl Swim {
         if m.state.is_reachable() {
             self.reachable -= 1;
         }
-        self.index.remove(&m.name);
-        self.gone.remove(&m.name);
-        self.flappers.remove(&m.name);
+        let name = m.name.clone();
+        self.gone.remove(&name);
+        self.flappers.remove(&name);
+        self.index.remove(&self.members, i);
         let last = self.members.len() as u32 - 1;
-        self.members.swap_remove(i as usize);
         if i != last {
-            let moved = self.members[i as usize].name.clone();
-            self.index.insert(moved, i);
+            self.index.relocate(&self.members, last, i);
         }
+        self.members.swap_remove(i as usize);
         self.order_dirty = true;
     }
 
@@ -1658,14 +1658,14 @@ impl Swim {
             "index and table sizes differ"
         );
         assert!(
-            !self.index.contains_key(&self.me),
+            self.index.get(&self.members, &self.me).is_none(),
             "a node never lists itself"
         );
         let mut digest = 0u64;
         let mut reachable = 0;
         for (i, m) in self.members.iter().enumerate() {
             assert_eq!(
-                self.index.get(&m.name).copied(),
+                self.index.get(&self.members, &m.name),
                 Some(i as u32),
                 "index of {} is wrong",
                 m.name
