@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use base64::Engine as _;
 use colony_base::{Evidence, Freshness, HlcTimestamp, Lifetime};
-use colony_runtime::gossip::{Gossip, MemberInfo};
+use colony_runtime::gossip::{Gossip, KeyringOp, MemberInfo};
 use colony_swim::State as MemberState;
 use serde_json::json;
 
@@ -44,6 +44,13 @@ pub fn routes(state: MembershipState) -> Router {
         .route("/v1/event/fire/{name}", put(fire))
         .route("/v1/event/list", get(list_events))
         .route("/v1/colony/members", get(colony_members))
+        .route(
+            "/v1/operator/keyring",
+            get(keyring_list)
+                .post(keyring_install)
+                .put(keyring_use)
+                .delete(keyring_remove),
+        )
         .with_state(state)
 }
 
@@ -294,6 +301,65 @@ async fn list_events(State(st): State<MembershipState>, RawQuery(raw): RawQuery)
         response.headers_mut().insert("x-consul-index", value);
     }
     response
+}
+
+#[derive(serde::Deserialize)]
+struct KeyringRequest {
+    #[serde(rename = "Key")]
+    key: String,
+}
+
+/// Consul's keyring listing, for this agent's keyring (colony rotates keys per agent: run the
+/// operation against every agent; `NumNodes` is therefore 1).
+async fn keyring_list(State(st): State<MembershipState>) -> Result<Response, ApiError> {
+    let keys = st.gossip.keyring_list().ok_or_else(|| {
+        ApiError::bad_request(
+            "gossip encryption is not enabled on this agent (start it with --encrypt)",
+        )
+    })?;
+    let counts: serde_json::Map<String, serde_json::Value> =
+        keys.iter().map(|k| (k.clone(), json!(1))).collect();
+    let primary = json!({ keys[0].clone(): 1 });
+    let me = st.gossip.view().local.map(|l| l.name).unwrap_or_default();
+    let body = json!([{
+        "WAN": false,
+        "Datacenter": st.datacenter,
+        "Segment": "",
+        "Keys": counts,
+        "PrimaryKeys": primary,
+        "NumNodes": 1,
+    }]);
+    Ok(local_json(&body, &view_evidence(&me, crate::now_ms())))
+}
+
+async fn keyring_op(
+    st: &MembershipState,
+    op: KeyringOp,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: KeyringRequest = crate::json::decode(body)?;
+    st.gossip
+        .keyring_change(op, &request.key)
+        .map_err(ApiError::bad_request)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn keyring_install(
+    State(st): State<MembershipState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    keyring_op(&st, KeyringOp::Install, &body).await
+}
+
+async fn keyring_use(State(st): State<MembershipState>, body: Bytes) -> Result<Response, ApiError> {
+    keyring_op(&st, KeyringOp::Use, &body).await
+}
+
+async fn keyring_remove(
+    State(st): State<MembershipState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    keyring_op(&st, KeyringOp::Remove, &body).await
 }
 
 /// Routes of a client agent (no server reachable): membership works, everything that needs

@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use colony_api::membership::MembershipState;
 use colony_runtime::gossip::{Gossip, GossipConfig};
+use colony_runtime::keyring::{Keyring, parse_key};
 use colony_runtime::{Agent, AgentConfig};
 use colony_swim::Meta;
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +64,15 @@ pub struct AgentArgs {
     /// Failure domain (rack, zone) advertised in this member's metadata.
     #[arg(long, value_name = "ZONE")]
     pub zone: Option<String>,
+    /// Encrypt gossip with this AES-256-GCM key (base64 of 32 bytes; `colony keygen` makes
+    /// one). Every member must hold it; rotate with `colony keyring`.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "COLONY_ENCRYPT",
+        hide_env_values = true
+    )]
+    pub encrypt: Option<String>,
     /// Gossip without Lifeguard (plain SWIM), for comparison.
     #[arg(long)]
     pub no_lifeguard: bool,
@@ -125,12 +135,17 @@ async fn start_gossip(
         lifeguard: !args.no_lifeguard,
         ..colony_swim::Config::lan()
     };
+    let keyring = match &args.encrypt {
+        Some(key) => Some(Keyring::new(parse_key(key).context("--encrypt")?)),
+        None => None,
+    };
     let gossip = Gossip::start(GossipConfig {
         node_name: node_name.to_string(),
         bind,
         advertise,
         meta,
         swim,
+        keyring,
     })
     .await
     .context("membership failed to start")?;

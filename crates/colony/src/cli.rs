@@ -63,6 +63,24 @@ enum Command {
     Watch(WatchCommand),
     /// Measure an agent with a built-in load generator.
     Bench(BenchArgs),
+    /// Print a new random gossip encryption key (for `agent --encrypt`).
+    Keygen,
+    /// List or rotate this agent's gossip encryption keys (run against every agent: install
+    /// the new key everywhere, then use it everywhere, then remove the old one).
+    Keyring {
+        /// List the keys (primary first).
+        #[arg(long)]
+        list: bool,
+        /// Accept messages sealed with this key.
+        #[arg(long, value_name = "KEY")]
+        install: Option<String>,
+        /// Seal outgoing messages with this (installed) key.
+        #[arg(long = "use", value_name = "KEY")]
+        use_key: Option<String>,
+        /// Stop accepting this key (not the primary one).
+        #[arg(long, value_name = "KEY")]
+        remove: Option<String>,
+    },
     /// Run a scenario on the deterministic simulator (the real protocol code on virtual time).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -161,6 +179,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services(command) => services(&client, command, json).await?,
         Command::Catalog(command) => catalog(&client, command, json).await?,
         Command::Members => members(&client, json).await?,
+        Command::Keygen => println!("{}", colony_runtime::keyring::generate_key()),
+        Command::Keyring {
+            list,
+            install,
+            use_key,
+            remove,
+        } => keyring(&client, list, install, use_key, remove, json).await?,
         Command::Lock {
             prefix,
             ttl,
@@ -376,6 +401,52 @@ async fn members(client: &ApiClient, json: bool) -> anyhow::Result<()> {
             text("Role"),
             text("Zone")
         );
+    }
+    Ok(())
+}
+
+async fn keyring(
+    client: &ApiClient,
+    list: bool,
+    install: Option<String>,
+    use_key: Option<String>,
+    remove: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ops = [("POST", install), ("PUT", use_key), ("DELETE", remove)];
+    let mut acted = false;
+    for (method, key) in ops {
+        if let Some(key) = key {
+            let body = serde_json::to_vec(&serde_json::json!({ "Key": key }))?;
+            client
+                .request(method, "/v1/operator/keyring", &body)
+                .await?
+                .ok()?;
+            acted = true;
+        }
+    }
+    if list || !acted {
+        let rings = client.get("/v1/operator/keyring").await?.ok()?.json()?;
+        if json {
+            print_json(&rings);
+        } else {
+            for ring in rings.as_array().into_iter().flatten() {
+                let primary = ring["PrimaryKeys"].as_object().cloned().unwrap_or_default();
+                for key in ring["Keys"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    let mark = if primary.contains_key(key) {
+                        " (primary)"
+                    } else {
+                        ""
+                    };
+                    println!("{key}{mark}");
+                }
+            }
+        }
     }
     Ok(())
 }

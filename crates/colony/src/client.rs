@@ -137,6 +137,12 @@ impl ApiClient {
     pub async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
         self.send(Method::DELETE, path, None).await
     }
+
+    /// Any method (`GET`, `PUT`, `POST`, `DELETE`) with a body.
+    pub async fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
+        let method = Method::from_bytes(method.as_bytes())?;
+        self.send(method, path, Some(body.to_vec())).await
+    }
 }
 
 /// Percent-encodes a KV key for a URL path, keeping `/`.

@@ -14,6 +14,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::keyring::{Keyring, KeyringError, parse_key};
+
+/// The keyring shared by the membership task (which seals and opens) and the API (which
+/// rotates keys).
+type SharedKeyring = Arc<RwLock<Option<Keyring>>>;
+
 /// Largest stream frame accepted (a full state of ~100,000 members).
 pub const MAX_STREAM_FRAME: usize = 8 << 20;
 /// How long a stream connection may take to deliver its frame.
@@ -33,6 +39,8 @@ pub struct GossipConfig {
     pub meta: Meta,
     /// Protocol parameters.
     pub swim: Config,
+    /// Gossip encryption keys (`None`: gossip in the clear).
+    pub keyring: Option<Keyring>,
 }
 
 /// Why membership could not start.
@@ -107,6 +115,17 @@ pub enum MemberEvent {
     Reaped(String),
 }
 
+/// A keyring operation, as Consul's `/v1/operator/keyring` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringOp {
+    /// Accept messages sealed with this key.
+    Install,
+    /// Seal outgoing messages with this key.
+    Use,
+    /// Stop accepting this key.
+    Remove,
+}
+
 enum GossipCommand {
     Join(Vec<SocketAddr>, oneshot::Sender<usize>),
     Leave(oneshot::Sender<()>),
@@ -122,6 +141,7 @@ pub struct Gossip {
     changes: watch::Receiver<u64>,
     events: tokio::sync::broadcast::Sender<MemberEvent>,
     local_addr: SocketAddr,
+    keyring: SharedKeyring,
 }
 
 impl std::fmt::Debug for GossipCommand {
@@ -197,6 +217,7 @@ impl Gossip {
         let (changes_tx, changes) = watch::channel(0);
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let view = Arc::new(RwLock::new(GossipView::default()));
+        let keyring: SharedKeyring = Arc::new(RwLock::new(config.keyring));
         let (frames_tx, frames_rx) = mpsc::channel(256);
         tokio::spawn(accept_streams(tcp, frames_tx));
         let driver = Driver {
@@ -212,6 +233,8 @@ impl Gossip {
             leave_waiters: Vec::new(),
             decode_errors: 0,
             published_at: Instant::now(),
+            keyring: keyring.clone(),
+            pending_events: Vec::new(),
         };
         tokio::spawn(driver.run(command_rx, frames_rx));
         tracing::info!(bind = %config.bind, advertise = %local_addr, "gossip listening (udp+tcp)");
@@ -221,7 +244,35 @@ impl Gossip {
             changes,
             events,
             local_addr,
+            keyring,
         }))
+    }
+
+    /// The keyring's keys, primary first; `None` when gossip is not encrypted.
+    pub fn keyring_list(&self) -> Option<Vec<String>> {
+        self.keyring
+            .read()
+            .expect("keyring lock")
+            .as_ref()
+            .map(Keyring::list)
+    }
+
+    /// Applies a keyring operation (`install`, `use` or `remove`) with a base64 key.
+    pub fn keyring_change(&self, op: KeyringOp, key: &str) -> Result<(), String> {
+        let key = parse_key(key).map_err(|e| e.to_string())?;
+        let mut guard = self.keyring.write().expect("keyring lock");
+        let ring = guard.as_mut().ok_or_else(|| {
+            "gossip encryption is not enabled on this agent (start it with --encrypt)".to_string()
+        })?;
+        match op {
+            KeyringOp::Install => {
+                ring.install(key);
+                Ok(())
+            }
+            KeyringOp::Use => ring.use_key(key),
+            KeyringOp::Remove => ring.remove(key),
+        }
+        .map_err(|e: KeyringError| e.to_string())
     }
 
     /// The advertised gossip address (with the bound port).
@@ -369,6 +420,9 @@ struct Driver {
     leave_waiters: Vec<oneshot::Sender<()>>,
     decode_errors: u64,
     published_at: Instant,
+    keyring: SharedKeyring,
+    /// Membership events waiting for the view that explains them to be published.
+    pending_events: Vec<MemberEvent>,
 }
 
 impl Driver {
@@ -395,7 +449,11 @@ impl Driver {
                 received = self.udp.recv_from(&mut buf) => {
                     if let Ok((len, from)) = received {
                         let now = self.now();
-                        if let Err(e) = self.swim.handle_packet(now, to_addr(from), &buf[..len]) {
+                        let result = match self.open(&buf[..len]) {
+                            Ok(plain) => self.swim.handle_packet(now, to_addr(from), &plain).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        if let Err(e) = result {
                             self.decode_errors += 1;
                             tracing::debug!(%from, error = %e, "dropping gossip packet");
                         }
@@ -403,7 +461,11 @@ impl Driver {
                 }
                 Some(frame) = frames.recv() => {
                     let now = self.now();
-                    if let Err(e) = self.swim.handle_stream(now, &frame) {
+                    let result = match self.open(&frame) {
+                        Ok(plain) => self.swim.handle_stream(now, &plain).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = result {
                         self.decode_errors += 1;
                         tracing::debug!(error = %e, "dropping gossip stream frame");
                     }
@@ -424,6 +486,22 @@ impl Driver {
                 }
             }
             self.flush().await;
+        }
+    }
+
+    /// Opens an incoming message: decrypts it when gossip is encrypted.
+    fn open<'a>(&self, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, KeyringError> {
+        match self.keyring.read().expect("keyring lock").as_ref() {
+            Some(ring) => ring.open(bytes).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(bytes)),
+        }
+    }
+
+    /// Seals an outgoing message when gossip is encrypted.
+    fn seal(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match self.keyring.read().expect("keyring lock").as_ref() {
+            Some(ring) => ring.seal(&bytes),
+            None => bytes,
         }
     }
 
@@ -466,9 +544,11 @@ impl Driver {
         for out in self.swim.drain_outputs() {
             match out {
                 Output::Packet { to, bytes } => {
+                    let bytes = self.seal(bytes);
                     let _ = self.udp.send_to(&bytes, to_socket(to)).await;
                 }
                 Output::Stream { to, bytes } => {
+                    let bytes = self.seal(bytes);
                     tokio::spawn(send_frame(to_socket(to), bytes));
                 }
                 Output::Timer { at, timer } => {
@@ -499,6 +579,10 @@ impl Driver {
         if changed || stale || old {
             self.publish();
         }
+        // Subscribers (catalog reconciliation) read the view: send events only after it.
+        for event in self.pending_events.drain(..) {
+            let _ = self.events.send(event);
+        }
     }
 
     fn notify(&mut self, note: Notification) {
@@ -506,21 +590,21 @@ impl Driver {
         match note {
             Notification::Up(name) => {
                 tracing::info!(member = %name, addr = ?info(&self.swim, &name), "member alive");
-                let _ = self.events.send(MemberEvent::Alive(name.to_string()));
+                self.pending_events.push(MemberEvent::Alive(name.to_string()));
             }
             Notification::Updated(name) => tracing::debug!(member = %name, "member updated"),
             Notification::Suspect(name) => tracing::info!(member = %name, "member suspected"),
             Notification::Failed(name) => {
                 tracing::warn!(member = %name, "member failed");
-                let _ = self.events.send(MemberEvent::Failed(name.to_string()));
+                self.pending_events.push(MemberEvent::Failed(name.to_string()));
             }
             Notification::Left(name) => {
                 tracing::info!(member = %name, "member left");
-                let _ = self.events.send(MemberEvent::Left(name.to_string()));
+                self.pending_events.push(MemberEvent::Left(name.to_string()));
             }
             Notification::Reaped(name) => {
                 tracing::info!(member = %name, "member reaped");
-                let _ = self.events.send(MemberEvent::Reaped(name.to_string()));
+                self.pending_events.push(MemberEvent::Reaped(name.to_string()));
             }
             Notification::Refuted { incarnation } => {
                 tracing::info!(incarnation, "refuted a suspicion of this node");

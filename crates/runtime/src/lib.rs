@@ -20,6 +20,7 @@
 mod agent;
 mod checks;
 pub mod gossip;
+pub mod keyring;
 pub mod log_store;
 pub mod member_catalog;
 pub mod metrics;

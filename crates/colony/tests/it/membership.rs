@@ -143,3 +143,75 @@ fn membership_user_events_reach_other_agents() {
             .is_some_and(|l| l.len() == 1 && l[0]["ID"] == doc["ID"] && l[0]["Payload"] == "djI=")
     });
 }
+
+fn decode_errors(agent: &Agent) -> u64 {
+    agent.get("/v1/colony/members").json()["DecodeErrors"]
+        .as_u64()
+        .unwrap_or_default()
+}
+
+#[test]
+fn membership_encrypted_gossip_refuses_strangers_and_rotates_keys() {
+    use base64::Engine as _;
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    let (k1, k2) = (key(1), key(2));
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Agent::start_in(&temp.path().join("data"), &["--encrypt", &k1]);
+    let seed = gossip_addr(&server);
+    let c1 = Agent::start_client("c1", &["--encrypt", &k1, "--join", &seed]);
+    // A member with another key and one without encryption cannot get in: the server counts
+    // their messages as undecryptable.
+    let c2 = Agent::start_client(
+        "c2",
+        &[
+            "--encrypt",
+            &k2,
+            "--retry-join",
+            &seed,
+            "--retry-interval",
+            "200ms",
+        ],
+    );
+    let c3 = Agent::start_client("c3", &["--retry-join", &seed, "--retry-interval", "200ms"]);
+    wait_until("strangers refused", Duration::from_secs(10), || {
+        decode_errors(&server) >= 2
+    });
+    assert_eq!(status(&server, "c2"), None);
+    assert_eq!(status(&server, "c3"), None);
+    assert_eq!(status(&server, "c1"), Some(1));
+
+    // Rotate to k2 with the CLI on the two members: install, use, remove the old key.
+    for agent in [&server, &c1] {
+        for args in [
+            ["keyring", "--install", &k2],
+            ["keyring", "--use", &k2],
+            ["keyring", "--remove", &k1],
+        ] {
+            let (code, _, stderr) = crate::support::cli(agent.addr, &args);
+            assert_eq!(code, 0, "{args:?}: {stderr}");
+        }
+        let (_, listing, _) = crate::support::cli(agent.addr, &["keyring", "--list"]);
+        assert_eq!(listing.trim(), format!("{k2} (primary)"));
+    }
+    // c2 (k2) now gets in on its next retry; c3 (plaintext) still cannot.
+    wait_until(
+        "c2 admitted after rotation",
+        Duration::from_secs(15),
+        || {
+            [&server, &c1, &c2].iter().all(|a| {
+                ["test-node", "c1", "c2"]
+                    .iter()
+                    .all(|n| status(a, n) == Some(1))
+            })
+        },
+    );
+    assert_eq!(status(&server, "c3"), None);
+    assert_eq!(
+        c3.get("/v1/agent/members").json().as_array().map(Vec::len),
+        Some(1)
+    );
+    // A bad key is refused with a reason.
+    let bad = server.request("POST", "/v1/operator/keyring", br#"{"Key": "c2hvcnQ="}"#);
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("32 bytes"), "{}", bad.text());
+}

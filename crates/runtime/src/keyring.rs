@@ -1,0 +1,214 @@
+//! Gossip encryption: AES-256-GCM with a keyring. Every datagram and stream frame is sealed
+//! with the primary key under a fresh random 96-bit nonce; a receiver tries every key of its
+//! keyring, so keys can be rotated without a flag day: install the new key everywhere, make it
+//! primary everywhere, then remove the old one.
+//!
+//! Envelope: `0xE1 | nonce (12 bytes) | ciphertext | tag (16 bytes)`.
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine as _;
+
+/// First byte of an encrypted envelope.
+pub const ENVELOPE_V1: u8 = 0xE1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// Why a key or an envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// The key text is not base64 of 32 bytes.
+    #[error(
+        "invalid gossip key: {0} (expected 32 bytes, base64-encoded; `colony keygen` makes one)"
+    )]
+    BadKey(String),
+    /// The key is not in the keyring.
+    #[error("key is not installed in this agent's keyring")]
+    NotInstalled,
+    /// The primary key cannot be removed.
+    #[error("cannot remove the primary key: make another key primary first")]
+    RemovePrimary,
+    /// A packet arrived in the clear although encryption is on.
+    #[error("unencrypted gossip refused: this agent's gossip is encrypted")]
+    Plaintext,
+    /// An envelope that is too short or has an unknown version byte.
+    #[error("malformed encrypted envelope")]
+    Malformed,
+    /// No key opened the envelope (wrong key, or tampered with).
+    #[error("no key in the keyring decrypts this message")]
+    NoKey,
+}
+
+/// Parses a base64 key of exactly 32 bytes.
+pub fn parse_key(text: &str) -> Result<[u8; 32], KeyringError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| KeyringError::BadKey(format!("not base64: {e}")))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| KeyringError::BadKey(format!("{} bytes", bytes.len())))
+}
+
+/// Encodes a key as base64.
+pub fn format_key(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// A fresh random key, base64-encoded.
+pub fn generate_key() -> String {
+    let key = Aes256Gcm::generate_key(OsRng);
+    base64::engine::general_purpose::STANDARD.encode(key.as_slice())
+}
+
+/// The keys an agent accepts; the first one is primary (used to encrypt).
+#[derive(Clone)]
+pub struct Keyring {
+    keys: Vec<([u8; 32], Aes256Gcm)>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} keys)", self.keys.len())
+    }
+}
+
+impl Keyring {
+    /// A keyring holding one (primary) key.
+    pub fn new(primary: [u8; 32]) -> Self {
+        Self {
+            keys: vec![(primary, cipher(&primary))],
+        }
+    }
+
+    /// The keys, primary first, base64-encoded.
+    pub fn list(&self) -> Vec<String> {
+        self.keys.iter().map(|(k, _)| format_key(k)).collect()
+    }
+
+    /// Adds a key (accepted for decryption; not used to encrypt). Installing a present key is
+    /// a no-op.
+    pub fn install(&mut self, key: [u8; 32]) {
+        if !self.keys.iter().any(|(k, _)| *k == key) {
+            self.keys.push((key, cipher(&key)));
+        }
+    }
+
+    /// Makes an installed key primary.
+    pub fn use_key(&mut self, key: [u8; 32]) -> Result<(), KeyringError> {
+        let pos = self
+            .keys
+            .iter()
+            .position(|(k, _)| *k == key)
+            .ok_or(KeyringError::NotInstalled)?;
+        let entry = self.keys.remove(pos);
+        self.keys.insert(0, entry);
+        Ok(())
+    }
+
+    /// Removes a key that is not primary.
+    pub fn remove(&mut self, key: [u8; 32]) -> Result<(), KeyringError> {
+        match self.keys.iter().position(|(k, _)| *k == key) {
+            None => Err(KeyringError::NotInstalled),
+            Some(0) => Err(KeyringError::RemovePrimary),
+            Some(pos) => {
+                self.keys.remove(pos);
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals `plaintext` with the primary key.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let (_, primary) = &self.keys[0];
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = primary
+            .encrypt(&nonce, plaintext)
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(ENVELOPE_V1);
+        out.extend_from_slice(nonce.as_slice());
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens an envelope with whichever key sealed it.
+    pub fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, KeyringError> {
+        match bytes.first() {
+            Some(&ENVELOPE_V1) => {}
+            Some(b'C') => return Err(KeyringError::Plaintext),
+            _ => return Err(KeyringError::Malformed),
+        }
+        if bytes.len() < 1 + NONCE_LEN + TAG_LEN {
+            return Err(KeyringError::Malformed);
+        }
+        let nonce = Nonce::from_slice(&bytes[1..1 + NONCE_LEN]);
+        let sealed = &bytes[1 + NONCE_LEN..];
+        self.keys
+            .iter()
+            .find_map(|(_, c)| c.decrypt(nonce, sealed).ok())
+            .ok_or(KeyringError::NoKey)
+    }
+}
+
+fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> [u8; 32] {
+        [byte; 32]
+    }
+
+    #[test]
+    fn sealed_messages_open_with_any_installed_key_and_only_those() {
+        let mut a = Keyring::new(key(1));
+        let b = Keyring::new(key(2));
+        let sealed = a.seal(b"hello");
+        assert_eq!(a.open(&sealed), Ok(b"hello".to_vec()));
+        assert_eq!(b.open(&sealed), Err(KeyringError::NoKey));
+        a.install(key(2));
+        a.use_key(key(2)).expect("installed");
+        let sealed = a.seal(b"rotated");
+        assert_eq!(b.open(&sealed), Ok(b"rotated".to_vec()));
+        assert_eq!(a.list()[0], format_key(&key(2)), "primary first");
+    }
+
+    #[test]
+    fn tampering_plaintext_and_truncation_are_refused() {
+        let ring = Keyring::new(key(7));
+        let mut sealed = ring.seal(b"payload");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(ring.open(&sealed), Err(KeyringError::NoKey));
+        assert_eq!(ring.open(b"CS\x01abc"), Err(KeyringError::Plaintext));
+        assert_eq!(
+            ring.open(&[ENVELOPE_V1, 0, 1]),
+            Err(KeyringError::Malformed)
+        );
+        assert_eq!(ring.open(b""), Err(KeyringError::Malformed));
+    }
+
+    #[test]
+    fn the_primary_key_cannot_be_removed_and_keys_parse_strictly() {
+        let mut ring = Keyring::new(key(1));
+        assert_eq!(ring.remove(key(1)), Err(KeyringError::RemovePrimary));
+        assert_eq!(ring.remove(key(3)), Err(KeyringError::NotInstalled));
+        ring.install(key(3));
+        assert_eq!(ring.remove(key(3)), Ok(()));
+        let text = generate_key();
+        assert_eq!(parse_key(&text).map(|k| format_key(&k)), Ok(text));
+        assert!(matches!(
+            parse_key("c2hvcnQ="),
+            Err(KeyringError::BadKey(_))
+        ));
+        assert!(matches!(parse_key("!!!"), Err(KeyringError::BadKey(_))));
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let ring = Keyring::new(key(9));
+        assert_ne!(ring.seal(b"same"), ring.seal(b"same"));
+    }
+}
