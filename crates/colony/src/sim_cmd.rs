@@ -203,6 +203,10 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     println!(
+        "membership table      ≤ {:.0} bytes per member",
+        result.table_bytes_per_member
+    );
+    println!(
         "idle traffic          {:.2} msgs/s, {:.0} B/s per node",
         result.msgs_per_node_per_s, result.bytes_per_node_per_s
     );

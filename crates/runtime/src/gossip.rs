@@ -590,21 +590,25 @@ impl Driver {
         match note {
             Notification::Up(name) => {
                 tracing::info!(member = %name, addr = ?info(&self.swim, &name), "member alive");
-                self.pending_events.push(MemberEvent::Alive(name.to_string()));
+                self.pending_events
+                    .push(MemberEvent::Alive(name.to_string()));
             }
             Notification::Updated(name) => tracing::debug!(member = %name, "member updated"),
             Notification::Suspect(name) => tracing::info!(member = %name, "member suspected"),
             Notification::Failed(name) => {
                 tracing::warn!(member = %name, "member failed");
-                self.pending_events.push(MemberEvent::Failed(name.to_string()));
+                self.pending_events
+                    .push(MemberEvent::Failed(name.to_string()));
             }
             Notification::Left(name) => {
                 tracing::info!(member = %name, "member left");
-                self.pending_events.push(MemberEvent::Left(name.to_string()));
+                self.pending_events
+                    .push(MemberEvent::Left(name.to_string()));
             }
             Notification::Reaped(name) => {
                 tracing::info!(member = %name, "member reaped");
-                self.pending_events.push(MemberEvent::Reaped(name.to_string()));
+                self.pending_events
+                    .push(MemberEvent::Reaped(name.to_string()));
             }
             Notification::Refuted { incarnation } => {
                 tracing::info!(incarnation, "refuted a suspicion of this node");

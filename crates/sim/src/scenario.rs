@@ -115,6 +115,9 @@ pub struct MembershipResult {
     /// Restarts whose acceptance did not complete before the node restarted again or the run
     /// ended.
     pub churn_unaccepted: u64,
+    /// Memory of node 0's membership table per member known (an upper bound; see
+    /// `Swim::table_bytes`).
+    pub table_bytes_per_member: f64,
     /// Largest membership table seen, relative to the number of live members.
     pub max_table_ratio: f64,
     /// Times a view went back to an older generation or incarnation (tracked when churning
@@ -371,6 +374,9 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         churn_accept_ms_p99: percentile(&churn_accepted, 0.99),
         churn_unaccepted: obs.churn_unaccepted + obs.churn.len() as u64,
         max_table_ratio,
+        table_bytes_per_member: world.nodes()[0].swim().map_or(0.0, |s| {
+            s.table_bytes() as f64 / s.members().len().max(1) as f64
+        }),
         version_regressions: world.version_regressions().0,
         detected: detections.len(),
         false_positive_suspicions: obs.false_suspects.len() as u64,

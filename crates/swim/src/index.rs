@@ -30,6 +30,11 @@ impl NameIndex {
         self.table.len()
     }
 
+    /// Slots allocated.
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()

@@ -371,6 +371,32 @@ impl Swim {
             Some(sent) => sent as usize >= self.config.gossip_fanout.min(self.reachable),
         }
     }
+    /// An upper bound of the memory the membership table takes, in bytes: the entries, the
+    /// name index, the probe order, and every member's name and metadata counted as if not
+    /// shared with any other structure.
+    pub fn table_bytes(&self) -> usize {
+        let entries = self.members.capacity() * std::mem::size_of::<Member>();
+        let index = self.index.capacity() * (std::mem::size_of::<u32>() + 1);
+        let order = self.probe_order.capacity() * std::mem::size_of::<u32>();
+        let heap: usize = self
+            .members
+            .iter()
+            .map(|m| {
+                let meta = std::mem::size_of::<Meta>()
+                    + m.meta.role.capacity()
+                    + m.meta.zone.capacity()
+                    + m.meta
+                        .tags
+                        .iter()
+                        .map(|(k, v)| k.capacity() + v.capacity() + 64)
+                        .sum::<usize>();
+                // Arc headers (two counters each) for the name and the metadata.
+                16 + m.name.len() + 16 + meta
+            })
+            .sum();
+        entries + index + order + heap
+    }
+
     /// Takes the effects produced so far.
     pub fn drain_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.outputs)
