@@ -17,6 +17,7 @@ for s in 1 2 3 4 5; do
   run "scale_n100_s$s" --nodes 100 --seed "$s"
   run "lgoff_n100_s$s" --nodes 100 --seed "$s" --lifeguard off
 done
+for s in $(seq 1 40); do run "join_n50_s$s" --nodes 50 --seed "$s"; done
 for s in 1 2 3; do
   run "scale_n1000_s$s" --nodes 1000 --seed "$s" --warm
   run "join_n1000_s$s" --nodes 1000 --seed "$s" --duration 40s --kill 0 --injections 0

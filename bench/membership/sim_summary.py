@@ -70,6 +70,12 @@ def main(out):
         points.append((n, mx(rs, "dissemination_rounds_max"), det and det / 1000))
     if points:
         scaling_svg(points, os.path.join(out, "scaling.svg"))
+    j50 = load(out, "join_n50_s*")
+    if j50:
+        xs = sorted(r["join_convergence_ms"] for r in j50 if r["join_convergence_ms"] is not None)
+        p99 = xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+        print(f"\njoin convergence n=50, {len(j50)} seeds: p50 {fmt(statistics.median(xs))} ms, p99 {fmt(p99)} ms, max {fmt(xs[-1])} ms; "
+              f"detection p50 {fmt(med(j50, 'detection_ms_max'))} ms, max {fmt(mx(j50, 'detection_ms_max'))} ms")
     off = load(out, "lgoff_n100_s*")
     if off:
         print(f"\nLifeguard off, n=100: detection p50 {fmt(med(off, 'detection_ms_max'))} ms, dissemination max {fmt(mx(off, 'dissemination_rounds_max'))}")
