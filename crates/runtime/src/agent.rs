@@ -192,21 +192,7 @@ impl Agent {
         if current {
             return Ok(());
         }
-        let check = Check {
-            node: node.name.clone(),
-            id: NODE_HEALTH_CHECK_ID.to_string(),
-            name: "Serf Health Status".to_string(),
-            status: HealthStatus::Passing,
-            notes: String::new(),
-            output: "Agent alive and reachable".to_string(),
-            service_id: String::new(),
-            service_name: String::new(),
-            service_tags: Vec::new(),
-            definition: CheckDefinition::default(),
-            status_observed_ms: wall_ms(),
-            create_index: 0,
-            modify_index: 0,
-        };
+        let check = node_health_check(&node.name, HealthStatus::Passing);
         let registration = CatalogRegistration {
             node,
             service: None,
@@ -542,5 +528,30 @@ fn load_or_create_node_id(dir: &std::path::Path) -> Result<String, StartError> {
             Ok(id)
         }
         Err(error) => Err(fail(error.to_string())),
+    }
+}
+
+/// The node-level check that says whether a member is alive (Consul's `serfHealth`), with
+/// Consul's outputs.
+pub(crate) fn node_health_check(node: &str, status: HealthStatus) -> Check {
+    let output = if status == HealthStatus::Passing {
+        "Agent alive and reachable"
+    } else {
+        "Agent not live or unreachable"
+    };
+    Check {
+        node: node.to_string(),
+        id: NODE_HEALTH_CHECK_ID.to_string(),
+        name: "Serf Health Status".to_string(),
+        status,
+        notes: String::new(),
+        output: output.to_string(),
+        service_id: String::new(),
+        service_name: String::new(),
+        service_tags: Vec::new(),
+        definition: CheckDefinition::default(),
+        status_observed_ms: wall_ms(),
+        create_index: 0,
+        modify_index: 0,
     }
 }

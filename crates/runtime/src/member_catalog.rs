@@ -7,11 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use colony_base::HealthStatus;
-use colony_store::{
-    CatalogRegistration, Check, CheckDefinition, Command, NODE_HEALTH_CHECK_ID, Node,
-};
+use colony_store::{CatalogRegistration, Command, NODE_HEALTH_CHECK_ID, Node};
 
-use crate::agent::{Agent, wall_ms};
+use crate::agent::{Agent, node_health_check};
 use crate::gossip::{Gossip, MemberEvent};
 
 /// Spawns the task that mirrors membership events into the catalog of `agent`.
@@ -51,10 +49,10 @@ async fn reconcile(agent: &Agent, gossip: &Gossip, event: &MemberEvent) -> Resul
             };
             let alive = matches!(event, MemberEvent::Alive(_));
             let address = member.addr.ip().to_string();
-            let (status, output) = if alive {
-                (HealthStatus::Passing, "Agent alive and reachable")
+            let status = if alive {
+                HealthStatus::Passing
             } else {
-                (HealthStatus::Critical, "Agent not live or unreachable")
+                HealthStatus::Critical
             };
             let current = agent.read(|s| {
                 let node_ok = s.node(name).is_some_and(|n| n.address == address);
@@ -81,21 +79,7 @@ async fn reconcile(agent: &Agent, gossip: &Gossip, event: &MemberEvent) -> Resul
                     modify_index: 0,
                 },
                 service: None,
-                checks: vec![Check {
-                    node: name.clone(),
-                    id: NODE_HEALTH_CHECK_ID.to_string(),
-                    name: "Serf Health Status".to_string(),
-                    status,
-                    notes: String::new(),
-                    output: output.to_string(),
-                    service_id: String::new(),
-                    service_name: String::new(),
-                    service_tags: Vec::new(),
-                    definition: CheckDefinition::default(),
-                    status_observed_ms: wall_ms(),
-                    create_index: 0,
-                    modify_index: 0,
-                }],
+                checks: vec![node_health_check(name, status)],
                 replace_service_checks: false,
             })
         }

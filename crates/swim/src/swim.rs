@@ -1154,54 +1154,26 @@ impl Swim {
                 generation,
                 incarnation,
                 ..
-            } => {
-                if *name == self.me {
-                    self.refute(*generation, *incarnation, source);
-                    return;
-                }
-                let Some(i) = self.index.get(&self.members, name) else {
-                    return;
-                };
-                let m = &self.members[i as usize];
-                if m.generation != *generation
-                    || m.incarnation > *incarnation
-                    || matches!(m.state, State::Dead | State::Left)
-                {
-                    return;
-                }
-                let name = m.name.clone();
-                self.suspicions.remove(&name);
-                self.set_state(i, State::Dead, *incarnation, now);
-                self.queue_member_update(update);
-                self.notify(Notification::Failed(name));
-            }
+            } => self.apply_gone(
+                now,
+                update,
+                name,
+                (*generation, *incarnation),
+                State::Dead,
+                source,
+            ),
             Update::Left {
                 name,
                 generation,
                 incarnation,
-            } => {
-                if *name == self.me {
-                    if self.self_state != SelfState::Leaving {
-                        self.refute(*generation, *incarnation, source);
-                    }
-                    return;
-                }
-                let Some(i) = self.index.get(&self.members, name) else {
-                    return;
-                };
-                let m = &self.members[i as usize];
-                if m.generation != *generation
-                    || m.incarnation > *incarnation
-                    || m.state == State::Left
-                {
-                    return;
-                }
-                let name = m.name.clone();
-                self.suspicions.remove(&name);
-                self.set_state(i, State::Left, *incarnation, now);
-                self.queue_member_update(update);
-                self.notify(Notification::Left(name));
-            }
+            } => self.apply_gone(
+                now,
+                update,
+                name,
+                (*generation, *incarnation),
+                State::Left,
+                source,
+            ),
             Update::Event {
                 ltime,
                 id,
@@ -1220,6 +1192,43 @@ impl Swim {
                 });
             }
         }
+    }
+
+    /// A member failed (`Dead`) or left (`Left`) at `version`. Left overrides failed at the
+    /// same version; about this node, either is refuted (unless it is leaving).
+    fn apply_gone(
+        &mut self,
+        now: u64,
+        update: &Update,
+        name: &Name,
+        version: (u64, u32),
+        state: State,
+        source: Option<Addr>,
+    ) {
+        if *name == self.me {
+            self.refute(version.0, version.1, source);
+            return;
+        }
+        let Some(i) = self.index.get(&self.members, name) else {
+            return;
+        };
+        let m = &self.members[i as usize];
+        let already = match state {
+            State::Left => m.state == State::Left,
+            _ => matches!(m.state, State::Dead | State::Left),
+        };
+        if m.generation != version.0 || m.incarnation > version.1 || already {
+            return;
+        }
+        let name = m.name.clone();
+        self.suspicions.remove(&name);
+        self.set_state(i, state, version.1, now);
+        self.queue_member_update(update);
+        self.notify(if state == State::Left {
+            Notification::Left(name)
+        } else {
+            Notification::Failed(name)
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
