@@ -224,6 +224,7 @@ impl Gossip {
             swim,
             udp: Arc::new(udp),
             epoch: Instant::now(),
+            base_us: wall_us(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             view: view.clone(),
@@ -411,6 +412,7 @@ struct Driver {
     swim: Swim,
     udp: Arc<UdpSocket>,
     epoch: Instant,
+    base_us: u64,
     timers: BinaryHeap<Reverse<(u64, u64, Timer)>>,
     timer_seq: u64,
     view: Arc<RwLock<GossipView>>,
@@ -426,8 +428,11 @@ struct Driver {
 }
 
 impl Driver {
+    /// The core's clock: wall-clock µs at start-up plus monotonic time since. Monotonic within
+    /// the process, and shared across agents to the precision of their wall clocks, which is
+    /// what coordinated probing needs (every agent derives the same probe slot from it).
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        self.base_us + self.epoch.elapsed().as_micros() as u64
     }
 
     async fn run(
@@ -443,7 +448,7 @@ impl Driver {
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let sleep_until = next_timer.map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
-                |at| self.epoch + Duration::from_micros(at),
+                |at| self.epoch + Duration::from_micros(at.saturating_sub(self.base_us)),
             );
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
@@ -589,7 +594,8 @@ impl Driver {
         let info = |swim: &Swim, name: &Name| swim.member(name).map(|m| to_socket(m.addr));
         match note {
             Notification::Up(name) => {
-                tracing::info!(member = %name, addr = ?info(&self.swim, &name), "member alive");
+                let addr = info(&self.swim, &name).map_or_else(String::new, |a| a.to_string());
+                tracing::info!(member = %name, %addr, "member alive");
                 self.pending_events
                     .push(MemberEvent::Alive(name.to_string()));
             }

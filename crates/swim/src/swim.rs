@@ -174,6 +174,8 @@ struct Probe {
     nacks_expected: u32,
     nacks: u32,
     relays: Vec<Addr>,
+    /// When the verdict is due (a timer firing much later means this node was stalled).
+    due: u64,
 }
 
 #[derive(Debug)]
@@ -771,6 +773,7 @@ impl Swim {
                 nacks_expected: 0,
                 nacks: 0,
                 relays: Vec::new(),
+                due: u64::MAX,
             },
         );
         self.send_packet(
@@ -790,13 +793,18 @@ impl Swim {
         self.set_timer(now + timeout, Timer::ProbeIndirect(seq));
         let interval =
             self.scaled(self.config.probe_interval) * (1 + u64::from(self.patience(now, &name)));
-        self.set_timer(now + interval - interval / 20, Timer::ProbeDeadline(seq));
+        let due = now + interval - interval / 20;
+        if let Some(p) = self.probes.get_mut(&seq) {
+            p.due = due;
+        }
+        self.set_timer(due, Timer::ProbeDeadline(seq));
     }
 
-    /// Extra probe intervals a member gets before it is suspected: 0 normally, up to 2 for a
-    /// member that refuted suspicions in the last minute (a paused or starved process that
-    /// answers late but answers). Costs at most two intervals of detection time for such a
-    /// member if it really dies.
+    /// Extra probe intervals a member gets before it is suspected, and the factor (minus one)
+    /// its suspicion timeout is stretched by: 0 normally, up to 2 for a member that refuted a
+    /// suspicion or a failure in the last minute (a paused or starved process that answers
+    /// late but answers). Costs such a member, if it really dies, up to two probe intervals and
+    /// two more minimum suspicion timeouts of detection time.
     fn patience(&mut self, now: u64, name: &Name) -> u8 {
         match self.flappers.get(name) {
             Some(&(level, since))
@@ -958,6 +966,12 @@ impl Swim {
         if p.acked {
             return;
         }
+        if self.config.lifeguard && now.saturating_sub(p.due) > self.config.probe_interval / 4 {
+            // The verdict comes long after it was due: this node was paused or starved, and its
+            // unread acks are probably waiting in the socket. Blame itself, not the target.
+            self.adjust_awareness(1);
+            return;
+        }
         self.stats.probes_failed += 1;
         if self.config.lifeguard && p.periodic {
             let missed = p.nacks_expected.saturating_sub(p.nacks);
@@ -1002,9 +1016,16 @@ impl Swim {
 
     // ------------------------------------------------------------------------ suspicion
 
+    /// Minimum and maximum suspicion timeouts for `name`: Lifeguard's bounds, stretched for a
+    /// member that recently refuted suspicions or failures (see [`Swim::patience`]).
+    fn suspicion_bounds(&mut self, now: u64, name: &Name) -> (u64, u64) {
+        let stretch = 1 + u64::from(self.patience(now, name));
+        let min = self.config.suspicion_min(self.cluster_size()) * stretch;
+        (min, min * self.config.suspicion_max_mult)
+    }
+
     fn start_suspicion(&mut self, now: u64, name: &Name, from: &Name) {
-        let n = self.cluster_size();
-        let min = self.config.suspicion_min(n);
+        let (min, _) = self.suspicion_bounds(now, name);
         let timeout = if self.config.lifeguard {
             min * self.config.suspicion_max_mult
         } else {
@@ -1038,8 +1059,7 @@ impl Swim {
             return false;
         }
         let n = self.cluster_size();
-        let min = self.config.suspicion_min(n);
-        let max = min * self.config.suspicion_max_mult;
+        let (min, max) = self.suspicion_bounds(now, name);
         let k = self
             .config
             .suspicion_confirmations
@@ -1280,7 +1300,7 @@ impl Swim {
                     self.gone.remove(name);
                 }
                 self.queue_member_update(update);
-                if was == State::Suspect && !new_generation {
+                if matches!(was, State::Suspect | State::Dead) && !new_generation {
                     let level = self.flappers.get(name).map_or(0, |f| f.0);
                     self.flappers
                         .insert(name.clone(), ((level + 1).min(2), now));
