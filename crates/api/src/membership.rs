@@ -197,8 +197,7 @@ async fn join(
     Path(addr): Path<String>,
 ) -> Result<Response, ApiError> {
     let target = parse_gossip_addr(&addr)?;
-    let contacted = st.gossip.join(vec![target]).await;
-    if contacted == 0 {
+    if !st.gossip.join(vec![target]).await {
         return Err(ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("failed to join {target}: no answer within 5s"),

@@ -150,19 +150,17 @@ async fn start_gossip(
     .await
     .context("membership failed to start")?;
     if !join.is_empty() {
-        let contacted = gossip.join(join.clone()).await;
-        if contacted == 0 {
+        if !gossip.join(join.clone()).await {
             bail!("could not join the cluster: none of {join:?} answered within 5s");
         }
-        tracing::info!(contacted, "joined the cluster");
+        tracing::info!("joined the cluster");
     }
     if !retry_join.is_empty() {
         let gossip = gossip.clone();
         tokio::spawn(async move {
             loop {
-                let contacted = gossip.join(retry_join.clone()).await;
-                if contacted > 0 {
-                    tracing::info!(contacted, "joined the cluster");
+                if gossip.join(retry_join.clone()).await {
+                    tracing::info!("joined the cluster");
                     return;
                 }
                 tracing::warn!(seeds = ?retry_join, "join failed; retrying");

@@ -127,7 +127,7 @@ pub enum KeyringOp {
 }
 
 enum GossipCommand {
-    Join(Vec<SocketAddr>, oneshot::Sender<usize>),
+    Join(Vec<SocketAddr>, oneshot::Sender<bool>),
     Leave(oneshot::Sender<()>),
     ForceLeave(String, oneshot::Sender<bool>),
     Fire(String, Vec<u8>, oneshot::Sender<Result<UserEvent, String>>),
@@ -296,8 +296,9 @@ impl Gossip {
         self.events.subscribe()
     }
 
-    /// Joins through `seeds`; returns how many answered within 5 s.
-    pub async fn join(&self, seeds: Vec<SocketAddr>) -> usize {
+    /// Joins through `seeds`; true once one of them answered with its view, false if none
+    /// did within 5 s.
+    pub async fn join(&self, seeds: Vec<SocketAddr>) -> bool {
         let (tx, rx) = oneshot::channel();
         if self
             .commands
@@ -305,9 +306,9 @@ impl Gossip {
             .await
             .is_err()
         {
-            return 0;
+            return false;
         }
-        rx.await.unwrap_or(0)
+        rx.await.unwrap_or(false)
     }
 
     /// Announces departure and waits (≤ 3 s) until it has been gossiped.
@@ -418,7 +419,9 @@ struct Driver {
     view: Arc<RwLock<GossipView>>,
     changes: watch::Sender<u64>,
     events: tokio::sync::broadcast::Sender<MemberEvent>,
-    joins: Vec<(Instant, usize, oneshot::Sender<usize>)>,
+    /// Pending joins: answered `true` at the next completed state exchange, dropped (read as
+    /// `false`) at their deadline.
+    joins: Vec<(Instant, oneshot::Sender<bool>)>,
     leave_waiters: Vec<oneshot::Sender<()>>,
     decode_errors: u64,
     published_at: Instant,
@@ -517,7 +520,7 @@ impl Driver {
                 let addrs: Vec<Addr> = seeds.iter().map(|s| to_addr(*s)).collect();
                 self.swim.join(now, &addrs);
                 self.joins
-                    .push((Instant::now() + Duration::from_secs(5), 0, reply));
+                    .push((Instant::now() + Duration::from_secs(5), reply));
             }
             GossipCommand::Leave(reply) => {
                 self.swim.leave(now);
@@ -567,7 +570,7 @@ impl Driver {
             }
         }
         let now = Instant::now();
-        self.joins.retain_mut(|(deadline, _, _)| *deadline > now);
+        self.joins.retain(|(deadline, _)| *deadline > now);
         if self.swim.self_state() == colony_swim::SelfState::Leaving && self.swim.leave_propagated()
         {
             for w in self.leave_waiters.drain(..) {
@@ -621,11 +624,8 @@ impl Driver {
             }
             Notification::Synced(from) => {
                 tracing::debug!(peer = %from, "state exchange completed");
-                for (_, count, _) in &mut self.joins {
-                    *count += 1;
-                }
-                for (_, count, reply) in self.joins.drain(..) {
-                    let _ = reply.send(count);
+                for (_, reply) in self.joins.drain(..) {
+                    let _ = reply.send(true);
                 }
             }
             Notification::Event(e) => {

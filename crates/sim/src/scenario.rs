@@ -331,7 +331,7 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
     let mut first = None::<u64>;
     let mut detection_curve = Vec::new();
     for (k, (_, (at, seen))) in obs.killed.iter().enumerate() {
-        let observers: Vec<usize> = live_nodes.clone();
+        let observers = &live_nodes;
         if let Some(&f) = seen.values().min() {
             first = Some(first.map_or(f - at, |x| x.min(f - at)));
         }

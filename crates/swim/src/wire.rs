@@ -187,9 +187,6 @@ pub enum Message {
     Gossip,
 }
 
-/// One member's full state, as exchanged by push-pull.
-pub type StateRecord = Update;
-
 /// Stream messages (TCP in production): anti-entropy and joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamMessage {
@@ -207,7 +204,7 @@ pub enum StreamMessage {
         /// Whether the sender is joining (the answer then always carries the full view).
         join: bool,
         /// One record per member (Alive, Suspect, Dead or Left).
-        members: Vec<StateRecord>,
+        members: Vec<Update>,
         /// Recent user events, so that a joiner or a healed partition sees them.
         events: Vec<Update>,
     },
