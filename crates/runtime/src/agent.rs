@@ -404,6 +404,9 @@ impl Agent {
     /// [`AgentError`] if the session is refused (missing or critical check, unknown node).
     pub async fn create_session(&self, mut session: Session) -> Result<String, AgentError> {
         session.id = self.new_uuid();
+        if session.lease_id == 0 {
+            session.lease_id = self.new_lease_id();
+        }
         let id = session.id.clone();
         let ttl_ms = session.ttl_ms;
         let applied = self.propose(Command::SessionCreate(session)).await?;
@@ -414,6 +417,24 @@ impl Agent {
             .handle_renew(wall_ms(), &id, ttl_ms);
         self.sessions_changed.notify_one();
         Ok(id)
+    }
+
+    /// A fresh lease ID: random, positive, and (with overwhelming likelihood) unused.
+    pub fn new_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.random_u64() >> 1) as i64;
+            if id != 0 && self.read(|s| s.lease_session(id).is_none()) {
+                return id;
+            }
+        }
+    }
+
+    /// When `id`'s TTL runs out (wall ms), if it has one and it is tracked here.
+    pub fn session_deadline_ms(&self, id: &str) -> Option<u64> {
+        self.sessions
+            .lock()
+            .expect("session lock poisoned")
+            .deadline_ms(id)
     }
 
     /// Renews a session's TTL; returns the session, or `None` if it does not exist.

@@ -3,9 +3,10 @@
 use crate::types::{Check, KvEntry, Node, Service, Session};
 use serde::{Deserialize, Serialize};
 
-/// The version byte every encoded entry starts with. Bump it when `Command` changes shape and
-/// keep decoding the old one.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+/// The version byte every encoded entry starts with. Bump it when `Command` changes shape.
+/// Version 2 added KV revisions for the etcd dialect (versions, leases, history); logs of
+/// version 1 are refused with a message naming the version.
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
 
 /// One log entry: a command plus the proposer's wall-clock time, the only time the state
 /// machine ever sees.
@@ -238,6 +239,13 @@ pub enum Command {
         /// Session ID.
         id: String,
     },
+    /// An etcd-style KV transaction (also a lone put or range delete).
+    KvTxn(crate::kv_txn::KvTxn),
+    /// Forget KV history before a revision.
+    KvCompact {
+        /// The oldest revision to keep readable.
+        revision: u64,
+    },
 }
 
 impl Command {
@@ -253,6 +261,8 @@ impl Command {
             Command::CheckUpdate { .. } => "check_update",
             Command::SessionCreate(_) => "session_create",
             Command::SessionDestroy { .. } => "session_destroy",
+            Command::KvTxn(_) => "kv_txn",
+            Command::KvCompact { .. } => "kv_compact",
         }
     }
 }
@@ -309,6 +319,8 @@ pub enum Outcome {
     Bool(bool),
     /// A transaction's results or errors.
     Txn(TxnOutcome),
+    /// An etcd-style transaction's result.
+    KvTxn(crate::kv_txn::KvTxnResult),
     /// Refused.
     Rejected(Rejection),
 }

@@ -18,6 +18,8 @@
 #![deny(missing_docs, unreachable_pub)]
 
 mod command;
+mod kv_txn;
+mod mvcc;
 mod session_ttl;
 mod state;
 mod txn;
@@ -27,8 +29,15 @@ pub use command::{
     CatalogRegistration, Command, DecodeError, ENTRY_FORMAT_VERSION, Entry, KvSetMode, Outcome,
     Rejection, RejectionKind, TxnError, TxnOp, TxnOutcome, TxnResult,
 };
+pub use kv_txn::{
+    Compare, CompareOp, CompareTarget, DeleteOp, KvOp, KvOpResult, KvTxn, KvTxnResult, PutOp,
+    RangeError, RangeQuery, RangeResult, SortOrder, SortTarget, reject,
+};
+pub use mvcc::{
+    Compacted, HISTORY_BYTES_MAX, HISTORY_EVENTS_MAX, KeyRange, KvEvent, KvHistory, prefix_end,
+};
 pub use session_ttl::SessionTtlTracker;
-pub use state::{Change, StateMachine, Table};
+pub use state::{Change, SNAPSHOT_FORMAT_VERSION, SnapshotError, StateMachine, Table};
 pub use types::{
     Check, CheckDefinition, HealthStatus, KvEntry, Node, Service, Session, SessionBehavior, Weights,
 };
@@ -42,5 +51,7 @@ pub const TXN_OPS_MAX: usize = 64;
 /// The name of the node-level check that says a node is alive (as Consul's `serfHealth`).
 pub const NODE_HEALTH_CHECK_ID: &str = "serfHealth";
 
+#[cfg(test)]
+mod mvcc_tests;
 #[cfg(test)]
 mod state_tests;

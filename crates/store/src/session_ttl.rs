@@ -48,6 +48,11 @@ impl SessionTtlTracker {
         }
     }
 
+    /// When `session` expires, if tracked.
+    pub fn deadline_ms(&self, session: &str) -> Option<u64> {
+        self.deadline_by_session.get(session).copied()
+    }
+
     /// Whether `session` is tracked.
     pub fn is_tracked(&self, session: &str) -> bool {
         self.deadline_by_session.contains_key(session)

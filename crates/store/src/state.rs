@@ -3,9 +3,11 @@
 use crate::command::{
     CatalogRegistration, Command, Entry, KvSetMode, Outcome, Rejection, RejectionKind,
 };
+use crate::mvcc::{KvEvent, KvHistory};
 use crate::types::{Check, HealthStatus, KvEntry, Node, Service, Session, SessionBehavior};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 /// A table of the state, for blocking-query indexes and watch topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,20 +50,54 @@ pub struct StateMachine {
     /// Keyed by (node, check ID).
     checks: BTreeMap<(String, String), Check>,
     sessions: BTreeMap<String, Session>,
+    /// Session ID by lease ID (the etcd dialect's name for a session).
+    leases: BTreeMap<i64, String>,
+    /// Keys attached to each lease.
+    lease_keys: BTreeMap<i64, BTreeSet<String>>,
+    /// Recent KV changes, for reads at older revisions and watches that resume.
+    history: KvHistory,
 }
+
+/// The version byte every snapshot starts with. Bump it when the state changes shape.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// Why a snapshot could not be loaded. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed snapshot: {0}")]
-pub struct SnapshotError(#[from] postcard::Error);
+pub enum SnapshotError {
+    /// The snapshot was written by another format version.
+    #[error(
+        "snapshot format version {0}, this build reads version {SNAPSHOT_FORMAT_VERSION} (written by an incompatible colony)"
+    )]
+    UnknownVersion(u8),
+    /// The payload is malformed or truncated.
+    #[error("malformed snapshot: {0}")]
+    Malformed(#[from] postcard::Error),
+}
 
 pub(crate) struct ApplyCtx {
     pub(crate) index: u64,
     pub(crate) time_ms: u64,
     pub(crate) changes: Vec<Change>,
+    /// Every KV key this entry touched, in first-touch order, with its entry before the first
+    /// touch: turned into history events (and lease bookkeeping) once the entry is applied.
+    kv_touched: Vec<(String, Option<KvEntry>)>,
+    kv_touched_set: HashSet<String>,
 }
 
 impl ApplyCtx {
+    /// Remembers `key`'s entry before this entry first changes it.
+    fn note_kv(&mut self, key: &str, before: Option<&KvEntry>) {
+        if !self.kv_touched_set.contains(key) {
+            self.kv_touched_set.insert(key.to_string());
+            self.kv_touched.push((key.to_string(), before.cloned()));
+        }
+    }
+
+    /// The keys changed so far by this entry, with their previous entries.
+    pub(crate) fn pending_kv(&self) -> &[(String, Option<KvEntry>)] {
+        &self.kv_touched
+    }
+
     pub(crate) fn touch(&mut self, table: Table) {
         let change = Change::Table(table);
         if !self.changes.contains(&change) {
@@ -98,7 +134,8 @@ impl StateMachine {
 
     /// Serializes the whole state for a snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+        postcard::to_extend(self, vec![SNAPSHOT_FORMAT_VERSION])
+            .expect("encoding to a Vec cannot fail")
     }
 
     /// Restores a state from [`StateMachine::to_snapshot`] bytes.
@@ -106,7 +143,13 @@ impl StateMachine {
     /// # Errors
     /// Returns [`SnapshotError`] if the bytes are not a snapshot.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let state: StateMachine = postcard::from_bytes(bytes)?;
+        let (&version, payload) = bytes.split_first().ok_or(SnapshotError::Malformed(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ))?;
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion(version));
+        }
+        let state: StateMachine = postcard::from_bytes(payload)?;
         state.check_invariants();
         Ok(state)
     }
@@ -126,6 +169,8 @@ impl StateMachine {
             index,
             time_ms: entry.time_ms,
             changes: Vec::new(),
+            kv_touched: Vec::new(),
+            kv_touched_set: HashSet::new(),
         };
         let outcome = match &entry.command {
             Command::Noop => Outcome::Done,
@@ -158,7 +203,10 @@ impl StateMachine {
                 self.session_invalidate(&mut ctx, id);
                 Outcome::Done
             }
+            Command::KvTxn(txn) => self.apply_kv_txn(&mut ctx, txn),
+            Command::KvCompact { revision } => self.kv_compact(*revision),
         };
+        self.record_kv_changes(&mut ctx);
         self.applied_index = index;
         for change in &ctx.changes {
             if let Change::Table(table) = change {
@@ -183,7 +231,25 @@ impl StateMachine {
                 );
                 assert!(entry.lock_index > 0);
             }
+            assert!(entry.version >= 1, "a live key was written at least once");
+            if entry.lease != 0 {
+                assert!(
+                    self.leases.contains_key(&entry.lease),
+                    "key attached to a dead lease"
+                );
+                assert!(self.lease_keys[&entry.lease].contains(key));
+            }
         }
+        for (lease, keys) in &self.lease_keys {
+            assert!(!keys.is_empty(), "empty lease key sets are dropped");
+            for key in keys {
+                assert_eq!(self.kv.get(key).map(|e| e.lease), Some(*lease));
+            }
+        }
+        for (lease, session) in &self.leases {
+            assert_eq!(self.sessions.get(session).map(|s| s.lease_id), Some(*lease));
+        }
+        assert_eq!(self.leases.len(), self.sessions.len());
         for ((node, id), service) in &self.services {
             assert!(self.nodes.contains_key(node), "service on a missing node");
             assert_eq!(id, &service.id);
@@ -264,19 +330,8 @@ impl StateMachine {
         flags: u64,
         mode: &KvSetMode,
     ) -> KvEntry {
-        let index = ctx.index;
-        let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
-            key: key.to_string(),
-            value: Vec::new(),
-            flags: 0,
-            session: None,
-            lock_index: 0,
-            create_index: index,
-            modify_index: index,
-        });
-        entry.value = value.to_vec();
-        entry.flags = flags;
-        entry.modify_index = index;
+        let lease = self.kv.get(key).map_or(0, |e| e.lease);
+        let entry = self.kv_upsert(ctx, key, value, flags, lease);
         match mode {
             KvSetMode::Acquire(session) => {
                 if entry.session.as_ref() != Some(session) {
@@ -287,10 +342,121 @@ impl StateMachine {
             KvSetMode::Release(_) => entry.session = None,
             KvSetMode::Set | KvSetMode::Cas(_) => {}
         }
-        let written = entry.clone();
+        entry.clone()
+    }
+
+    /// Writes a KV entry attached to `lease` (etcd's put), keeping any lock on it.
+    pub(crate) fn kv_put(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        lease: i64,
+    ) {
+        self.kv_upsert(ctx, key, value, flags, lease);
+    }
+
+    fn kv_upsert(
+        &mut self,
+        ctx: &mut ApplyCtx,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        lease: i64,
+    ) -> &mut KvEntry {
+        let index = ctx.index;
+        ctx.note_kv(key, self.kv.get(key));
         ctx.changes.push(Change::Key(key.to_string()));
         ctx.touch(Table::Kvs);
-        written
+        let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
+            key: key.to_string(),
+            value: Vec::new(),
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: index,
+            modify_index: index,
+            version: 0,
+            lease: 0,
+        });
+        entry.value = value.to_vec();
+        entry.flags = flags;
+        entry.modify_index = index;
+        entry.version += 1;
+        entry.lease = lease;
+        entry
+    }
+
+    /// Turns the keys this entry touched into history events and keeps the lease index in
+    /// step.
+    fn record_kv_changes(&mut self, ctx: &mut ApplyCtx) {
+        for (key, before) in std::mem::take(&mut ctx.kv_touched) {
+            let after = self.kv.get(&key);
+            if after == before.as_ref() {
+                continue;
+            }
+            let old_lease = before.as_ref().map_or(0, |e| e.lease);
+            let new_lease = after.map_or(0, |e| e.lease);
+            if old_lease != new_lease {
+                if old_lease != 0
+                    && let Some(keys) = self.lease_keys.get_mut(&old_lease)
+                {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.lease_keys.remove(&old_lease);
+                    }
+                }
+                if new_lease != 0 {
+                    self.lease_keys
+                        .entry(new_lease)
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+            let kv = after.cloned().map(Arc::new);
+            self.history.record(KvEvent {
+                revision: ctx.index,
+                key,
+                kv,
+                prev: before.map(Arc::new),
+            });
+        }
+        ctx.kv_touched_set.clear();
+        self.history.trim(ctx.index);
+    }
+
+    /// Forgets KV history before `revision` (etcd's compaction).
+    fn kv_compact(&mut self, revision: u64) -> Outcome {
+        if revision > self.applied_index {
+            return rejected(
+                RejectionKind::Invalid,
+                crate::kv_txn::reject::FUTURE_REV.into(),
+            );
+        }
+        if revision <= self.history.compacted_revision() {
+            return rejected(
+                RejectionKind::Invalid,
+                crate::kv_txn::reject::COMPACTED.into(),
+            );
+        }
+        self.history.compact(revision);
+        Outcome::Done
+    }
+
+    /// The KV change history.
+    pub fn history(&self) -> &KvHistory {
+        &self.history
+    }
+
+    /// The session that lease `lease` names.
+    pub fn lease_session(&self, lease: i64) -> Option<&Session> {
+        self.leases.get(&lease).and_then(|id| self.sessions.get(id))
+    }
+
+    /// The keys attached to lease `lease`, in key order.
+    pub fn lease_keys(&self, lease: i64) -> impl Iterator<Item = &String> {
+        self.lease_keys.get(&lease).into_iter().flatten()
     }
 
     fn kv_delete(
@@ -319,6 +485,7 @@ impl StateMachine {
     pub(crate) fn kv_remove(&mut self, ctx: &mut ApplyCtx, key: &str) -> Option<KvEntry> {
         // Deleting a missing key still moves the KV index, as Consul's tombstones do, so that
         // blocking queries on it observe the delete.
+        ctx.note_kv(key, self.kv.get(key));
         ctx.changes.push(Change::Key(key.to_string()));
         ctx.touch(Table::Kvs);
         self.kv.remove(key)
@@ -704,9 +871,22 @@ impl StateMachine {
                 Some(_) => {}
             }
         }
+        if session.lease_id <= 0 {
+            return rejected(
+                RejectionKind::Invalid,
+                format!("session {:?} needs a positive lease ID", session.id),
+            );
+        }
+        if self.leases.contains_key(&session.lease_id) {
+            return rejected(
+                RejectionKind::Invalid,
+                crate::kv_txn::reject::LEASE_EXISTS.into(),
+            );
+        }
         let mut stored = session.clone();
         stored.create_index = ctx.index;
         stored.modify_index = ctx.index;
+        self.leases.insert(stored.lease_id, stored.id.clone());
         self.sessions.insert(stored.id.clone(), stored);
         ctx.touch(Table::Sessions);
         Outcome::Done
@@ -730,7 +910,33 @@ impl StateMachine {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
+        self.leases.remove(&session.lease_id);
         ctx.touch(Table::Sessions);
+        // Keys attached to the lease go with it (etcd's lease revoke), in key order. Keys
+        // attached earlier in this same entry are not indexed yet: look at those too.
+        let mut attached: BTreeSet<String> = self
+            .lease_keys
+            .get(&session.lease_id)
+            .cloned()
+            .unwrap_or_default();
+        for (key, _) in ctx.pending_kv() {
+            if self
+                .kv
+                .get(key)
+                .is_some_and(|e| e.lease == session.lease_id)
+            {
+                attached.insert(key.clone());
+            }
+        }
+        for key in attached {
+            if self
+                .kv
+                .get(&key)
+                .is_some_and(|e| e.lease == session.lease_id)
+            {
+                self.kv_remove(ctx, &key);
+            }
+        }
         let held: Vec<String> = self
             .kv
             .values()
@@ -744,9 +950,11 @@ impl StateMachine {
             }
             match session.behavior {
                 SessionBehavior::Release => {
+                    ctx.note_kv(&key, self.kv.get(&key));
                     let entry = self.kv.get_mut(&key).expect("held key exists");
                     entry.session = None;
                     entry.modify_index = ctx.index;
+                    entry.version += 1;
                     ctx.changes.push(Change::Key(key));
                     ctx.touch(Table::Kvs);
                 }

@@ -53,6 +53,7 @@ impl Harness {
             behavior,
             ttl_ms: 0,
             lock_delay_ms,
+            lease_id: id.bytes().map(i64::from).sum(),
             create_index: 0,
             modify_index: 0,
         };
@@ -237,6 +238,7 @@ fn session_create_with_critical_check_is_refused() {
         behavior: SessionBehavior::Release,
         ttl_ms: 0,
         lock_delay_ms: 0,
+        lease_id: 7,
         create_index: 0,
         modify_index: 0,
     };
@@ -313,6 +315,20 @@ fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
     let key = prop::sample::select(vec!["a", "a/b", "a/c", "b", "lock"]);
     let session = prop::sample::select(vec!["s1", "s2"]);
     prop_oneof![
+        (key.clone(), any::<u8>(), 0i64..3).prop_map(|(k, v, lease)| Command::KvTxn(
+            KvTxn::single(KvOp::Put(PutOp {
+                key: k.into(),
+                value: vec![v],
+                lease,
+                ..PutOp::default()
+            }))
+        )),
+        key.clone()
+            .prop_map(|k| Command::KvTxn(KvTxn::single(KvOp::Delete(DeleteOp {
+                range: KeyRange::prefix(k),
+                prev_kv: true,
+            })))),
+        (0u64..40).prop_map(|revision| Command::KvCompact { revision }),
         (key.clone(), any::<u8>()).prop_map(|(k, v)| Command::KvSet {
             key: k.into(),
             value: vec![v],
@@ -340,6 +356,7 @@ fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
             .clone()
             .prop_map(|s| Command::SessionDestroy { id: s.into() }),
         session.prop_map(|s| Command::SessionCreate(Session {
+            lease_id: if s == "s1" { 1 } else { 2 },
             id: s.into(),
             name: String::new(),
             node: "n1".into(),

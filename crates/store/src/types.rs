@@ -21,6 +21,11 @@ pub struct KvEntry {
     pub create_index: u64,
     /// The index that last modified the key.
     pub modify_index: u64,
+    /// How many times the key was written since it was created (1 after the first write),
+    /// etcd's `version`.
+    pub version: u64,
+    /// The lease (session) the key is attached to, or 0: the key is deleted when it ends.
+    pub lease: i64,
 }
 
 /// A catalog node.
@@ -199,6 +204,9 @@ pub struct Session {
     pub ttl_ms: u64,
     /// How long a lock released by invalidation stays unacquirable.
     pub lock_delay_ms: u64,
+    /// The session's lease ID in the etcd dialect (nonzero, unique): keys put with this lease
+    /// are deleted when the session ends.
+    pub lease_id: i64,
     /// Index that created the session.
     pub create_index: u64,
     /// Index that last modified the session.

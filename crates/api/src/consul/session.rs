@@ -86,6 +86,7 @@ pub(crate) async fn create(
         behavior,
         ttl_ms,
         lock_delay_ms,
+        lease_id: 0,
         create_index: 0,
         modify_index: 0,
     };

@@ -1,0 +1,507 @@
+//! Tests of the etcd dialect's KV: revisions, history, ranges, transactions and leases, each
+//! against etcd's documented semantics.
+
+use crate::*;
+use std::collections::BTreeMap;
+
+fn apply(state: &mut StateMachine, command: Command) -> Outcome {
+    let index = state.applied_index() + 1;
+    let (outcome, _) = state.apply(
+        index,
+        &Entry {
+            time_ms: 1_000 + index,
+            command,
+        },
+    );
+    state.check_invariants();
+    outcome
+}
+
+fn put(state: &mut StateMachine, key: &str, value: &str, lease: i64) -> Outcome {
+    apply(
+        state,
+        Command::KvTxn(KvTxn::single(KvOp::Put(PutOp {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            prev_kv: true,
+            ..PutOp::default()
+        }))),
+    )
+}
+
+fn range(state: &StateMachine, query: RangeQuery) -> Result<RangeResult, RangeError> {
+    state.kv_range(&query)
+}
+
+fn keys(result: &RangeResult) -> Vec<&str> {
+    result.kvs.iter().map(|e| e.key.as_str()).collect()
+}
+
+fn with_node() -> StateMachine {
+    let mut state = StateMachine::new();
+    apply(
+        &mut state,
+        Command::CatalogRegister(CatalogRegistration {
+            node: Node {
+                id: "id".into(),
+                name: "n1".into(),
+                address: "127.0.0.1".into(),
+                tagged_addresses: BTreeMap::new(),
+                meta: BTreeMap::new(),
+                create_index: 0,
+                modify_index: 0,
+            },
+            service: None,
+            checks: vec![],
+            replace_service_checks: false,
+        }),
+    );
+    state
+}
+
+fn lease(state: &mut StateMachine, id: i64) {
+    let session = Session {
+        id: format!("session-{id}"),
+        name: String::new(),
+        node: "n1".into(),
+        node_checks: vec![],
+        service_checks: vec![],
+        behavior: SessionBehavior::Delete,
+        ttl_ms: 10_000,
+        lock_delay_ms: 0,
+        lease_id: id,
+        create_index: 0,
+        modify_index: 0,
+    };
+    assert_eq!(apply(state, Command::SessionCreate(session)), Outcome::Done);
+}
+
+#[test]
+fn versions_count_writes_since_creation_and_reset_on_delete() {
+    let mut state = StateMachine::new();
+    put(&mut state, "k", "a", 0);
+    put(&mut state, "k", "b", 0);
+    let entry = state.kv_get("k").expect("written").clone();
+    assert_eq!(
+        (entry.version, entry.create_index, entry.modify_index),
+        (2, 1, 2)
+    );
+    apply(
+        &mut state,
+        Command::KvTxn(KvTxn::single(KvOp::Delete(DeleteOp {
+            range: KeyRange::key("k"),
+            prev_kv: false,
+        }))),
+    );
+    put(&mut state, "k", "c", 0);
+    let entry = state.kv_get("k").expect("written again");
+    assert_eq!((entry.version, entry.create_index), (1, 4));
+}
+
+#[test]
+fn ranges_follow_etcd_key_conventions() {
+    let mut state = StateMachine::new();
+    for key in ["a", "a/1", "a/2", "a0", "b", "c"] {
+        put(&mut state, key, key, 0);
+    }
+    let query = |range: KeyRange| RangeQuery {
+        range,
+        ..RangeQuery::default()
+    };
+    let prefix = range(&state, query(KeyRange::prefix("a/"))).expect("read");
+    assert_eq!(keys(&prefix), ["a/1", "a/2"]);
+    let from_b = range(
+        &state,
+        query(KeyRange {
+            start: b"b".to_vec(),
+            end: vec![0],
+        }),
+    )
+    .expect("read");
+    assert_eq!(keys(&from_b), ["b", "c"]);
+    let span = range(
+        &state,
+        query(KeyRange {
+            start: b"a/".to_vec(),
+            end: b"b".to_vec(),
+        }),
+    )
+    .expect("read");
+    assert_eq!(keys(&span), ["a/1", "a/2", "a0"]);
+    let all = range(&state, query(KeyRange::prefix(""))).expect("read");
+    assert_eq!(all.count, 6);
+    let one = range(&state, query(KeyRange::key("a"))).expect("read");
+    assert_eq!(keys(&one), ["a"]);
+    // A start key that is not UTF-8 still bounds the scan as bytes.
+    let binary_start = range(
+        &state,
+        query(KeyRange {
+            start: vec![b'a', 0xff],
+            end: vec![0],
+        }),
+    )
+    .expect("read");
+    assert_eq!(keys(&binary_start), ["b", "c"]);
+    assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+    assert_eq!(prefix_end(b"\xff"), [0]);
+}
+
+#[test]
+fn sort_limit_and_filters_apply_in_etcds_order() {
+    let mut state = StateMachine::new();
+    put(&mut state, "p/c", "1", 0); // rev 1
+    put(&mut state, "p/a", "3", 0); // rev 2
+    put(&mut state, "p/b", "2", 0); // rev 3
+    put(&mut state, "p/c", "9", 0); // rev 4
+    let base = RangeQuery {
+        range: KeyRange::prefix("p/"),
+        ..RangeQuery::default()
+    };
+    let by_create = range(
+        &state,
+        RangeQuery {
+            sort_target: SortTarget::Create,
+            limit: 1,
+            ..base.clone()
+        },
+    )
+    .expect("read");
+    assert_eq!(keys(&by_create), ["p/c"]);
+    assert!(by_create.more);
+    assert_eq!(by_create.count, 3);
+    let by_mod_desc = range(
+        &state,
+        RangeQuery {
+            sort_target: SortTarget::Mod,
+            sort_order: SortOrder::Descend,
+            ..base.clone()
+        },
+    )
+    .expect("read");
+    assert_eq!(keys(&by_mod_desc), ["p/c", "p/b", "p/a"]);
+    let by_value = range(
+        &state,
+        RangeQuery {
+            sort_target: SortTarget::Value,
+            ..base.clone()
+        },
+    )
+    .expect("read");
+    assert_eq!(keys(&by_value), ["p/b", "p/a", "p/c"]);
+    let older_creations = range(
+        &state,
+        RangeQuery {
+            max_create_revision: 2,
+            sort_target: SortTarget::Create,
+            sort_order: SortOrder::Descend,
+            limit: 1,
+            ..base.clone()
+        },
+    )
+    .expect("read");
+    assert_eq!(keys(&older_creations), ["p/a"]);
+    let counted = range(
+        &state,
+        RangeQuery {
+            count_only: true,
+            ..base.clone()
+        },
+    )
+    .expect("read");
+    assert!(counted.kvs.is_empty());
+    assert_eq!(counted.count, 3);
+    let keys_only = range(
+        &state,
+        RangeQuery {
+            keys_only: true,
+            ..base
+        },
+    )
+    .expect("read");
+    assert!(keys_only.kvs.iter().all(|e| e.value.is_empty()));
+}
+
+#[test]
+fn compaction_and_future_revisions_are_refused() {
+    let mut state = StateMachine::new();
+    for i in 0..5 {
+        put(&mut state, "k", &i.to_string(), 0);
+    }
+    let at = |state: &StateMachine, revision| {
+        range(
+            state,
+            RangeQuery {
+                range: KeyRange::key("k"),
+                revision,
+                ..RangeQuery::default()
+            },
+        )
+    };
+    assert_eq!(at(&state, 2).expect("kept").kvs[0].value, b"1");
+    assert!(matches!(at(&state, 6), Err(RangeError::Future { .. })));
+    assert_eq!(
+        apply(&mut state, Command::KvCompact { revision: 3 }),
+        Outcome::Done
+    );
+    assert!(matches!(at(&state, 2), Err(RangeError::Compacted(_))));
+    assert_eq!(
+        at(&state, 3)
+            .expect("compacted revision itself is kept")
+            .kvs[0]
+            .value,
+        b"2"
+    );
+    assert!(state.history().since(2).is_err());
+    assert_eq!(state.history().since(3).expect("kept").count(), 3);
+    let again = apply(&mut state, Command::KvCompact { revision: 3 });
+    assert!(matches!(again, Outcome::Rejected(r) if r.message == reject::COMPACTED));
+    let future = apply(&mut state, Command::KvCompact { revision: 99 });
+    assert!(matches!(future, Outcome::Rejected(r) if r.message == reject::FUTURE_REV));
+}
+
+#[test]
+fn txn_compares_pick_a_branch_and_apply_at_one_revision() {
+    let mut state = StateMachine::new();
+    put(&mut state, "lock/x", "", 0);
+    // etcd's lock recipe: create the key only if it does not exist, else read it.
+    let create_if_absent = |key: &str| {
+        Command::KvTxn(KvTxn {
+            compares: vec![Compare {
+                range: KeyRange::key(key),
+                op: CompareOp::Equal,
+                target: CompareTarget::Create(0),
+            }],
+            success: vec![
+                KvOp::Put(PutOp {
+                    key: key.into(),
+                    value: b"mine".to_vec(),
+                    ..PutOp::default()
+                }),
+                KvOp::Put(PutOp {
+                    key: format!("{key}/owner"),
+                    value: b"me".to_vec(),
+                    ..PutOp::default()
+                }),
+            ],
+            failure: vec![KvOp::Range(RangeQuery {
+                range: KeyRange::key(key),
+                ..RangeQuery::default()
+            })],
+        })
+    };
+    let Outcome::KvTxn(taken) = apply(&mut state, create_if_absent("lock/x")) else {
+        panic!("a txn result");
+    };
+    assert!(!taken.succeeded);
+    assert!(matches!(&taken.results[0], KvOpResult::Range(r) if r.kvs[0].value.is_empty()));
+    let Outcome::KvTxn(created) = apply(&mut state, create_if_absent("lock/y")) else {
+        panic!("a txn result");
+    };
+    assert!(created.succeeded);
+    let revision = state.applied_index();
+    assert_eq!(state.kv_get("lock/y").expect("put").modify_index, revision);
+    assert_eq!(
+        state.kv_get("lock/y/owner").expect("put").modify_index,
+        revision
+    );
+    // A missing key never matches a value compare, but compares as zero on the other fields.
+    let value_of_missing = Command::KvTxn(KvTxn {
+        compares: vec![Compare {
+            range: KeyRange::key("nope"),
+            op: CompareOp::NotEqual,
+            target: CompareTarget::Value(b"x".to_vec()),
+        }],
+        ..KvTxn::default()
+    });
+    assert!(matches!(apply(&mut state, value_of_missing), Outcome::KvTxn(r) if !r.succeeded));
+    // A range compare holds only if every key in the range satisfies it.
+    let all_versions = |version| {
+        Command::KvTxn(KvTxn {
+            compares: vec![Compare {
+                range: KeyRange::prefix("lock/"),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(version),
+            }],
+            ..KvTxn::default()
+        })
+    };
+    assert!(matches!(apply(&mut state, all_versions(1)), Outcome::KvTxn(r) if r.succeeded));
+    assert!(matches!(apply(&mut state, all_versions(2)), Outcome::KvTxn(r) if !r.succeeded));
+}
+
+#[test]
+fn reads_inside_a_txn_see_its_earlier_writes() {
+    let mut state = StateMachine::new();
+    let txn = Command::KvTxn(KvTxn {
+        success: vec![
+            KvOp::Put(PutOp {
+                key: "k".into(),
+                value: b"new".to_vec(),
+                ..PutOp::default()
+            }),
+            KvOp::Range(RangeQuery {
+                range: KeyRange::key("k"),
+                ..RangeQuery::default()
+            }),
+        ],
+        ..KvTxn::default()
+    });
+    let Outcome::KvTxn(result) = apply(&mut state, txn) else {
+        panic!("a txn result");
+    };
+    assert!(matches!(&result.results[1], KvOpResult::Range(r) if r.kvs[0].value == b"new"));
+}
+
+#[test]
+fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
+    let mut state = with_node();
+    lease(&mut state, 42);
+    put(&mut state, "svc/a", "1", 42);
+    put(&mut state, "svc/b", "2", 42);
+    put(&mut state, "other", "3", 0);
+    // Re-putting without the lease detaches the key.
+    put(&mut state, "svc/b", "2", 0);
+    assert_eq!(state.lease_keys(42).collect::<Vec<_>>(), ["svc/a"]);
+    let unknown = put(&mut state, "x", "", 7);
+    assert!(matches!(unknown, Outcome::Rejected(r) if r.message == reject::LEASE_NOT_FOUND));
+    assert!(state.kv_get("x").is_none());
+    put(&mut state, "svc/c", "4", 42);
+    apply(
+        &mut state,
+        Command::SessionDestroy {
+            id: "session-42".into(),
+        },
+    );
+    let revoked_at = state.applied_index();
+    assert!(state.kv_get("svc/a").is_none() && state.kv_get("svc/c").is_none());
+    assert!(state.kv_get("svc/b").is_some());
+    let deletions: Vec<&KvEvent> = state.history().since(revoked_at).expect("kept").collect();
+    assert_eq!(deletions.len(), 2);
+    assert!(deletions.iter().all(|e| e.kv.is_none()));
+    assert!(state.lease_session(42).is_none());
+    let duplicate = Session {
+        id: "again".into(),
+        name: String::new(),
+        node: "n1".into(),
+        node_checks: vec![],
+        service_checks: vec![],
+        behavior: SessionBehavior::Delete,
+        ttl_ms: 0,
+        lock_delay_ms: 0,
+        lease_id: 43,
+        create_index: 0,
+        modify_index: 0,
+    };
+    assert_eq!(
+        apply(&mut state, Command::SessionCreate(duplicate.clone())),
+        Outcome::Done
+    );
+    let clash = apply(
+        &mut state,
+        Command::SessionCreate(Session {
+            id: "other".into(),
+            ..duplicate
+        }),
+    );
+    assert!(matches!(clash, Outcome::Rejected(r) if r.message == reject::LEASE_EXISTS));
+}
+
+#[test]
+fn ignore_value_and_ignore_lease_need_an_existing_key() {
+    let mut state = with_node();
+    lease(&mut state, 5);
+    let keep = |ignore_value, ignore_lease| {
+        Command::KvTxn(KvTxn::single(KvOp::Put(PutOp {
+            key: "k".into(),
+            value: b"v2".to_vec(),
+            lease: 0,
+            prev_kv: false,
+            ignore_value,
+            ignore_lease,
+        })))
+    };
+    let missing = apply(&mut state, keep(true, false));
+    assert!(matches!(missing, Outcome::Rejected(r) if r.message == reject::KEY_NOT_FOUND));
+    put(&mut state, "k", "v1", 5);
+    apply(&mut state, keep(true, true));
+    let entry = state.kv_get("k").expect("kept");
+    assert_eq!(
+        (entry.value.as_slice(), entry.lease, entry.version),
+        (&b"v1"[..], 5, 2)
+    );
+}
+
+fn arbitrary_write() -> impl proptest::strategy::Strategy<Value = Command> {
+    use proptest::prelude::*;
+    let key = prop::sample::select(vec!["a", "a/b", "a/c", "b", "c/d"]);
+    prop_oneof![
+        4 => (key.clone(), any::<u8>()).prop_map(|(k, v)| Command::KvTxn(KvTxn::single(
+            KvOp::Put(PutOp { key: k.into(), value: vec![v], ..PutOp::default() })
+        ))),
+        1 => key.clone().prop_map(|k| Command::KvTxn(KvTxn::single(KvOp::Delete(DeleteOp {
+            range: KeyRange::prefix(k),
+            prev_kv: false,
+        })))),
+        1 => (key.clone(), any::<u8>()).prop_map(|(k, v)| Command::KvSet {
+            key: k.into(),
+            value: vec![v],
+            flags: 0,
+            mode: KvSetMode::Set,
+        }),
+        1 => (key, any::<bool>()).prop_map(|(k, recurse)| Command::KvDelete {
+            key: k.into(),
+            recurse,
+            cas: None,
+        }),
+        1 => Just(Command::Noop),
+    ]
+}
+
+proptest::proptest! {
+    /// Reading at any retained revision gives exactly the KV as it was then, and the history
+    /// replays every change in order.
+    #[test]
+    fn reads_at_old_revisions_match_the_past(
+        writes in proptest::collection::vec(arbitrary_write(), 1..80),
+        compact_at in 0usize..80,
+    ) {
+        let mut state = StateMachine::new();
+        let mut past: Vec<BTreeMap<String, KvEntry>> = vec![BTreeMap::new()];
+        for (i, write) in writes.into_iter().enumerate() {
+            apply(&mut state, write);
+            if i == compact_at {
+                let revision = state.applied_index() / 2 + 1;
+                apply(&mut state, Command::KvCompact { revision });
+            }
+            while past.len() <= state.applied_index() as usize {
+                past.push(state.kv_in_range(&KeyRange::prefix("")).map(|e| (e.key.clone(), e.clone())).collect());
+            }
+        }
+        let compacted = state.history().compacted_revision();
+        for revision in 1..=state.applied_index() {
+            let read = state.kv_range(&RangeQuery {
+                range: KeyRange::prefix(""),
+                revision,
+                ..RangeQuery::default()
+            });
+            if revision < compacted {
+                proptest::prop_assert!(read.is_err());
+                continue;
+            }
+            let expected: Vec<KvEntry> = past[revision as usize].values().cloned().collect();
+            proptest::prop_assert_eq!(read.expect("retained").kvs, expected);
+        }
+        // Replaying the retained history over the state at the compacted revision gives now.
+        let start = compacted.max(1);
+        let mut replay = past[start as usize - 1].clone();
+        for event in state.history().since(start).expect("retained") {
+            match &event.kv {
+                Some(kv) => replay.insert(event.key.clone(), (**kv).clone()),
+                None => replay.remove(&event.key),
+            };
+        }
+        let now: BTreeMap<String, KvEntry> = state.kv_in_range(&KeyRange::prefix("")).map(|e| (e.key.clone(), e.clone())).collect();
+        proptest::prop_assert_eq!(replay, now);
+    }
+}
