@@ -189,6 +189,8 @@ class ColonyAgent:
             f"{LOOPBACK}:{self.port}",
             "--bind",
             f"{LOOPBACK}:0",
+            "--grpc-addr",
+            f"{LOOPBACK}:0",
             "--data-dir",
             str(self.data_dir),
         ]

@@ -76,6 +76,10 @@ pub struct AgentArgs {
     /// Gossip without Lifeguard (plain SWIM), for comparison.
     #[arg(long)]
     pub no_lifeguard: bool,
+    /// Address of the etcd v3 gRPC API (servers only; port 0 picks a free one; `off`
+    /// disables it).
+    #[arg(long, default_value = "127.0.0.1:2379", value_name = "IP:PORT")]
+    pub grpc_addr: String,
 }
 
 /// Where gossip binds and what it advertises.
@@ -272,6 +276,13 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(config)
         .await
         .context("agent failed to start")?;
+    let grpc_listener = match bind_grpc(&args.grpc_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            agent.shutdown();
+            return Err(error);
+        }
+    };
     let gossip = match start_gossip(&args, agent.node_name(), advertise, true).await {
         Ok(gossip) => gossip,
         Err(error) => {
@@ -280,9 +291,31 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         }
     };
     colony_runtime::member_catalog::spawn(agent.clone(), gossip.clone());
+    let grpc_addr = match grpc_listener {
+        Some(listener) => {
+            let local = listener.local_addr().context("gRPC listener address")?;
+            let ctx = colony_etcd::EtcdContext::new(
+                agent.clone(),
+                &args.datacenter,
+                format!("http://{local}"),
+            );
+            let mut stopping = agent.shutdown_signal();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = colony_etcd::serve(listener, ctx, stop).await {
+                    tracing::error!(%error, "etcd gRPC API stopped");
+                }
+            });
+            local.to_string()
+        }
+        None => "off".to_string(),
+    };
     tracing::info!(
         node = agent.node_name(),
         http = %http_addr,
+        grpc = %grpc_addr,
         gossip = %gossip.local_addr(),
         data_dir = %data_dir.display(),
         dev = args.dev,
@@ -325,6 +358,20 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         tracing::debug!("closing connections still open after 2s");
     }
     Ok(exit)
+}
+
+/// Binds the etcd gRPC listener, unless `addr` is `off` (or empty).
+async fn bind_grpc(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if addr.is_empty() || addr == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("invalid --grpc-addr {addr:?}: expected IP:PORT or off"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for gRPC"))?;
+    Ok(Some(listener))
 }
 
 async fn shutdown_signal() -> &'static str {

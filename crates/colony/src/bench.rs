@@ -204,6 +204,8 @@ async fn start_target(args: &BenchArgs, http_addr: &str) -> anyhow::Result<Targe
             "warn",
             "--http-addr",
             &addr,
+            "--grpc-addr",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(&data_dir)

@@ -332,6 +332,31 @@ impl StateMachine {
             .take_while(|entry| !range.is_past(entry.key.as_bytes()))
     }
 
+    /// Answers a transaction that only reads, without a log entry.
+    ///
+    /// # Errors
+    /// [`RangeError`] if a range in the branch that runs asks for an unreadable revision.
+    ///
+    /// # Panics
+    /// Panics if the transaction writes.
+    pub fn kv_txn_read(&self, txn: &KvTxn) -> Result<KvTxnResult, RangeError> {
+        let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let mut results = Vec::with_capacity(branch.len());
+        for op in branch {
+            results.push(match op {
+                KvOp::Range(query) => KvOpResult::Range(self.kv_range(query)?),
+                KvOp::Txn(nested) => KvOpResult::Txn(self.kv_txn_read(nested)?),
+                KvOp::Put(_) | KvOp::Delete(_) => panic!("kv_txn_read is for read-only txns"),
+            });
+        }
+        Ok(KvTxnResult { succeeded, results })
+    }
+
     /// Applies an etcd-style transaction.
     pub(crate) fn apply_kv_txn(&mut self, ctx: &mut ApplyCtx, txn: &KvTxn) -> Outcome {
         // As etcd does, every branch is chosen against the state before the transaction, then

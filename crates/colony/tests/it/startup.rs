@@ -6,6 +6,7 @@ use std::process::Command;
 fn agent_error(args: &[&str]) -> (i32, String) {
     let output = Command::new(colony_bin())
         .args(args)
+        .args(["--grpc-addr", "127.0.0.1:0"])
         .output()
         .expect("run colony");
     (

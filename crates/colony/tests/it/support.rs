@@ -255,6 +255,11 @@ pub fn spawn_agent(addr: SocketAddr, data_dir: &Path, extra: &[&str], log: &Path
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(if extra.contains(&"--grpc-addr") {
+            &[][..]
+        } else {
+            &["--grpc-addr", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .stdout(log_file.try_clone().expect("clone"))
         .stderr(log_file)
