@@ -153,6 +153,7 @@ class ColonyAgent:
         self.binary = Path(binary) if binary else colony_bin()
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.grpc_port: int = free_port()
         self.client: consul.Consul | None = None
         self.starts = 0
 
@@ -190,7 +191,7 @@ class ColonyAgent:
             "--bind",
             f"{LOOPBACK}:0",
             "--grpc-addr",
-            f"{LOOPBACK}:0",
+            f"{LOOPBACK}:{self.grpc_port}",
             "--data-dir",
             str(self.data_dir),
         ]
@@ -207,6 +208,7 @@ class ColonyAgent:
         # retry a couple of times with a new port if the process exits early.
         for _attempt in range(3):
             self.port = free_port()
+            self.grpc_port = free_port()
             self.starts += 1
             with open(self.log_path, "ab") as log:
                 log.write(f"\n===== start #{self.starts}: {' '.join(self._command())}\n".encode())

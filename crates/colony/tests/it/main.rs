@@ -5,6 +5,7 @@ mod blocking;
 mod cli;
 mod disk_full;
 mod durability;
+mod etcdctl;
 mod health;
 mod membership;
 mod startup;
