@@ -453,14 +453,14 @@ fn etcdctl_suite_against_colony() {
 }
 
 /// A single-member etcd from Debian's etcd-server, on loopback ports, killed on drop.
-struct RealEtcd {
+pub struct RealEtcd {
     child: Child,
-    endpoint: String,
+    pub endpoint: String,
     _dir: tempfile::TempDir,
 }
 
 impl RealEtcd {
-    fn start() -> RealEtcd {
+    pub fn start() -> RealEtcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = free_addr();
         let peer = free_addr();

@@ -5,6 +5,7 @@ mod blocking;
 mod cli;
 mod disk_full;
 mod durability;
+mod etcd_bad_input;
 mod etcdctl;
 mod health;
 mod membership;
