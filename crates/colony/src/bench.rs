@@ -16,27 +16,54 @@ use std::time::{Duration, Instant};
 /// Options of `colony bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run, comma-separated: put, get, health, wake, parked, fsync (or all).
+    /// Which API to load: consul-http (colony's Consul dialect) or etcd-grpc (its etcd
+    /// dialect; add --against-etcd to measure a real etcd in the same run).
+    #[arg(long, default_value = "consul-http", value_parser = ["consul-http", "etcd-grpc"])]
+    pub(crate) target: String,
+    /// Workloads to run, comma-separated (or all). consul-http: put, get, health, wake,
+    /// parked, fsync. etcd-grpc: put, get (linearizable), getser (serializable), watch, lease.
     #[arg(long, default_value = "all")]
-    workloads: String,
+    pub(crate) workloads: String,
     /// Concurrent clients for put (comma-separated list).
     #[arg(long, default_value = "1,64")]
-    put_clients: String,
+    pub(crate) put_clients: String,
     /// Concurrent clients for get and health.
     #[arg(long, default_value_t = 64)]
-    read_clients: usize,
+    pub(crate) read_clients: usize,
     /// Measured time per closed-loop workload and run.
     #[arg(long, default_value = "5s")]
-    duration: String,
+    pub(crate) duration: String,
     /// Warm-up before each measured window (not counted).
     #[arg(long, default_value = "1s")]
-    warmup: String,
+    pub(crate) warmup: String,
     /// How many runs (medians are reported).
     #[arg(long, default_value_t = 5)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Value size of puts, bytes.
     #[arg(long, default_value_t = 256)]
-    value_bytes: usize,
+    pub(crate) value_bytes: usize,
+    /// etcd-grpc: also start a real etcd (single member, fsync on every commit as colony) and
+    /// run every workload against both, alternating.
+    #[arg(long)]
+    pub(crate) against_etcd: bool,
+    /// etcd-grpc: the etcd binary for --against-etcd.
+    #[arg(long, default_value = "etcd", value_name = "PATH")]
+    pub(crate) etcd_bin: String,
+    /// etcd-grpc: gRPC connections the closed-loop clients share.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) conns: usize,
+    /// etcd-grpc: watchers of one key in the watch workload.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) watchers: usize,
+    /// etcd-grpc: puts (10 ms apart) each watcher must see in the watch workload.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) watch_events: usize,
+    /// etcd-grpc: leases in the lease workload, one key each, never kept alive.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) leases: usize,
+    /// etcd-grpc: TTL of those leases, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) lease_ttl_s: i64,
     /// Parked blocking queries in the `parked` workload.
     #[arg(long, default_value_t = 10_000)]
     parked: usize,
@@ -54,7 +81,7 @@ pub struct BenchArgs {
 }
 
 /// One measured figure set of one workload in one run.
-type Figures = BTreeMap<String, f64>;
+pub(crate) type Figures = BTreeMap<String, f64>;
 
 struct Target {
     client: ApiClient,
@@ -73,7 +100,7 @@ impl Drop for Target {
     }
 }
 
-fn duration_arg(text: &str, name: &str) -> anyhow::Result<Duration> {
+pub(crate) fn duration_arg(text: &str, name: &str) -> anyhow::Result<Duration> {
     colony_base::parse_go_duration_ms(text)
         .map(Duration::from_millis)
         .with_context(|| format!("invalid --{name}"))
@@ -85,6 +112,10 @@ pub async fn run(
     http_addr: &str,
     json_out: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
+    raise_fd_limit();
+    if args.target == "etcd-grpc" {
+        return crate::bench_etcd::run(&args, json_out).await;
+    }
     let duration = duration_arg(&args.duration, "duration")?;
     let warmup = duration_arg(&args.warmup, "warmup")?;
     let all = ["put", "get", "health", "wake", "parked", "fsync"];
@@ -240,7 +271,7 @@ async fn start_target(args: &BenchArgs, http_addr: &str) -> anyhow::Result<Targe
 }
 
 /// CPU seconds (user + system) consumed by `pid` so far.
-fn cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -277,7 +308,7 @@ async fn metric(client: &ApiClient, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -576,7 +607,7 @@ fn fsync_probe(dir: &Path, duration: Duration) -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
-fn summary_line(figures: &Figures) -> String {
+pub(crate) fn summary_line(figures: &Figures) -> String {
     figures
         .iter()
         .map(|(k, v)| format!("{k}={}", round(*v)))
@@ -584,7 +615,7 @@ fn summary_line(figures: &Figures) -> String {
         .join(" ")
 }
 
-fn round(value: f64) -> f64 {
+pub(crate) fn round(value: f64) -> f64 {
     if value.abs() >= 100.0 {
         value.round()
     } else {
@@ -592,7 +623,7 @@ fn round(value: f64) -> f64 {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {

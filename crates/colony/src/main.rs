@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod bench;
+mod bench_etcd;
 mod cli;
 mod client;
 mod plot;

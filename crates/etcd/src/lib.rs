@@ -62,9 +62,15 @@ pub async fn serve(
     ctx: Arc<EtcdContext>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    // Small request/response exchanges must not wait for Nagle's algorithm: the accepted
+    // sockets get TCP_NODELAY (the builder's setting only covers listeners tonic binds).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_routes(routes(&ctx))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

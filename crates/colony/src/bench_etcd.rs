@@ -1,0 +1,515 @@
+//! `colony bench --target etcd-grpc`: the same etcd v3 workloads (puts, linearizable and
+//! serializable gets, watch latency with many watchers, lease expiry lateness) against
+//! colony's etcd dialect and, with `--against-etcd`, against a real etcd started beside it,
+//! alternating systems run by run so machine noise spreads evenly. Reports medians and the
+//! ratio colony ÷ etcd for each figure.
+
+use crate::bench::{BenchArgs, Figures, cpu_seconds, median, percentile, round};
+use anyhow::{Context, bail};
+use colony_etcdpb::etcdserverpb::{
+    LeaseGrantRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest,
+    WatchRequest, k_v_client::KVClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request,
+};
+use colony_etcdpb::mvccpb::event::EventType;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The workloads of the etcd dialect.
+pub const WORKLOADS: [&str; 5] = ["put", "get", "getser", "watch", "lease"];
+
+/// A system under test: a process serving the etcd API on `endpoint`.
+struct System {
+    name: &'static str,
+    endpoint: String,
+    pid: u32,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{endpoint}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+async fn wait_serving(system: &mut System) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = connect(&system.endpoint).await
+            && MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(status) = system.child.try_wait()? {
+            bail!("{} exited with {status} before serving", system.name);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{} did not serve within 30 s", system.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_colony() -> anyhow::Result<System> {
+    let dir = tempfile::Builder::new().prefix("colony-bench-").tempdir()?;
+    let endpoint = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let exe = std::env::current_exe().context("locating the colony binary")?;
+    let child = Command::new(exe)
+        .args(["agent", "--dev", "--node", "bench", "--log-level", "warn"])
+        .args(["--http-addr", &http, "--grpc-addr", &endpoint])
+        .args(["--bind", "127.0.0.1:0", "--session-ttl-min", "1s"])
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the colony agent")?;
+    let mut system = System {
+        name: "colony",
+        endpoint,
+        pid: child.id(),
+        child,
+        _dir: dir,
+    };
+    wait_serving(&mut system).await?;
+    Ok(system)
+}
+
+async fn start_etcd(binary: &str) -> anyhow::Result<System> {
+    let dir = tempfile::Builder::new().prefix("etcd-bench-").tempdir()?;
+    let endpoint = format!("127.0.0.1:{}", free_port()?);
+    let peer = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(binary)
+        .args(["--name", "bench", "--log-level", "warn"])
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args(["--listen-client-urls", &format!("http://{endpoint}")])
+        .args(["--advertise-client-urls", &format!("http://{endpoint}")])
+        .args(["--listen-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-cluster", &format!("bench=http://{peer}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {binary} (Debian: apt-get install etcd-server)"))?;
+    let mut system = System {
+        name: "etcd",
+        endpoint,
+        pid: child.id(),
+        child,
+        _dir: dir,
+    };
+    wait_serving(&mut system).await?;
+    Ok(system)
+}
+
+/// Runs the etcd-dialect benchmark.
+pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::process::ExitCode> {
+    let duration = crate::bench::duration_arg(&args.duration, "duration")?;
+    let warmup = crate::bench::duration_arg(&args.warmup, "warmup")?;
+    let workloads: Vec<String> = if args.workloads == "all" {
+        WORKLOADS.iter().map(|w| w.to_string()).collect()
+    } else {
+        args.workloads.split(',').map(|w| w.trim().to_string()).collect()
+    };
+    if let Some(unknown) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        bail!("unknown etcd workload {unknown:?}: use {}", WORKLOADS.join(", "));
+    }
+    let put_clients: Vec<usize> = args
+        .put_clients
+        .split(',')
+        .map(|c| c.trim().parse().context("invalid --put-clients"))
+        .collect::<anyhow::Result<_>>()?;
+    let mut systems = vec![start_colony().await?];
+    if args.against_etcd {
+        systems.push(start_etcd(&args.etcd_bin).await?);
+    }
+    for system in &systems {
+        eprintln!("{}: pid {}, gRPC {}", system.name, system.pid, system.endpoint);
+    }
+    let mut results: BTreeMap<(String, String), Vec<Figures>> = BTreeMap::new();
+    for run in 1..=args.runs {
+        for system in &systems {
+            for workload in &workloads {
+                let configs: Vec<usize> = match workload.as_str() {
+                    "put" => put_clients.clone(),
+                    "get" | "getser" => vec![args.read_clients],
+                    _ => vec![0],
+                };
+                for clients in configs {
+                    let label = if clients > 0 {
+                        format!("{workload}_c{clients}")
+                    } else {
+                        workload.clone()
+                    };
+                    eprintln!("[run {run}/{}] {} {label} ...", args.runs, system.name);
+                    let figures = match workload.as_str() {
+                        "watch" => watch_latency(system, args.watchers, args.watch_events).await?,
+                        "lease" => lease_lateness(system, args.leases, args.lease_ttl_s).await?,
+                        kind => {
+                            closed_loop(system, kind, clients, args, warmup, duration).await?
+                        }
+                    };
+                    eprintln!("           {}", crate::bench::summary_line(&figures));
+                    results
+                        .entry((label, system.name.to_string()))
+                        .or_default()
+                        .push(figures);
+                }
+            }
+        }
+    }
+    report(&results, json_out);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn closed_loop(
+    system: &System,
+    kind: &str,
+    clients: usize,
+    args: &BenchArgs,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let mut channels = Vec::new();
+    for _ in 0..args.conns.max(1) {
+        channels.push(connect(&system.endpoint).await?);
+    }
+    let mut kv = KVClient::new(channels[0].clone());
+    let value = vec![b'v'; args.value_bytes];
+    kv.put(PutRequest {
+        key: b"bench/get".to_vec(),
+        value: value.clone(),
+        ..PutRequest::default()
+    })
+    .await?;
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let mut kv = KVClient::new(channels[worker % channels.len()].clone());
+        let value = value.clone();
+        let kind = kind.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::with_capacity(16 * 1024);
+            let mut errors = 0u64;
+            for i in 0u64.. {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let ok = match kind.as_str() {
+                    "put" => kv
+                        .put(PutRequest {
+                            key: format!("bench/w{worker}/k{}", i % 1024).into_bytes(),
+                            value: value.clone(),
+                            ..PutRequest::default()
+                        })
+                        .await
+                        .is_ok(),
+                    _ => kv
+                        .range(RangeRequest {
+                            key: b"bench/get".to_vec(),
+                            serializable: kind == "getser",
+                            ..RangeRequest::default()
+                        })
+                        .await
+                        .is_ok(),
+                };
+                if !ok {
+                    errors += 1;
+                } else if sent >= measure_from {
+                    latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let pid = system.pid.to_string();
+    let cpu_start = cpu_seconds(&pid);
+    let client_cpu_start = cpu_seconds("self");
+    tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)).await;
+    let cpu_end = cpu_seconds(&pid);
+    let client_cpu_end = cpu_seconds("self");
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut lat, err) = task.await.context("load task")?;
+        latencies.append(&mut lat);
+        errors += err;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let ops = latencies.len() as f64;
+    let mut figures = Figures::new();
+    figures.insert("ops_per_s".into(), ops / duration.as_secs_f64());
+    figures.insert("p50_ms".into(), percentile(&latencies, 0.50) / 1000.0);
+    figures.insert("p99_ms".into(), percentile(&latencies, 0.99) / 1000.0);
+    figures.insert("errors".into(), errors as f64);
+    figures.insert(
+        "server_cpu_us_per_op".into(),
+        (cpu_end - cpu_start) * 1e6 / ops.max(1.0),
+    );
+    figures.insert(
+        "client_cpu_us_per_op".into(),
+        (client_cpu_end - client_cpu_start) * 1e6 / ops.max(1.0),
+    );
+    Ok(figures)
+}
+
+/// `watchers` watchers of one key, 100 per stream; a writer puts `events` values 10 ms apart;
+/// each watcher's put-sent → event-received latency is recorded, and events that never arrive
+/// are counted as lost.
+async fn watch_latency(system: &System, watchers: usize, events: usize) -> anyhow::Result<Figures> {
+    const PER_STREAM: usize = 100;
+    static ROUND: AtomicU64 = AtomicU64::new(0);
+    let key = format!("bench/watch/{}", ROUND.fetch_add(1, Ordering::Relaxed));
+    let epoch = Instant::now();
+    let sent_ns: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let streams = watchers.div_ceil(PER_STREAM);
+    let mut ready = Vec::new();
+    let mut tasks = Vec::new();
+    for stream in 0..streams {
+        let count = PER_STREAM.min(watchers - stream * PER_STREAM);
+        let channel = connect(&system.endpoint).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(count + 1);
+        for _ in 0..count {
+            let create = WatchCreateRequest {
+                key: key.clone().into_bytes(),
+                ..WatchCreateRequest::default()
+            };
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            })
+            .await?;
+        }
+        let mut inbound = WatchClient::new(channel)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let (created_tx, created_rx) = tokio::sync::oneshot::channel();
+        ready.push(created_rx);
+        let sent_ns = sent_ns.clone();
+        tasks.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut created = 0;
+            let mut created_tx = Some(created_tx);
+            let mut latencies_us = Vec::with_capacity(count * events);
+            let mut received = 0usize;
+            let want = count * events;
+            while received < want {
+                let next = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
+                let Ok(Ok(Some(response))) = next else { break };
+                if response.created {
+                    created += 1;
+                    if created == count
+                        && let Some(signal) = created_tx.take()
+                    {
+                        let _ = signal.send(());
+                    }
+                }
+                let now_ns = epoch.elapsed().as_nanos() as u64;
+                for event in response.events {
+                    if event.r#type != EventType::Put as i32 {
+                        continue;
+                    }
+                    let Some(i) = event
+                        .kv
+                        .and_then(|kv| String::from_utf8(kv.value).ok())
+                        .and_then(|v| v.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    received += 1;
+                    let sent = sent_ns[i].load(Ordering::Acquire);
+                    latencies_us.push(now_ns.saturating_sub(sent) as f64 / 1000.0);
+                }
+            }
+            (latencies_us, want - received)
+        }));
+    }
+    for created in ready {
+        tokio::time::timeout(Duration::from_secs(30), created)
+            .await
+            .context("watchers were not created")??;
+    }
+    let mut kv = KVClient::new(connect(&system.endpoint).await?);
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    for (i, sent) in sent_ns.iter().enumerate() {
+        ticker.tick().await;
+        sent.store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        kv.put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: i.to_string().into_bytes(),
+            ..PutRequest::default()
+        })
+        .await?;
+    }
+    let mut latencies = Vec::new();
+    let mut lost = 0;
+    for task in tasks {
+        let (mut lat, missing) = task.await.context("watch task")?;
+        latencies.append(&mut lat);
+        lost += missing;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let mut figures = Figures::new();
+    figures.insert("watchers".into(), watchers as f64);
+    figures.insert("p50_ms".into(), percentile(&latencies, 0.50) / 1000.0);
+    figures.insert("p99_ms".into(), percentile(&latencies, 0.99) / 1000.0);
+    figures.insert("lost_events".into(), lost as f64);
+    Ok(figures)
+}
+
+/// `leases` leases of `ttl_s` seconds with one key each, never kept alive; lateness is the time
+/// from (grant request sent + TTL) to the key's delete event. Negative would mean early.
+async fn lease_lateness(system: &System, leases: usize, ttl_s: i64) -> anyhow::Result<Figures> {
+    let channel = connect(&system.endpoint).await?;
+    let mut kv = KVClient::new(channel.clone());
+    let mut lease = LeaseClient::new(channel.clone());
+    let prefix = format!("bench/lease/{}/", std::process::id());
+    let now = kv
+        .range(RangeRequest {
+            key: b"bench/none".to_vec(),
+            ..RangeRequest::default()
+        })
+        .await?
+        .into_inner()
+        .header
+        .map_or(0, |h| h.revision);
+    let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
+    let create = WatchCreateRequest {
+        key: prefix.clone().into_bytes(),
+        range_end: colony_store::prefix_end(prefix.as_bytes()),
+        start_revision: now + 1,
+        ..WatchCreateRequest::default()
+    };
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .await?;
+    let mut inbound = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut due: BTreeMap<Vec<u8>, Instant> = BTreeMap::new();
+    for i in 0..leases {
+        let sent = Instant::now();
+        let granted = lease
+            .lease_grant(LeaseGrantRequest { ttl: ttl_s, id: 0 })
+            .await?
+            .into_inner();
+        let key = format!("{prefix}{i}").into_bytes();
+        kv.put(PutRequest {
+            key: key.clone(),
+            value: b"x".to_vec(),
+            lease: granted.id,
+            ..PutRequest::default()
+        })
+        .await?;
+        due.insert(key, sent + Duration::from_secs(granted.ttl.max(0) as u64));
+    }
+    let mut lateness_ms = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(ttl_s.max(1) as u64 * 10);
+    while !due.is_empty() && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(Some(response))) = tokio::time::timeout(left, inbound.message()).await else {
+            break;
+        };
+        let arrived = Instant::now();
+        for event in response.events {
+            if event.r#type != EventType::Delete as i32 {
+                continue;
+            }
+            let Some(key) = event.kv.map(|kv| kv.key) else { continue };
+            if let Some(at) = due.remove(&key) {
+                let late = if arrived >= at {
+                    (arrived - at).as_secs_f64() * 1000.0
+                } else {
+                    -((at - arrived).as_secs_f64() * 1000.0)
+                };
+                lateness_ms.push(late);
+            }
+        }
+    }
+    drop(tx);
+    lateness_ms.sort_by(f64::total_cmp);
+    let mut figures = Figures::new();
+    figures.insert("late_p50_ms".into(), percentile(&lateness_ms, 0.5));
+    figures.insert(
+        "late_max_ms".into(),
+        lateness_ms.last().copied().unwrap_or(f64::NAN),
+    );
+    figures.insert(
+        "late_min_ms".into(),
+        lateness_ms.first().copied().unwrap_or(f64::NAN),
+    );
+    figures.insert("never_expired".into(), due.len() as f64);
+    Ok(figures)
+}
+
+fn report(results: &BTreeMap<(String, String), Vec<Figures>>, json_out: bool) {
+    let mut medians: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>> = BTreeMap::new();
+    for ((label, system), runs) in results {
+        let keys: Vec<String> = runs
+            .first()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let mut values: Vec<f64> = runs.iter().filter_map(|f| f.get(&key).copied()).collect();
+            medians
+                .entry(label.clone())
+                .or_default()
+                .entry(key)
+                .or_default()
+                .insert(system.clone(), round(median(&mut values)));
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "medians": medians })).unwrap_or_default()
+        );
+        return;
+    }
+    println!("| workload | metric | colony | etcd | colony ÷ etcd |");
+    println!("|---|---|---|---|---|");
+    for (label, figures) in &medians {
+        for (key, by_system) in figures {
+            let colony = by_system.get("colony").copied();
+            let etcd = by_system.get("etcd").copied();
+            let show = |v: Option<f64>| v.map_or("–".to_string(), |v| Value::from(v).to_string());
+            let ratio = match (colony, etcd) {
+                (Some(c), Some(e)) if e != 0.0 => format!("{:.2}", c / e),
+                _ => "–".to_string(),
+            };
+            println!("| {label} | {key} | {} | {} | {ratio} |", show(colony), show(etcd));
+        }
+    }
+}
