@@ -7,9 +7,9 @@
 use crate::bench::{BenchArgs, Figures, cpu_seconds, median, percentile, round};
 use anyhow::{Context, bail};
 use colony_etcdpb::etcdserverpb::{
-    LeaseGrantRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest,
-    WatchRequest, k_v_client::KVClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request,
+    LeaseGrantRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
+    k_v_client::KVClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient, watch_request,
 };
 use colony_etcdpb::mvccpb::event::EventType;
 use serde_json::{Value, json};
@@ -81,7 +81,7 @@ async fn start_colony() -> anyhow::Result<System> {
     let child = Command::new(exe)
         .args(["agent", "--dev", "--node", "bench", "--log-level", "warn"])
         .args(["--http-addr", &http, "--grpc-addr", &endpoint])
-        .args(["--bind", "127.0.0.1:0", "--session-ttl-min", "1s"])
+        .args(["--bind", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
         .stdin(Stdio::null())
@@ -135,10 +135,16 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
     let workloads: Vec<String> = if args.workloads == "all" {
         WORKLOADS.iter().map(|w| w.to_string()).collect()
     } else {
-        args.workloads.split(',').map(|w| w.trim().to_string()).collect()
+        args.workloads
+            .split(',')
+            .map(|w| w.trim().to_string())
+            .collect()
     };
     if let Some(unknown) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-        bail!("unknown etcd workload {unknown:?}: use {}", WORKLOADS.join(", "));
+        bail!(
+            "unknown etcd workload {unknown:?}: use {}",
+            WORKLOADS.join(", ")
+        );
     }
     let put_clients: Vec<usize> = args
         .put_clients
@@ -150,7 +156,10 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
         systems.push(start_etcd(&args.etcd_bin).await?);
     }
     for system in &systems {
-        eprintln!("{}: pid {}, gRPC {}", system.name, system.pid, system.endpoint);
+        eprintln!(
+            "{}: pid {}, gRPC {}",
+            system.name, system.pid, system.endpoint
+        );
     }
     let mut results: BTreeMap<(String, String), Vec<Figures>> = BTreeMap::new();
     for run in 1..=args.runs {
@@ -171,9 +180,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
                     let figures = match workload.as_str() {
                         "watch" => watch_latency(system, args.watchers, args.watch_events).await?,
                         "lease" => lease_lateness(system, args.leases, args.lease_ttl_s).await?,
-                        kind => {
-                            closed_loop(system, kind, clients, args, warmup, duration).await?
-                        }
+                        kind => closed_loop(system, kind, clients, args, warmup, duration).await?,
                     };
                     eprintln!("           {}", crate::bench::summary_line(&figures));
                     results
@@ -447,7 +454,9 @@ async fn lease_lateness(system: &System, leases: usize, ttl_s: i64) -> anyhow::R
             if event.r#type != EventType::Delete as i32 {
                 continue;
             }
-            let Some(key) = event.kv.map(|kv| kv.key) else { continue };
+            let Some(key) = event.kv.map(|kv| kv.key) else {
+                continue;
+            };
             if let Some(at) = due.remove(&key) {
                 let late = if arrived >= at {
                     (arrived - at).as_secs_f64() * 1000.0
@@ -509,7 +518,11 @@ fn report(results: &BTreeMap<(String, String), Vec<Figures>>, json_out: bool) {
                 (Some(c), Some(e)) if e != 0.0 => format!("{:.2}", c / e),
                 _ => "–".to_string(),
             };
-            println!("| {label} | {key} | {} | {} | {ratio} |", show(colony), show(etcd));
+            println!(
+                "| {label} | {key} | {} | {} | {ratio} |",
+                show(colony),
+                show(etcd)
+            );
         }
     }
 }

@@ -1,22 +1,24 @@
 //! The `etcdserverpb.Watch` service: one bidirectional stream carries any number of watchers.
-//! Each watcher replays the store's change history from its start revision, then follows new
-//! changes as the store wakes it; events come in revision order, all events of one revision in
-//! one response. A watcher that starts before the compacted revision (or falls that far
-//! behind) is cancelled with the compacted revision, as etcd does.
+//! One task serves a stream and all its watchers: each watcher replays the store's change
+//! history from its start revision, then follows new changes; a store change wakes the task
+//! once, which reads the history once under one lock for every watcher (as etcd groups its
+//! watchers), so a thousand watchers of one key cost one wake-up per stream, not a thousand.
+//! Events come in revision order, all events of one revision in one response. A watcher that
+//! starts before the compacted revision (or falls that far behind) is cancelled with the
+//! compacted revision, as etcd does.
 
 use crate::context::EtcdContext;
 use crate::convert::event;
 use colony_etcdpb::etcdserverpb::{
-    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
-    watch_request::RequestUnion, watch_server::Watch,
+    WatchRequest, WatchResponse, watch_create_request::FilterType, watch_request::RequestUnion,
+    watch_server::Watch,
 };
 use colony_runtime::Topic;
-use colony_store::{KeyRange, Table, prefix_end};
-use std::collections::HashMap;
+use colony_store::{KeyRange, StateMachine, Table};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -59,252 +61,260 @@ impl Watch for WatchService {
     }
 }
 
-/// Reads the client's requests until the stream ends, creating and cancelling watchers.
-async fn serve_stream(ctx: Arc<EtcdContext>, mut inbound: Streaming<WatchRequest>, tx: Outbound) {
-    let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
-    let mut next_id: i64 = 0;
-    loop {
-        let message = tokio::select! {
-            message = inbound.message() => message,
-            () = tx.closed() => break,
-        };
-        let Ok(Some(request)) = message else { break };
-        watchers.retain(|_, task| !task.is_finished());
-        match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => {
-                let id = if create.watch_id == 0 {
-                    while watchers.contains_key(&next_id) {
-                        next_id += 1;
-                    }
-                    next_id
-                } else {
-                    create.watch_id
-                };
-                if watchers.contains_key(&id) || id < 0 {
-                    let refusal = WatchResponse {
-                        header: ctx.current_header(),
-                        watch_id: INVALID_WATCH_ID,
-                        created: true,
-                        canceled: true,
-                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
-                            .into(),
-                        ..WatchResponse::default()
-                    };
-                    if tx.send(Ok(refusal)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                if let Some(task) = start_watcher(&ctx, id, create, &tx).await {
-                    watchers.insert(id, task);
-                }
-            }
-            Some(RequestUnion::CancelRequest(cancel)) => {
-                if let Some(task) = watchers.remove(&cancel.watch_id) {
-                    task.abort();
-                    let canceled = WatchResponse {
-                        header: ctx.current_header(),
-                        watch_id: cancel.watch_id,
-                        canceled: true,
-                        ..WatchResponse::default()
-                    };
-                    if tx.send(Ok(canceled)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Some(RequestUnion::ProgressRequest(_)) => {
-                // Every watcher is caught up with what it has been sent, and the header tells
-                // the client the revision the store has reached.
-                let progress = WatchResponse {
-                    header: ctx.current_header(),
-                    watch_id: INVALID_WATCH_ID,
-                    ..WatchResponse::default()
-                };
-                if tx.send(Ok(progress)).await.is_err() {
-                    break;
-                }
-            }
-            None => {}
-        }
-    }
-    for task in watchers.into_values() {
-        task.abort();
-    }
-}
-
-/// What one watcher follows.
-struct WatchSpec {
-    id: i64,
+/// What one watcher follows, and where it is.
+struct Watcher {
     range: KeyRange,
     next_revision: u64,
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
+    sent_since_progress: bool,
 }
 
-/// Sends the `created` response and starts the watcher's task.
-async fn start_watcher(
-    ctx: &Arc<EtcdContext>,
-    id: i64,
-    create: WatchCreateRequest,
-    tx: &Outbound,
-) -> Option<JoinHandle<()>> {
-    let current = ctx.agent.read(|s| s.applied_index());
-    let start = create.start_revision.max(0) as u64;
-    let spec = WatchSpec {
-        id,
-        range: KeyRange {
-            start: create.key,
-            end: create.range_end,
-        },
-        next_revision: if start == 0 { current + 1 } else { start },
-        prev_kv: create.prev_kv,
-        no_put: create.filters.contains(&(FilterType::Noput as i32)),
-        no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
-        progress_notify: create.progress_notify,
-    };
-    let created = WatchResponse {
-        header: ctx.header(current),
-        watch_id: id,
-        created: true,
-        ..WatchResponse::default()
-    };
-    tx.send(Ok(created)).await.ok()?;
-    let ctx = ctx.clone();
-    let tx = tx.clone();
-    Some(tokio::spawn(
-        async move { run_watcher(ctx, spec, tx).await },
-    ))
-}
-
-/// The narrowest store topic that wakes the watcher on every change in its range.
-fn topic(range: &KeyRange) -> Topic {
-    match std::str::from_utf8(&range.start) {
-        Ok(key) if range.is_single_key() => Topic::Key(key.to_string()),
-        Ok(prefix) if range.end == prefix_end(&range.start) && !prefix.is_empty() => {
-            Topic::Prefix(prefix.to_string())
+/// Serves one stream: the client's requests, and every watcher's events as the store changes.
+async fn serve_stream(ctx: Arc<EtcdContext>, mut inbound: Streaming<WatchRequest>, tx: Outbound) {
+    let mut watchers: BTreeMap<i64, Watcher> = BTreeMap::new();
+    let mut next_id: i64 = 0;
+    let mut changes = ctx.agent.subscribe(&Topic::Table(Table::Kvs));
+    let mut shutdown = ctx.agent.shutdown_signal();
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.tick().await;
+    let mut behind = false;
+    loop {
+        if behind {
+            changes.borrow_and_update();
+            match deliver(&ctx, &mut watchers, &tx).await {
+                Some(more) => behind = more,
+                None => return,
+            }
         }
-        _ => Topic::Table(Table::Kvs),
+        tokio::select! {
+            message = inbound.message() => {
+                let Ok(Some(request)) = message else { return };
+                let Some(started) = handle_request(&ctx, request, &mut watchers, &mut next_id, &tx).await else {
+                    return;
+                };
+                behind |= started;
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                behind = true;
+            }
+            _ = progress.tick() => {
+                if !notify_progress(&ctx, &mut watchers, &tx).await {
+                    return;
+                }
+            }
+            () = tx.closed() => return,
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
-/// What one look at the history found.
+/// Handles one client request; `None` if the client is gone, else whether a watcher started.
+async fn handle_request(
+    ctx: &EtcdContext,
+    request: WatchRequest,
+    watchers: &mut BTreeMap<i64, Watcher>,
+    next_id: &mut i64,
+    tx: &Outbound,
+) -> Option<bool> {
+    let current = || ctx.agent.read(StateMachine::applied_index);
+    let response = match request.request_union {
+        Some(RequestUnion::CreateRequest(create)) => {
+            let id = if create.watch_id == 0 {
+                while watchers.contains_key(next_id) {
+                    *next_id += 1;
+                }
+                *next_id
+            } else {
+                create.watch_id
+            };
+            if watchers.contains_key(&id) || id < 0 {
+                WatchResponse {
+                    header: ctx.current_header(),
+                    watch_id: INVALID_WATCH_ID,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    ..WatchResponse::default()
+                }
+            } else {
+                let now = current();
+                let start = create.start_revision.max(0) as u64;
+                watchers.insert(
+                    id,
+                    Watcher {
+                        range: KeyRange {
+                            start: create.key,
+                            end: create.range_end,
+                        },
+                        next_revision: if start == 0 { now + 1 } else { start },
+                        prev_kv: create.prev_kv,
+                        no_put: create.filters.contains(&(FilterType::Noput as i32)),
+                        no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+                        progress_notify: create.progress_notify,
+                        sent_since_progress: false,
+                    },
+                );
+                tx.send(Ok(WatchResponse {
+                    header: ctx.header(now),
+                    watch_id: id,
+                    created: true,
+                    ..WatchResponse::default()
+                }))
+                .await
+                .ok()?;
+                return Some(true);
+            }
+        }
+        Some(RequestUnion::CancelRequest(cancel)) => {
+            if watchers.remove(&cancel.watch_id).is_none() {
+                return Some(false);
+            }
+            WatchResponse {
+                header: ctx.current_header(),
+                watch_id: cancel.watch_id,
+                canceled: true,
+                ..WatchResponse::default()
+            }
+        }
+        // Watchers are caught up with what they were sent; the header says how far the store
+        // has come.
+        Some(RequestUnion::ProgressRequest(_)) => WatchResponse {
+            header: ctx.current_header(),
+            watch_id: INVALID_WATCH_ID,
+            ..WatchResponse::default()
+        },
+        None => return Some(false),
+    };
+    tx.send(Ok(response)).await.ok()?;
+    Some(false)
+}
+
+/// Reads the history once for every watcher and sends what each has not seen. Returns whether
+/// some watcher has more waiting (it hit the per-response cap), or `None` if the client is
+/// gone.
+async fn deliver(
+    ctx: &EtcdContext,
+    watchers: &mut BTreeMap<i64, Watcher>,
+    tx: &Outbound,
+) -> Option<bool> {
+    let mut responses = Vec::new();
+    let mut cancelled = Vec::new();
+    let mut more = false;
+    ctx.agent.read(|state| {
+        let current = state.applied_index();
+        for (id, watcher) in watchers.iter_mut() {
+            match read_batch(state, watcher) {
+                Batch::Compacted(compacted) => {
+                    cancelled.push(*id);
+                    responses.push(WatchResponse {
+                        header: ctx.header(current),
+                        watch_id: *id,
+                        canceled: true,
+                        compact_revision: compacted as i64,
+                        cancel_reason: "mvcc: required revision has been compacted".into(),
+                        ..WatchResponse::default()
+                    });
+                }
+                Batch::Events {
+                    events,
+                    next_revision,
+                    more: has_more,
+                } => {
+                    watcher.next_revision = next_revision;
+                    more |= has_more;
+                    if !events.is_empty() {
+                        watcher.sent_since_progress = true;
+                        responses.push(WatchResponse {
+                            header: ctx.header(current),
+                            watch_id: *id,
+                            events,
+                            ..WatchResponse::default()
+                        });
+                    }
+                }
+            }
+        }
+    });
+    for id in cancelled {
+        watchers.remove(&id);
+    }
+    for response in responses {
+        tx.send(Ok(response)).await.ok()?;
+    }
+    Some(more)
+}
+
+/// Sends a progress notification to each watcher that asked for them and was idle since the
+/// last tick; false if the client is gone.
+async fn notify_progress(
+    ctx: &EtcdContext,
+    watchers: &mut BTreeMap<i64, Watcher>,
+    tx: &Outbound,
+) -> bool {
+    for (id, watcher) in watchers.iter_mut() {
+        if watcher.progress_notify && !watcher.sent_since_progress {
+            let notification = WatchResponse {
+                header: ctx.current_header(),
+                watch_id: *id,
+                ..WatchResponse::default()
+            };
+            if tx.send(Ok(notification)).await.is_err() {
+                return false;
+            }
+        }
+        watcher.sent_since_progress = false;
+    }
+    true
+}
+
+/// What one look at the history found for one watcher.
 enum Batch {
     /// Events to send (maybe none), the revision to look from next, and whether more are
     /// already waiting.
     Events {
         events: Vec<colony_etcdpb::mvccpb::Event>,
         next_revision: u64,
-        current: u64,
         more: bool,
     },
     /// The history no longer reaches back to the watcher's next revision.
     Compacted(u64),
 }
 
-fn read_batch(ctx: &EtcdContext, spec: &WatchSpec) -> Batch {
-    ctx.agent.read(|s| {
-        let current = s.applied_index();
-        let history = match s.history().since(spec.next_revision) {
-            Ok(history) => history,
-            Err(compacted) => return Batch::Compacted(compacted.compacted),
-        };
-        let mut events = Vec::new();
-        let mut next_revision = current.max(spec.next_revision.saturating_sub(1)) + 1;
-        let mut more = false;
-        let mut last_revision = 0;
-        for change in history {
-            if events.len() >= EVENTS_PER_RESPONSE_MAX && change.revision != last_revision {
-                next_revision = change.revision;
-                more = true;
-                break;
-            }
-            last_revision = change.revision;
-            if !spec.range.contains(change.key.as_bytes()) {
-                continue;
-            }
-            let is_put = change.kv.is_some();
-            if (is_put && spec.no_put) || (!is_put && spec.no_delete) {
-                continue;
-            }
-            events.push(event(change, spec.prev_kv));
+fn read_batch(state: &StateMachine, watcher: &Watcher) -> Batch {
+    let current = state.applied_index();
+    let history = match state.history().since(watcher.next_revision) {
+        Ok(history) => history,
+        Err(compacted) => return Batch::Compacted(compacted.compacted),
+    };
+    let mut events = Vec::new();
+    let mut next_revision = current.max(watcher.next_revision.saturating_sub(1)) + 1;
+    let mut more = false;
+    let mut last_revision = 0;
+    for change in history {
+        if events.len() >= EVENTS_PER_RESPONSE_MAX && change.revision != last_revision {
+            next_revision = change.revision;
+            more = true;
+            break;
         }
-        Batch::Events {
-            events,
-            next_revision,
-            current,
-            more,
+        last_revision = change.revision;
+        if !watcher.range.contains(change.key.as_bytes()) {
+            continue;
         }
-    })
-}
-
-async fn run_watcher(ctx: Arc<EtcdContext>, mut spec: WatchSpec, tx: Outbound) {
-    let mut changes = ctx.agent.subscribe(&topic(&spec.range));
-    let mut shutdown = ctx.agent.shutdown_signal();
-    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
-    progress.tick().await;
-    let mut sent_since_progress = false;
-    loop {
-        changes.borrow_and_update();
-        match read_batch(&ctx, &spec) {
-            Batch::Compacted(compacted) => {
-                let canceled = WatchResponse {
-                    header: ctx.current_header(),
-                    watch_id: spec.id,
-                    canceled: true,
-                    compact_revision: compacted as i64,
-                    cancel_reason: "mvcc: required revision has been compacted".into(),
-                    ..WatchResponse::default()
-                };
-                let _ = tx.send(Ok(canceled)).await;
-                return;
-            }
-            Batch::Events {
-                events,
-                next_revision,
-                current,
-                more,
-            } => {
-                spec.next_revision = next_revision;
-                if !events.is_empty() {
-                    sent_since_progress = true;
-                    let response = WatchResponse {
-                        header: ctx.header(current),
-                        watch_id: spec.id,
-                        events,
-                        ..WatchResponse::default()
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
-                        return;
-                    }
-                }
-                if more {
-                    continue;
-                }
-            }
+        let is_put = change.kv.is_some();
+        if (is_put && watcher.no_put) || (!is_put && watcher.no_delete) {
+            continue;
         }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = progress.tick(), if spec.progress_notify => {
-                if !sent_since_progress {
-                    let notification = WatchResponse {
-                        header: ctx.current_header(),
-                        watch_id: spec.id,
-                        ..WatchResponse::default()
-                    };
-                    if tx.send(Ok(notification)).await.is_err() {
-                        return;
-                    }
-                }
-                sent_since_progress = false;
-            }
-            _ = shutdown.changed() => return,
-        }
+        events.push(event(change, watcher.prev_kv));
+    }
+    Batch::Events {
+        events,
+        next_revision,
+        more,
     }
 }
