@@ -10,6 +10,11 @@ mod sim_cmd;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the request paths allocate many small short-lived
+/// buffers, where glibc's allocator showed up as ~15% of the agent's CPU (docs/decisions.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

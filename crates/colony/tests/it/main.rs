@@ -6,6 +6,7 @@ mod cli;
 mod disk_full;
 mod durability;
 mod etcd_bad_input;
+mod etcd_watch;
 mod etcdctl;
 mod health;
 mod membership;
