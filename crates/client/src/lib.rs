@@ -1,0 +1,7 @@
+//! Colony's client resilience library.
+#![deny(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod consistency;
+pub mod hash;
+pub mod policy;
