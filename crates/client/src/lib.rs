@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consistency;
+pub mod event;
 pub mod hash;
+pub mod layer;
 pub mod policy;

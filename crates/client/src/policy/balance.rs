@@ -265,6 +265,22 @@ impl Balancer {
         None
     }
 
+    /// Calls picked for `index` and not yet finished.
+    pub fn pending(&self, index: usize) -> u32 {
+        self.endpoints[index].pending
+    }
+
+    /// A call picked for `index` was abandoned before it finished (cancelled): it no longer
+    /// counts as pending, and says nothing about the endpoint.
+    pub fn handle_cancel(&mut self, index: usize) {
+        let endpoint = &mut self.endpoints[index];
+        assert!(
+            endpoint.pending > 0,
+            "cancel for a call that was not picked"
+        );
+        endpoint.pending -= 1;
+    }
+
     /// A peer reports `index` as an outlier: eject it like a local detection would.
     pub fn handle_peer_ejection(&mut self, now_ns: u64, index: usize) -> Option<Ejection> {
         self.eject(now_ns, index, EjectionReason::Peer)

@@ -1,0 +1,4 @@
+//! Integration tests of the tower layers, on tokio's paused clock (no real sleeps).
+
+mod layers;
+mod stack;
