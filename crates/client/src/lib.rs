@@ -6,4 +6,5 @@ pub mod consistency;
 pub mod event;
 pub mod hash;
 pub mod layer;
+pub mod overload;
 pub mod policy;

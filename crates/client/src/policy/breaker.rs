@@ -625,6 +625,21 @@ impl Breaker {
         })
     }
 
+    /// The call admitted by `permit` was never made, or was abandoned without an outcome
+    /// (cancelled): a probe gives its slot back so half-open cannot stall; a normal permit
+    /// records nothing.
+    pub fn on_cancel(&self, permit: Permit) {
+        if !permit.probe || self.generation.load(Ordering::Acquire) != permit.generation {
+            return;
+        }
+        let _slow = self.lock();
+        if self.generation.load(Ordering::Acquire) == permit.generation {
+            let admitted = self.probes_admitted.load(Ordering::Acquire);
+            assert!(admitted > 0, "a probe permit was issued");
+            self.probes_admitted.store(admitted - 1, Ordering::Release);
+        }
+    }
+
     /// Opens the breaker now, whatever its state, as if it had tripped (evidence from outside
     /// the window, e.g. peers reporting the dependency down). Returns the transition, or `None`
     /// if it was already open.

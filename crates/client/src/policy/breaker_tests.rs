@@ -140,6 +140,24 @@ fn breaker_half_open_admits_only_probes() {
 }
 
 #[test]
+fn breaker_cancelled_probe_frees_its_slot() {
+    let breaker = Breaker::new(config()).expect("valid config");
+    breaker.force_open(0);
+    let (first, _) = breaker.try_acquire(1_000 * MS);
+    let (second, _) = breaker.try_acquire(1_000 * MS);
+    assert!(breaker.try_acquire(1_000 * MS).0.is_err());
+    breaker.on_cancel(first.expect("probe"));
+    let (third, _) = breaker.try_acquire(1_000 * MS);
+    breaker.on_result(1_000 * MS, second.expect("probe"), CallOutcome::success(0));
+    breaker.on_result(
+        1_000 * MS,
+        third.expect("freed slot"),
+        CallOutcome::success(0),
+    );
+    assert_eq!(breaker.state(), Closed);
+}
+
+#[test]
 fn breaker_stale_permit_is_ignored() {
     let breaker = Breaker::new(config()).expect("valid config");
     let (stale, _) = breaker.try_acquire(0);
