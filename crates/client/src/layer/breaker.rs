@@ -137,9 +137,11 @@ where
             Ok(permit) => BreakerFuture {
                 state: State::Called {
                     future: self.inner.call(request),
-                    permit,
+                    guard: PermitGuard {
+                        permit: Some(permit),
+                        shared: shared.clone(),
+                    },
                     start_ns: now,
-                    shared: shared.clone(),
                     classify: self.classify.clone(),
                 },
             },
@@ -159,6 +161,29 @@ where
     }
 }
 
+/// A permit whose call has not finished; dropped unfinished (the caller cancelled), it hands
+/// a probe slot back so the half-open state cannot stall.
+pub struct PermitGuard {
+    permit: Option<Permit>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PermitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermitGuard")
+            .field("permit", &self.permit)
+            .finish()
+    }
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.breaker.on_cancel(permit);
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The breaker's response future.
     pub struct BreakerFuture<F, K> {
@@ -170,7 +195,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F, K> {
-        Called { #[pin] future: F, permit: Permit, start_ns: u64, shared: Arc<Shared>, classify: K },
+        Called { #[pin] future: F, guard: PermitGuard, start_ns: u64, classify: K },
         Rejected { error: Option<BreakerRejection> },
     }
 }
@@ -191,12 +216,13 @@ where
             }
             StateProj::Called {
                 future,
-                permit,
+                guard,
                 start_ns,
-                shared,
                 classify,
             } => {
                 let result = std::task::ready!(future.poll(cx));
+                let permit = guard.permit.take().expect("outcome recorded once");
+                let shared = &guard.shared;
                 let is_failure = classify.is_failure(&result);
                 // A failure may trip the breaker, which needs the real time for its deadline.
                 let now = if is_failure {
@@ -208,7 +234,7 @@ where
                     is_failure,
                     latency_ns: now.saturating_sub(*start_ns),
                 };
-                let transition = shared.breaker.on_result(now, *permit, outcome);
+                let transition = shared.breaker.on_result(now, permit, outcome);
                 shared.emit(transition);
                 Poll::Ready(result.map_err(Into::into))
             }

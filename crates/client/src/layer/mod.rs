@@ -165,6 +165,7 @@ impl Observe {
         Self::new(name, Arc::new(NoopSink))
     }
 
+    #[cfg_attr(not(feature = "full"), allow(dead_code))]
     pub(crate) fn reject(&self, layer: crate::event::LayerKind, reason: &'static str) {
         self.sink.emit(&crate::event::Event::Rejected {
             name: &self.name,
