@@ -1,4 +1,5 @@
 //! Integration tests of the tower layers, on tokio's paused clock (no real sleeps).
 
+mod alloc;
 mod layers;
 mod stack;
