@@ -134,7 +134,7 @@ fn limiters(c: &mut Criterion) {
     let mut layer = RateLayer::new(
         Quota::per_second(1_000_000_000, u32::MAX),
         Observe::silent("r"),
-        clock,
+        clock.clone(),
     )
     .layer(Ready);
     group.bench_function("colony rate layer", |b| b.iter(|| call(&mut layer, ())));
@@ -147,8 +147,12 @@ fn limiters(c: &mut Criterion) {
         limit_min: 1,
         limit_max: 1_000,
     };
-    let mut layer =
-        LimitLayer::new(ConcurrencyLimiter::new(config), Observe::silent("l"), clock).layer(Ready);
+    let mut layer = LimitLayer::new(
+        ConcurrencyLimiter::new(config),
+        Observe::silent("l"),
+        clock.clone(),
+    )
+    .layer(Ready);
     group.bench_function("colony adaptive limit layer", |b| {
         b.iter(|| call(&mut layer, ()))
     });
@@ -187,7 +191,12 @@ fn stack(c: &mut Criterion) {
         .expect("runtime builds");
     let _entered = runtime.enter();
     let clock = Clock::new();
-    let balance = Balance::new(BalanceConfig::default(), Observe::silent("bal"), clock, 1);
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("bal"),
+        clock.clone(),
+        1,
+    );
     for i in 0..10 {
         balance.update(Change::Insert(i, None, Ready));
     }
@@ -197,16 +206,16 @@ fn stack(c: &mut Criterion) {
         jitter: Jitter::Full,
     };
     let mut stack = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(1), clock))
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(RateLayer::new(
             Quota::per_second(1_000_000_000, u32::MAX),
             Observe::silent("r"),
-            clock,
+            clock.clone(),
         ))
         .layer(BreakerLayer::with_clock(
             Breaker::new(breaker_config()).expect("valid"),
             Observe::silent("b"),
-            clock,
+            clock.clone(),
         ))
         .layer(RetryLayer::new(
             RetryConfig {
@@ -217,7 +226,7 @@ fn stack(c: &mut Criterion) {
             Arc::new(RetryBudget::new(BudgetConfig::default())),
             RetryIdempotentErrors,
             Observe::silent("retry"),
-            clock,
+            clock.clone(),
             1,
         ))
         .service(balance.clone());
@@ -233,7 +242,7 @@ fn stack(c: &mut Criterion) {
             )
         })
     });
-    let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock).layer(Ready);
+    let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock.clone()).layer(Ready);
     group.bench_function("deadline alone", |b| {
         b.iter(|| {
             call(

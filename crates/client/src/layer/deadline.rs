@@ -42,7 +42,7 @@ impl<T> HasDeadline for WithDeadline<T> {
 }
 
 /// Fails calls still running at their deadline; requests without one get `budget` from now.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     budget: Duration,
     clock: Clock,
@@ -62,7 +62,7 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             budget: self.budget,
-            clock: self.clock,
+            clock: self.clock.clone(),
         }
     }
 }

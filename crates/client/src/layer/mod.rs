@@ -76,11 +76,24 @@ impl Error {
     }
 }
 
-/// Nanoseconds since the clock was made, read from tokio's clock (so `tokio::time::pause`
-/// drives it in tests). The one place where layers read time; cores get it as an argument.
-#[derive(Debug, Clone, Copy)]
+/// Nanoseconds since the clock was made: the one place where layers read time (cores get it
+/// as an argument).
+///
+/// [`Clock::new`] reads the CPU's invariant time-stamp counter through `quanta` (a few
+/// nanoseconds; the OS clock costs ~40 ns per read on this project's machines, more than a
+/// whole layer's budget). [`Clock::tokio`] reads tokio's clock instead, so that
+/// `tokio::time::pause` drives it: use it in tests on paused time.
+#[derive(Debug, Clone)]
 pub struct Clock {
+    source: Source,
+    /// tokio's instant at this clock's zero, to turn deadlines into timers.
     base: tokio::time::Instant,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Tsc { clock: quanta::Clock, zero: u64 },
+    Tokio,
 }
 
 impl Default for Clock {
@@ -90,16 +103,30 @@ impl Default for Clock {
 }
 
 impl Clock {
-    /// A clock whose zero is now.
+    /// A fast monotonic clock whose zero is now.
     pub fn new() -> Self {
+        let clock = quanta::Clock::new();
+        let zero = clock.raw();
         Self {
+            source: Source::Tsc { clock, zero },
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A clock following tokio's (pausable) time, whose zero is now.
+    pub fn tokio() -> Self {
+        Self {
+            source: Source::Tokio,
             base: tokio::time::Instant::now(),
         }
     }
 
     /// Nanoseconds since creation.
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        match &self.source {
+            Source::Tsc { clock, zero } => clock.delta_as_nanos(*zero, clock.raw()),
+            Source::Tokio => u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 
     /// The tokio instant `ns` nanoseconds after this clock's zero.

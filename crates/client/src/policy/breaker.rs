@@ -25,7 +25,7 @@
 //! elsewhere (a peer's breaker state arriving by gossip), through the same transition path.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -60,7 +60,8 @@ impl BreakerState {
 /// How the breaker's window counts calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
-    /// The last `calls` outcomes.
+    /// The last `calls` outcomes (in up to 10 buckets: with more than 10 calls the window
+    /// may hold up to one bucket more).
     Count {
         /// Outcomes kept.
         calls: u32,
@@ -237,63 +238,79 @@ impl CallOutcome {
     }
 }
 
-/// Outcome codes stored in a count window slot.
-const SLOT_PRESENT: u8 = 1;
-const SLOT_FAILURE: u8 = 2;
-const SLOT_SLOW: u8 = 4;
+// A count bucket packs three 21-bit counters in one word, so recording a success is one
+// `fetch_add`: calls (bits 0..21), failures (21..42), slow calls (42..63).
+const FIELD_BITS: u32 = 21;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+const ONE_CALL: u64 = 1;
+const ONE_FAILURE: u64 = 1 << FIELD_BITS;
+const ONE_SLOW: u64 = 1 << (2 * FIELD_BITS);
+/// Buckets a count window is split into at most.
+const COUNT_BUCKETS_MAX: u32 = 10;
 
+/// The last `calls` outcomes, kept as `buckets` buckets of `per_bucket` calls plus the bucket
+/// being filled: the window holds between `calls` and `calls + per_bucket − 1` outcomes
+/// (exactly `calls` when `calls ≤ 10`, where every bucket holds one call).
 struct CountWindow {
-    slots: Box<[AtomicU8]>,
-    cursor: AtomicU64,
-    failures: AtomicI64,
-    slow: AtomicI64,
+    /// `buckets + 1` packed counters, used round robin.
+    buckets: Box<[AtomicU64]>,
+    /// Index (ever increasing) of the bucket being filled.
+    current: AtomicU64,
+    per_bucket: u64,
 }
 
 impl CountWindow {
     fn new(calls: u32) -> Self {
+        let buckets = calls.min(COUNT_BUCKETS_MAX);
+        let per_bucket = u64::from(calls.div_ceil(buckets));
+        assert!(per_bucket < FIELD_MASK, "bucket counters must not overflow");
         Self {
-            slots: (0..calls).map(|_| AtomicU8::new(0)).collect(),
-            cursor: AtomicU64::new(0),
-            failures: AtomicI64::new(0),
-            slow: AtomicI64::new(0),
+            buckets: (0..=buckets).map(|_| AtomicU64::new(0)).collect(),
+            current: AtomicU64::new(0),
+            per_bucket,
         }
     }
 
-    fn record(&self, code: u8) {
-        let index = self.cursor.fetch_add(1, Ordering::AcqRel);
-        let slot = &self.slots[(index % self.slots.len() as u64) as usize];
-        let old = slot.swap(code, Ordering::AcqRel);
-        let changed = old ^ code;
-        if changed & SLOT_FAILURE != 0 {
-            let delta = if code & SLOT_FAILURE != 0 { 1 } else { -1 };
-            self.failures.fetch_add(delta, Ordering::AcqRel);
+    fn record(&self, is_failure: bool, is_slow: bool) {
+        let mut delta = ONE_CALL;
+        if is_failure {
+            delta += ONE_FAILURE;
         }
-        if changed & SLOT_SLOW != 0 {
-            let delta = if code & SLOT_SLOW != 0 { 1 } else { -1 };
-            self.slow.fetch_add(delta, Ordering::AcqRel);
+        if is_slow {
+            delta += ONE_SLOW;
+        }
+        let current = self.current.load(Ordering::Acquire);
+        let len = self.buckets.len() as u64;
+        let before = self.buckets[(current % len) as usize].fetch_add(delta, Ordering::AcqRel);
+        // The call that fills the bucket moves the window on; a racing call that loaded the
+        // old index lands in the full bucket (counted one bucket longer, never lost).
+        if (before & FIELD_MASK) + 1 == self.per_bucket {
+            self.buckets[((current + 1) % len) as usize].store(0, Ordering::Release);
+            let _ = self.current.compare_exchange(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
     fn tally(&self) -> Tally {
-        let calls = self
-            .cursor
-            .load(Ordering::Acquire)
-            .min(self.slots.len() as u64);
-        let clamp = |x: i64| u64::try_from(x).unwrap_or(0).min(calls);
-        Tally {
-            calls,
-            failures: clamp(self.failures.load(Ordering::Acquire)),
-            slow: clamp(self.slow.load(Ordering::Acquire)),
+        let mut tally = Tally::default();
+        for bucket in self.buckets.iter() {
+            let word = bucket.load(Ordering::Acquire);
+            tally.calls += word & FIELD_MASK;
+            tally.failures += (word >> FIELD_BITS) & FIELD_MASK;
+            tally.slow += (word >> (2 * FIELD_BITS)) & FIELD_MASK;
         }
+        tally
     }
 
     fn reset(&self) {
-        for slot in self.slots.iter() {
-            slot.store(0, Ordering::Release);
+        for bucket in self.buckets.iter() {
+            bucket.store(0, Ordering::Release);
         }
-        self.cursor.store(0, Ordering::Release);
-        self.failures.store(0, Ordering::Release);
-        self.slow.store(0, Ordering::Release);
+        self.current.store(0, Ordering::Release);
     }
 }
 
@@ -316,16 +333,7 @@ pub struct Tally {
 impl Window {
     fn record(&self, now_ns: u64, is_failure: bool, is_slow: bool) {
         match self {
-            Window::Count(window) => {
-                let mut code = SLOT_PRESENT;
-                if is_failure {
-                    code |= SLOT_FAILURE;
-                }
-                if is_slow {
-                    code |= SLOT_SLOW;
-                }
-                window.record(code);
-            }
+            Window::Count(window) => window.record(is_failure, is_slow),
             Window::Time(window) => {
                 window.add(now_ns, 0, 1);
                 if is_failure {
@@ -515,17 +523,22 @@ impl Breaker {
             return (Err(BreakerRejection::ProbesExhausted), None);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let admitted = self.probes_admitted.fetch_add(1, Ordering::AcqRel);
-        if admitted < self.config.half_open_probes {
-            (
+        // Count only admitted probes, so that a cancelled probe's slot can be handed back.
+        let limit = self.config.half_open_probes;
+        let admitted =
+            self.probes_admitted
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+        match admitted {
+            Ok(_) => (
                 Ok(Permit {
                     generation,
                     probe: true,
                 }),
                 None,
-            )
-        } else {
-            (Err(BreakerRejection::ProbesExhausted), None)
+            ),
+            Err(_) => (Err(BreakerRejection::ProbesExhausted), None),
         }
     }
 
@@ -564,7 +577,9 @@ impl Breaker {
         }
         self.window.record(now_ns, outcome.is_failure, is_slow);
         if !outcome.is_failure {
-            if self.failures_consecutive.load(Ordering::Relaxed) != 0 {
+            if self.config.consecutive_failures_trip.is_some()
+                && self.failures_consecutive.load(Ordering::Relaxed) != 0
+            {
                 self.failures_consecutive.store(0, Ordering::Relaxed);
             }
             // A success lowers the failure rate; only a slow success can trip.

@@ -107,13 +107,13 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
     let rate = RateLayer::new(
         Quota::per_second(1_000_000_000, u32::MAX),
         Observe::silent("r"),
-        clock,
+        clock.clone(),
     );
     assert_eq!(allocations(rate.layer(Ready), ()), 0, "rate");
     let limiter = ConcurrencyLimiter::new(LimitConfig::new(LimitAlgorithm::gradient2()));
     assert_eq!(
         allocations(
-            LimitLayer::new(limiter, Observe::silent("l"), clock).layer(Ready),
+            LimitLayer::new(limiter, Observe::silent("l"), clock.clone()).layer(Ready),
             ()
         ),
         0,
@@ -134,7 +134,7 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
         Observe::silent("s"),
     );
     assert_eq!(allocations(shed.layer(Ready), request.clone()), 0, "shed");
-    let deadline = DeadlineLayer::new(Duration::from_secs(1), clock);
+    let deadline = DeadlineLayer::new(Duration::from_secs(1), clock.clone());
     assert_eq!(
         allocations(deadline.layer(Ready), request.clone()),
         0,
@@ -155,7 +155,7 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
         budget,
         RetryIdempotentErrors,
         Observe::silent("retry"),
-        clock,
+        clock.clone(),
         1,
     );
     assert_eq!(
@@ -163,22 +163,27 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
         0,
         "retry"
     );
-    let balance = Balance::new(BalanceConfig::default(), Observe::silent("bal"), clock, 1);
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("bal"),
+        clock.clone(),
+        1,
+    );
     for i in 0..10u32 {
         balance.update(Change::Insert(i, None, Ready));
     }
     assert_eq!(allocations(balance.clone(), request.clone()), 0, "balance");
     let stack = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(1), clock))
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(RateLayer::new(
             Quota::per_second(1_000_000_000, u32::MAX),
             Observe::silent("r"),
-            clock,
+            clock.clone(),
         ))
         .layer(BreakerLayer::with_clock(
             Breaker::new(BreakerConfig::default()).expect("valid"),
             Observe::silent("b"),
-            clock,
+            clock.clone(),
         ))
         .layer(retry)
         .service(balance);

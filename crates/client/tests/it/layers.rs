@@ -79,7 +79,11 @@ async fn breaker_layer_trips_rejects_falls_back_and_recovers() {
         half_open_probes: 1,
         ..BreakerConfig::default()
     };
-    let layer = BreakerLayer::new(Breaker::new(config).expect("valid"), Observe::silent("dep"));
+    let layer = BreakerLayer::with_clock(
+        Breaker::new(config).expect("valid"),
+        Observe::silent("dep"),
+        Clock::tokio(),
+    );
     let mut service = layer.layer(service);
     for _ in 0..5 {
         let result = service.ready().await.expect("ready").call(()).await;
@@ -166,7 +170,7 @@ fn retry_layer(budget: Arc<RetryBudget>) -> RetryLayer<RetryIdempotentErrors> {
         budget,
         RetryIdempotentErrors,
         Observe::silent("retry"),
-        Clock::new(),
+        Clock::tokio(),
         7,
     )
 }
@@ -218,7 +222,7 @@ async fn retry_layer_retries_idempotent_only_within_budget_and_deadline() {
 
     // A deadline that a backoff would pass: no retry.
     let (calls, service) = flaky(2);
-    let clock = Clock::new();
+    let clock = Clock::tokio();
     let mut request = get();
     request.deadline = Some(Deadline {
         at_ns: clock.now_ns() + 1_000,
@@ -285,7 +289,7 @@ async fn hedge_layer_sends_backup_after_quantile_and_cancels_loser() {
         budget,
         RetryIdempotentErrors,
         Observe::silent("hedge"),
-        Clock::new(),
+        Clock::tokio(),
     );
     let service = hedge.layer(service);
     let mut worst = Duration::ZERO;
@@ -315,7 +319,7 @@ async fn rate_limit_and_shed_layers_refuse_with_typed_errors() {
     let rate = RateLayer::new(
         Quota::per_second(10, 2),
         Observe::silent("rate"),
-        Clock::new(),
+        Clock::tokio(),
     );
     let mut limited = rate.layer(echo);
     assert!(
@@ -397,7 +401,7 @@ async fn limit_layer_refuses_over_limit_and_exports_limit() {
     let layer = LimitLayer::new(
         ConcurrencyLimiter::new(config),
         Observe::silent("limit"),
-        Clock::new(),
+        Clock::tokio(),
     );
     let service = layer.layer(slow);
     let a = tokio::spawn(service.clone().oneshot(()));

@@ -28,7 +28,7 @@ impl Idempotency for Get {
 /// the balancer ejects it, retries cover the failures before that, and every call succeeds.
 #[tokio::test(start_paused = true)]
 async fn full_stack_survives_a_failing_endpoint() {
-    let clock = Clock::new();
+    let clock = Clock::tokio();
     let hits = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
     let balance = Balance::new(
         BalanceConfig {
@@ -36,7 +36,7 @@ async fn full_stack_survives_a_failing_endpoint() {
             ..BalanceConfig::default()
         },
         Observe::silent("balance"),
-        clock,
+        clock.clone(),
         1,
     );
     for (i, counter) in hits.iter().enumerate() {
@@ -61,16 +61,16 @@ async fn full_stack_survives_a_failing_endpoint() {
         jitter: Jitter::Equal,
     };
     let stack = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(1), clock))
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(RateLayer::new(
             Quota::per_second(10_000, 100),
             Observe::silent("rate"),
-            clock,
+            clock.clone(),
         ))
         .layer(BreakerLayer::with_clock(
             Breaker::new(BreakerConfig::default()).expect("valid"),
             Observe::silent("breaker"),
-            clock,
+            clock.clone(),
         ))
         .layer(RetryLayer::new(
             RetryConfig {
@@ -81,7 +81,7 @@ async fn full_stack_survives_a_failing_endpoint() {
             budget,
             RetryIdempotentErrors,
             Observe::silent("retry"),
-            clock,
+            clock.clone(),
             3,
         ))
         .service(balance);
