@@ -42,6 +42,9 @@
 //!   expiry. "Capacity" is the 5,000 rps the warm cache serves; the overload window is
 //!   10 s–20 s.
 //!
+//! Two smaller experiments cover the hedging and priority targets: [`hedging`] and
+//! [`priority`] (parameters in their docs).
+//!
 //! # Output
 //!
 //! [`OverloadReport`]: goodput per second, `goodput_ratio_during_overload` (goodput ÷ capacity
@@ -51,8 +54,10 @@
 //! never happens within the run).
 
 mod engine;
+mod extra;
 mod report;
 
+pub use extra::{HedgeReport, PriorityReport, hedging, priority};
 pub use report::OverloadReport;
 
 use serde::Serialize;

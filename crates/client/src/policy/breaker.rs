@@ -252,12 +252,18 @@ const COUNT_BUCKETS_MAX: u32 = 10;
 /// being filled: the window holds between `calls` and `calls + per_bucket − 1` outcomes
 /// (exactly `calls` when `calls ≤ 10`, where every bucket holds one call).
 struct CountWindow {
-    /// `buckets + 1` packed counters, used round robin.
-    buckets: Box<[AtomicU64]>,
+    /// 16 packed counters used round robin (a power of two, so indexing is a mask, not a
+    /// division); the window is the bucket being filled and the `buckets` before it.
+    ring: [AtomicU64; RING],
     /// Index (ever increasing) of the bucket being filled.
     current: AtomicU64,
+    buckets: u64,
     per_bucket: u64,
 }
+
+/// Slots of a count window's ring.
+const RING: usize = 16;
+const _: () = assert!((COUNT_BUCKETS_MAX as usize) < RING);
 
 impl CountWindow {
     fn new(calls: u32) -> Self {
@@ -265,8 +271,9 @@ impl CountWindow {
         let per_bucket = u64::from(calls.div_ceil(buckets));
         assert!(per_bucket < FIELD_MASK, "bucket counters must not overflow");
         Self {
-            buckets: (0..=buckets).map(|_| AtomicU64::new(0)).collect(),
+            ring: std::array::from_fn(|_| AtomicU64::new(0)),
             current: AtomicU64::new(0),
+            buckets: u64::from(buckets),
             per_bucket,
         }
     }
@@ -280,12 +287,12 @@ impl CountWindow {
             delta += ONE_SLOW;
         }
         let current = self.current.load(Ordering::Acquire);
-        let len = self.buckets.len() as u64;
-        let before = self.buckets[(current % len) as usize].fetch_add(delta, Ordering::AcqRel);
+        let slot = |index: u64| &self.ring[(index as usize) & (RING - 1)];
+        let before = slot(current).fetch_add(delta, Ordering::AcqRel);
         // The call that fills the bucket moves the window on; a racing call that loaded the
         // old index lands in the full bucket (counted one bucket longer, never lost).
         if (before & FIELD_MASK) + 1 == self.per_bucket {
-            self.buckets[((current + 1) % len) as usize].store(0, Ordering::Release);
+            slot(current + 1).store(0, Ordering::Release);
             let _ = self.current.compare_exchange(
                 current,
                 current + 1,
@@ -297,8 +304,9 @@ impl CountWindow {
 
     fn tally(&self) -> Tally {
         let mut tally = Tally::default();
-        for bucket in self.buckets.iter() {
-            let word = bucket.load(Ordering::Acquire);
+        let current = self.current.load(Ordering::Acquire);
+        for index in current.saturating_sub(self.buckets)..=current {
+            let word = self.ring[(index as usize) & (RING - 1)].load(Ordering::Acquire);
             tally.calls += word & FIELD_MASK;
             tally.failures += (word >> FIELD_BITS) & FIELD_MASK;
             tally.slow += (word >> (2 * FIELD_BITS)) & FIELD_MASK;
@@ -307,7 +315,7 @@ impl CountWindow {
     }
 
     fn reset(&self) {
-        for bucket in self.buckets.iter() {
+        for bucket in &self.ring {
             bucket.store(0, Ordering::Release);
         }
         self.current.store(0, Ordering::Release);

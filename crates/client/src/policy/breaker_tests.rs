@@ -206,12 +206,13 @@ fn breaker_time_window_forgets_old_failures() {
             row(0, Fail, true, Closed),
             row(10, Fail, true, Closed),
             row(20, Fail, true, Closed),
-            // 1.1 s later those failures are out of the 1 s window: had they counted, the
-            // second row here (5 calls, 4 failures) would trip.
-            row(1_100, Good, true, Closed),
-            row(1_101, Fail, true, Closed),
-            row(1_102, Good, true, Closed),
-            row(1_103, Fail, true, Open),
+            // 1.4 s later those failures are out of the window (10 buckets of 100 ms,
+            // rounded up to 2^27 ns: 1.34 s); had they counted, the second row here
+            // (5 calls, 4 failures) would trip.
+            row(1_400, Good, true, Closed),
+            row(1_401, Fail, true, Closed),
+            row(1_402, Good, true, Closed),
+            row(1_403, Fail, true, Open),
         ],
     );
 }

@@ -74,6 +74,11 @@ impl RetryBudget {
         &self.config
     }
 
+    /// The window's actual length (bucket lengths round up to a power of two nanoseconds).
+    pub fn span_ns(&self) -> u64 {
+        self.window.span_ns()
+    }
+
     /// Records one logical request (not a retry, not a hedge).
     pub fn deposit(&self, now_ns: u64) {
         self.window.add(now_ns, DEPOSITS, 1);
@@ -134,10 +139,11 @@ mod tests {
                     withdrawals += 1;
                 }
             }
-            // Reserve: 100/s × 0.1 s = 10 per window; a run of `now` ns spans at most
-            // now/window + 1 windows.
-            let windows = now / 100_000_000 + 1;
-            let bound = 0.1 * deposits as f64 + 10.0 * windows as f64;
+            // Reserve: 100/s × the window; a run of `now` ns spans at most now/window + 1
+            // windows.
+            let span = budget.span_ns();
+            let windows = now / span + 1;
+            let bound = 0.1 * deposits as f64 + 100.0 * span as f64 / 1e9 * windows as f64;
             prop_assert!(withdrawals as f64 <= bound, "{} > {}", withdrawals, bound);
         }
     }

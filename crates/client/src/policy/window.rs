@@ -19,9 +19,15 @@ struct Bucket<const F: usize> {
 }
 
 /// A sliding window of `F` counters over the last `buckets × bucket_ns` nanoseconds.
+///
+/// The hot path divides by nothing: a bucket's length is rounded up to a power of two
+/// nanoseconds (a shift), and the slots to a power of two (a mask); only the last `buckets`
+/// epochs are summed.
 pub(crate) struct TimeWindow<const F: usize> {
-    bucket_ns: u64,
-    buckets: Box<[Bucket<F>]>,
+    bucket_shift: u32,
+    /// Buckets in the window.
+    window: u64,
+    slots: Box<[Bucket<F>]>,
 }
 
 impl<const F: usize> TimeWindow<F> {
@@ -35,23 +41,28 @@ impl<const F: usize> TimeWindow<F> {
             "buckets out of range: {buckets}"
         );
         assert!(bucket_ns > 0, "bucket_ns must be positive");
-        let buckets = (0..buckets)
+        let bucket_shift = 64 - (bucket_ns - 1).leading_zeros();
+        let slots = (0..buckets.next_power_of_two())
             .map(|_| Bucket {
                 epoch: AtomicU64::new(u64::MAX),
                 counts: std::array::from_fn(|_| AtomicU32::new(0)),
             })
             .collect();
-        Self { bucket_ns, buckets }
+        Self {
+            bucket_shift,
+            window: u64::from(buckets),
+            slots,
+        }
     }
 
-    /// The window's length in nanoseconds.
+    /// The window's length in nanoseconds (bucket lengths rounded up to a power of two).
     pub(crate) fn span_ns(&self) -> u64 {
-        self.bucket_ns * self.buckets.len() as u64
+        self.window << self.bucket_shift
     }
 
     fn bucket(&self, now_ns: u64) -> &Bucket<F> {
-        let epoch = now_ns / self.bucket_ns;
-        let bucket = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        let epoch = now_ns >> self.bucket_shift;
+        let bucket = &self.slots[(epoch as usize) & (self.slots.len() - 1)];
         let seen = bucket.epoch.load(Ordering::Acquire);
         if seen != epoch
             && (seen == u64::MAX || seen < epoch)
@@ -76,10 +87,10 @@ impl<const F: usize> TimeWindow<F> {
 
     /// The sums of every counter over the window ending at `now_ns`.
     pub(crate) fn sums(&self, now_ns: u64) -> [u64; F] {
-        let epoch_now = now_ns / self.bucket_ns;
-        let oldest = epoch_now.saturating_sub(self.buckets.len() as u64 - 1);
+        let epoch_now = now_ns >> self.bucket_shift;
+        let oldest = epoch_now.saturating_sub(self.window - 1);
         let mut sums = [0u64; F];
-        for bucket in self.buckets.iter() {
+        for bucket in self.slots.iter() {
             let epoch = bucket.epoch.load(Ordering::Acquire);
             if epoch != u64::MAX && epoch >= oldest && epoch <= epoch_now {
                 for (sum, count) in sums.iter_mut().zip(&bucket.counts) {
@@ -92,7 +103,7 @@ impl<const F: usize> TimeWindow<F> {
 
     /// Forgets everything.
     pub(crate) fn reset(&self) {
-        for bucket in self.buckets.iter() {
+        for bucket in self.slots.iter() {
             bucket.epoch.store(u64::MAX, Ordering::Release);
             for count in &bucket.counts {
                 count.store(0, Ordering::Release);
@@ -104,8 +115,8 @@ impl<const F: usize> TimeWindow<F> {
 impl<const F: usize> std::fmt::Debug for TimeWindow<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimeWindow")
-            .field("bucket_ns", &self.bucket_ns)
-            .field("buckets", &self.buckets.len())
+            .field("bucket_ns", &(1u64 << self.bucket_shift))
+            .field("buckets", &self.window)
             .finish()
     }
 }
@@ -116,20 +127,22 @@ mod tests {
 
     #[test]
     fn window_counts_expire_after_span() {
-        let window = TimeWindow::<2>::new(4, 10);
+        // Buckets of 10 ns round up to 16 ns: the window is 4 × 16 = 64 ns.
+        assert_eq!(TimeWindow::<2>::new(4, 10).span_ns(), 64);
+        let window = TimeWindow::<2>::new(4, 16);
         window.add(0, 0, 1);
-        window.add(15, 0, 2);
-        window.add(15, 1, 5);
-        assert_eq!(window.sums(15), [3, 5]);
-        // At 39 the bucket of [0,10) is still inside [0, 40).
-        assert_eq!(window.sums(39), [3, 5]);
-        // At 40 it has left the window.
-        assert_eq!(window.sums(40), [2, 5]);
+        window.add(24, 0, 2);
+        window.add(24, 1, 5);
+        assert_eq!(window.sums(24), [3, 5]);
+        // At 63 the bucket of [0, 16) is still inside (0, 64].
+        assert_eq!(window.sums(63), [3, 5]);
+        // At 64 it has left the window.
+        assert_eq!(window.sums(64), [2, 5]);
         // Reusing the slot of epoch 0 for epoch 4 clears it.
-        window.add(40, 0, 7);
-        assert_eq!(window.sums(40), [9, 5]);
-        assert_eq!(window.sums(100), [0, 0]);
+        window.add(64, 0, 7);
+        assert_eq!(window.sums(64), [9, 5]);
+        assert_eq!(window.sums(200), [0, 0]);
         window.reset();
-        assert_eq!(window.sums(40), [0, 0]);
+        assert_eq!(window.sums(64), [0, 0]);
     }
 }
