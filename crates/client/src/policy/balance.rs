@@ -98,6 +98,8 @@ pub struct Balancer {
     endpoints: Vec<Endpoint>,
     /// Scratch list of candidate indices, kept to avoid allocating per pick.
     candidates: Vec<usize>,
+    /// No endpoint is ejected at or after this time (lets a pick skip the candidate scan).
+    ejections_end_ns: u64,
 }
 
 /// `e^(−x)` for `x ≥ 0`, approximated as `1 / (1 + x + x²/2 + x³/6)`: positive, monotone,
@@ -120,6 +122,7 @@ impl Balancer {
             config,
             endpoints: Vec::new(),
             candidates: Vec::new(),
+            ejections_end_ns: 0,
         }
     }
 
@@ -177,6 +180,23 @@ impl Balancer {
     /// Picks an endpoint for one call at `now_ns` and counts it as pending; `None` if there
     /// is none. Call [`Balancer::handle_result`] with the outcome.
     pub fn pick(&mut self, now_ns: u64, rng: &mut SplitMix64) -> Option<usize> {
+        // Fast path: no zone preference and nobody ejected, so every endpoint is a candidate
+        // and the two choices are drawn directly (O(1) instead of a scan).
+        let count = self.endpoints.len();
+        if self.config.zone_local.is_none() && now_ns >= self.ejections_end_ns && count >= 2 {
+            let first = rng.below(count as u64) as usize;
+            let mut second = rng.below(count as u64 - 1) as usize;
+            if second >= first {
+                second += 1;
+            }
+            let chosen = if self.load(first, now_ns) <= self.load(second, now_ns) {
+                first
+            } else {
+                second
+            };
+            self.endpoints[chosen].pending += 1;
+            return Some(chosen);
+        }
         self.fill_candidates(now_ns);
         let count = self.candidates.len();
         let chosen = match count {
@@ -309,6 +329,7 @@ impl Balancer {
         endpoint.errors_consecutive = 0;
         let until_ns = now_ns + self.config.ejection_base_ns * u64::from(endpoint.ejections);
         endpoint.ejected_until_ns = Some(until_ns);
+        self.ejections_end_ns = self.ejections_end_ns.max(until_ns);
         Some(Ejection {
             endpoint: index,
             reason,

@@ -278,6 +278,7 @@ impl CountWindow {
         }
     }
 
+    #[inline]
     fn record(&self, is_failure: bool, is_slow: bool) {
         let mut delta = ONE_CALL;
         if is_failure {
@@ -339,6 +340,7 @@ pub struct Tally {
 }
 
 impl Window {
+    #[inline]
     fn record(&self, now_ns: u64, is_failure: bool, is_slow: bool) {
         match self {
             Window::Count(window) => window.record(is_failure, is_slow),
@@ -490,31 +492,38 @@ impl Breaker {
     ///
     /// # Errors
     /// [`BreakerRejection`] when the call must not be made; the state did not change.
+    #[inline]
     pub fn try_acquire(
         &self,
         now_ns: u64,
     ) -> (Result<Permit, BreakerRejection>, Option<Transition>) {
         let word = self.word.load(Ordering::Acquire);
+        if tag_of(word) == TAG_CLOSED {
+            let generation = self.generation.load(Ordering::Acquire);
+            return (
+                Ok(Permit {
+                    generation,
+                    probe: false,
+                }),
+                None,
+            );
+        }
+        self.try_acquire_slow(word, now_ns)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_slow(
+        &self,
+        word: u64,
+        now_ns: u64,
+    ) -> (Result<Permit, BreakerRejection>, Option<Transition>) {
         match tag_of(word) {
-            TAG_CLOSED => {
-                let generation = self.generation.load(Ordering::Acquire);
-                (
-                    Ok(Permit {
-                        generation,
-                        probe: false,
-                    }),
-                    None,
-                )
-            }
             TAG_OPEN => {
                 let open_until_ns = word >> 2;
                 if now_ns < open_until_ns {
-                    return (
-                        Err(BreakerRejection::Open {
-                            retry_after_ns: open_until_ns - now_ns,
-                        }),
-                        None,
-                    );
+                    let retry_after_ns = open_until_ns - now_ns;
+                    return (Err(BreakerRejection::Open { retry_after_ns }), None);
                 }
                 let transition = self.to_half_open(word);
                 let (result, _) = self.try_acquire_probe();
@@ -567,6 +576,7 @@ impl Breaker {
 
     /// Records the outcome of a call admitted by `permit`. Returns the transition it caused,
     /// if any. Outcomes of permits from before the last transition are ignored.
+    #[inline]
     pub fn on_result(
         &self,
         now_ns: u64,
@@ -577,6 +587,27 @@ impl Breaker {
             .config
             .slow_call_ns
             .is_some_and(|slow_ns| outcome.latency_ns >= slow_ns);
+        // The success path, inlined: a fresh normal permit, a fast success, nothing to reset.
+        if !permit.probe
+            && !outcome.is_failure
+            && !is_slow
+            && self.config.consecutive_failures_trip.is_none()
+            && self.generation.load(Ordering::Acquire) == permit.generation
+        {
+            self.window.record(now_ns, false, false);
+            return None;
+        }
+        self.on_result_slow(now_ns, permit, outcome, is_slow)
+    }
+
+    #[inline(never)]
+    fn on_result_slow(
+        &self,
+        now_ns: u64,
+        permit: Permit,
+        outcome: CallOutcome,
+        is_slow: bool,
+    ) -> Option<Transition> {
         if self.generation.load(Ordering::Acquire) != permit.generation {
             return None;
         }

@@ -80,6 +80,7 @@ impl RetryBudget {
     }
 
     /// Records one logical request (not a retry, not a hedge).
+    #[inline]
     pub fn deposit(&self, now_ns: u64) {
         self.window.add(now_ns, DEPOSITS, 1);
     }

@@ -51,6 +51,7 @@ pub struct RateLimited {
 }
 
 /// The GCRA decision for one arrival: the new theoretical arrival time, or a refusal.
+#[inline]
 fn gcra_step(quota: &Quota, tat_ns: u64, now_ns: u64) -> Result<u64, RateLimited> {
     let start = tat_ns.max(now_ns);
     let ahead = start - now_ns;
@@ -84,6 +85,7 @@ impl Gcra {
     ///
     /// # Errors
     /// [`RateLimited`] when over the rate.
+    #[inline]
     pub fn check(&self, now_ns: u64) -> Result<(), RateLimited> {
         let mut tat = self.tat_ns.load(Ordering::Acquire);
         loop {

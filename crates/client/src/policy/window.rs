@@ -60,6 +60,7 @@ impl<const F: usize> TimeWindow<F> {
         self.window << self.bucket_shift
     }
 
+    #[inline]
     fn bucket(&self, now_ns: u64) -> &Bucket<F> {
         let epoch = now_ns >> self.bucket_shift;
         let bucket = &self.slots[(epoch as usize) & (self.slots.len() - 1)];
@@ -79,6 +80,7 @@ impl<const F: usize> TimeWindow<F> {
     }
 
     /// Adds `amount` to counter `field` at time `now_ns`.
+    #[inline]
     pub(crate) fn add(&self, now_ns: u64, field: usize, amount: u32) {
         debug_assert!(field < F);
         let bucket = self.bucket(now_ns);
