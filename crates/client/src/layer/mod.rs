@@ -28,6 +28,8 @@ pub mod rate;
 pub mod retry;
 #[cfg(feature = "shed")]
 pub mod shed;
+#[cfg(feature = "throttle")]
+pub mod throttle;
 
 /// The error type of every layer's service.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -418,3 +418,113 @@ async fn limit_layer_refuses_over_limit_and_exports_limit() {
         layer.limiter().limit()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttle_layer_rejects_locally_when_backend_refuses() {
+    use colony_client::layer::throttle::ThrottleLayer;
+    use colony_client::policy::throttle::ThrottleConfig;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    // The backend accepts its first 50 requests, then refuses everything.
+    let backend = service_fn(move |_: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 50 {
+                Ok::<_, BoxError>(())
+            } else {
+                Err("overloaded".into())
+            }
+        }
+    });
+    let layer = ThrottleLayer::new(
+        ThrottleConfig::default(),
+        Observe::silent("t"),
+        Clock::tokio(),
+        9,
+    );
+    let service = layer.layer(backend);
+    let mut throttled = 0;
+    for _ in 0..2_000 {
+        let result = service.clone().oneshot(()).await;
+        if matches!(error_of(&result), Some(Error::Throttled)) {
+            throttled += 1;
+        }
+    }
+    let reached = calls.load(Ordering::SeqCst);
+    // With K = 2 the backend sees 2× what it accepted (100), then request R goes through
+    // with probability 101/(R + 1): about 100 + 101·ln(2000/100) ≈ 400 in all, a fifth of
+    // the 2,000 a naive client sends.
+    assert!((300..500).contains(&reached), "backend saw {reached}");
+    assert_eq!(throttled + reached, 2_000);
+}
+
+/// Retries and hedges drawing on one budget: against a backend that fails half the time and
+/// is slow 10% of the time, total attempts stay within the budget's 10% (plus its reserve).
+#[tokio::test(start_paused = true)]
+async fn retry_and_hedge_share_one_budget() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let backend = service_fn(move |_: WithDeadline<Request>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let ms = if n % 10 == 3 { 500 } else { 2 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if n.is_multiple_of(2) {
+                Ok::<_, BoxError>(())
+            } else {
+                Err("flaky".into())
+            }
+        }
+    });
+    let budget = Arc::new(RetryBudget::new(BudgetConfig {
+        ratio: 0.1,
+        retries_min_per_s: 0.0,
+        window_ns: 60_000_000_000,
+    }));
+    let hedge_config = HedgeConfig {
+        samples_min: 20,
+        deposits: false,
+        ..HedgeConfig::default()
+    };
+    let hedge = HedgeLayer::new(
+        hedge_config,
+        budget.clone(),
+        RetryIdempotentErrors,
+        Observe::silent("h"),
+        Clock::tokio(),
+    );
+    let retry = retry_layer_with_clock(budget, Clock::tokio());
+    let service = retry.layer(hedge.layer(backend));
+    let logical = 1_000u32;
+    for _ in 0..logical {
+        let _ = service.clone().oneshot(get()).await;
+    }
+    let attempts = calls.load(Ordering::SeqCst);
+    let amplification = f64::from(attempts) / f64::from(logical);
+    assert!(amplification <= 1.1 + 1e-9, "amplification {amplification}");
+    assert!(amplification > 1.05, "the budget was used: {amplification}");
+}
+
+fn retry_layer_with_clock(
+    budget: Arc<RetryBudget>,
+    clock: Clock,
+) -> RetryLayer<RetryIdempotentErrors> {
+    let backoff = Backoff {
+        base_ns: 1_000_000,
+        cap_ns: 10_000_000,
+        jitter: Jitter::Full,
+    };
+    let config = RetryConfig {
+        retries_max: 3,
+        backoff,
+        deposits: true,
+    };
+    RetryLayer::new(
+        config,
+        budget,
+        RetryIdempotentErrors,
+        Observe::silent("retry"),
+        clock,
+        7,
+    )
+}
