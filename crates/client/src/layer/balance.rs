@@ -32,19 +32,21 @@ struct Inner<K, S> {
     keys: Vec<K>,
     services: Vec<S>,
     index_of: HashMap<K, usize>,
-    /// `HashMap::get` captured where `K: Hash + Eq` is known, for use in `Drop`.
-    finder: fn(&HashMap<K, usize>, &K) -> Option<usize>,
+    /// A unique id per inserted endpoint, parallel to `keys`: a call in flight remembers
+    /// (index, id), so finishing it needs neither the key nor a hash lookup.
+    ids: Vec<u64>,
+    next_id: u64,
     rng: SplitMix64,
 }
 
-/// Looks a key up without the `Hash` bound on the caller (drop glue cannot add bounds).
-trait IndexOf<K> {
-    fn index_of_dyn(&self, key: &K) -> Option<usize>;
-}
-
-impl<K, S> IndexOf<K> for Inner<K, S> {
-    fn index_of_dyn(&self, key: &K) -> Option<usize> {
-        (self.finder)(&self.index_of, key)
+impl<K, S> Inner<K, S> {
+    /// The current index of the endpoint a call was sent to, if it is still there.
+    fn index_of_call(&self, index: usize, id: u64) -> Option<usize> {
+        if self.ids.get(index) == Some(&id) {
+            return Some(index);
+        }
+        // It moved (another endpoint was removed) or is gone: rare, so a scan is fine.
+        self.ids.iter().position(|other| *other == id)
     }
 }
 
@@ -103,7 +105,8 @@ impl<K: Hash + Eq + Clone, S: Clone> Balance<K, S> {
             keys: Vec::new(),
             services: Vec::new(),
             index_of: HashMap::new(),
-            finder: |map, key| map.get(key).copied(),
+            ids: Vec::new(),
+            next_id: 0,
             rng: SplitMix64::new(seed),
         };
         Self {
@@ -140,6 +143,8 @@ impl<K: Hash + Eq + Clone, S: Clone, C> Balance<K, S, C> {
                 assert_eq!(index, inner.keys.len());
                 inner.keys.push(key.clone());
                 inner.services.push(service);
+                inner.next_id += 1;
+                inner.ids.push(inner.next_id);
                 inner.index_of.insert(key, index);
             }
             Change::Remove(key) => {
@@ -148,6 +153,7 @@ impl<K: Hash + Eq + Clone, S: Clone, C> Balance<K, S, C> {
                 };
                 inner.balancer.remove(index);
                 inner.keys.swap_remove(index);
+                inner.ids.swap_remove(index);
                 inner.services.swap_remove(index);
                 if let Some(moved) = inner.keys.get(index) {
                     inner.index_of.insert(moved.clone(), index);
@@ -201,9 +207,9 @@ where
             inner
                 .balancer
                 .pick(now_ns, &mut inner.rng)
-                .map(|index| (inner.keys[index].clone(), inner.services[index].clone()))
+                .map(|index| ((index, inner.ids[index]), inner.services[index].clone()))
         };
-        let Some((key, service)) = picked else {
+        let Some((slot, service)) = picked else {
             self.shared
                 .observe
                 .reject(LayerKind::Balance, "no-endpoint");
@@ -212,7 +218,7 @@ where
                 service: None,
                 request: None,
                 guard: Pending {
-                    key: None,
+                    slot: None,
                     start_ns: now_ns,
                     shared: self.shared.clone(),
                 },
@@ -224,7 +230,7 @@ where
             service: Some(service),
             request: Some(request),
             guard: Pending {
-                key: Some(key),
+                slot: Some(slot),
                 start_ns: now_ns,
                 shared: self.shared.clone(),
             },
@@ -257,7 +263,8 @@ pin_project_lite::pin_project! {
 /// A picked call that has not reported back; if dropped unfinished (cancelled), it stops
 /// counting as pending.
 pub struct Pending<K, S> {
-    key: Option<K>,
+    /// (index, id) of the endpoint, until the call reports back.
+    slot: Option<(usize, u64)>,
     start_ns: u64,
     shared: Arc<Shared<K, S>>,
 }
@@ -268,9 +275,11 @@ impl<K, S> std::fmt::Debug for Pending<K, S> {
     }
 }
 
-impl<K: Hash + Eq, S> Pending<K, S> {
+impl<K, S> Pending<K, S> {
     fn finish<R, E, C: Classify<R, E>>(&mut self, classify: &C, result: &Result<R, E>) {
-        let Some(key) = self.key.take() else { return };
+        let Some((index, id)) = self.slot.take() else {
+            return;
+        };
         let shared = &self.shared;
         let now_ns = shared.clock.now_ns();
         let is_success = !classify.is_failure(result);
@@ -278,7 +287,7 @@ impl<K: Hash + Eq, S> Pending<K, S> {
         let ejection = {
             let mut inner = shared.lock();
             // The endpoint may have been removed (or replaced) while the call ran.
-            match inner.index_of.get(&key).copied() {
+            match inner.index_of_call(index, id) {
                 Some(index) if inner.balancer.pending(index) > 0 => inner
                     .balancer
                     .handle_result(now_ns, index, rtt_ns, is_success),
@@ -291,10 +300,11 @@ impl<K: Hash + Eq, S> Pending<K, S> {
 
 impl<K, S> Drop for Pending<K, S> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
+        let Some((index, id)) = self.slot.take() else {
+            return;
+        };
         let mut inner = self.shared.lock();
-        let index = inner.index_of_dyn(&key);
-        if let Some(index) = index
+        if let Some(index) = inner.index_of_call(index, id)
             && inner.balancer.pending(index) > 0
         {
             inner.balancer.handle_cancel(index);

@@ -169,8 +169,9 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
         clock.clone(),
         1,
     );
+    // String keys, as discovery gives them: a call must not clone its endpoint's key.
     for i in 0..10u32 {
-        balance.update(Change::Insert(i, None, Ready));
+        balance.update(Change::Insert(format!("10.0.0.{i}:8500"), None, Ready));
     }
     assert_eq!(allocations(balance.clone(), request.clone()), 0, "balance");
     let stack = ServiceBuilder::new()

@@ -101,3 +101,36 @@ async fn full_stack_survives_a_failing_endpoint() {
         "the broken endpoint was ejected after a few errors: {broken}"
     );
 }
+
+/// Endpoints removed while calls to them (and to the endpoint that takes their index) are in
+/// flight: every call still completes, and the balancer's pending counts stay consistent
+/// (its assertions would panic otherwise).
+#[tokio::test(start_paused = true)]
+async fn balance_survives_removal_during_calls() {
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("b"),
+        Clock::tokio(),
+        5,
+    );
+    for i in 0..3u32 {
+        let endpoint = service_fn(move |_: ()| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(i)
+        });
+        balance.update(Change::Insert(i, None, endpoint));
+    }
+    let calls: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(balance.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    balance.update(Change::Remove(0));
+    for call in calls {
+        assert!(call.await.expect("task").is_ok());
+    }
+    assert_eq!(balance.len(), 2);
+    for _ in 0..20 {
+        let answer = balance.clone().oneshot(()).await.expect("answers");
+        assert_ne!(answer, 0, "the removed endpoint gets no calls");
+    }
+}
