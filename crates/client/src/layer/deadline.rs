@@ -93,21 +93,31 @@ where
         let deadline = *request.deadline.get_or_insert(Deadline {
             at_ns: self.clock.now_ns().saturating_add(budget_ns),
         });
-        let sleep = tokio::time::sleep_until(self.clock.instant_at(deadline.at_ns));
         DeadlineFuture {
             future: self.inner.call(request),
-            sleep,
+            timer: Timer::Unarmed {
+                at: self.clock.instant_at(deadline.at_ns),
+            },
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The deadline's response future.
+    /// The deadline's response future. The timer is armed only if the call does not answer
+    /// at its first poll, so a quick call never touches tokio's timer wheel.
     pub struct DeadlineFuture<F> {
         #[pin]
         future: F,
         #[pin]
-        sleep: tokio::time::Sleep,
+        timer: Timer,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Unarmed { at: tokio::time::Instant },
+        Armed { #[pin] sleep: tokio::time::Sleep },
     }
 }
 
@@ -119,13 +129,20 @@ where
     type Output = Result<R, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.future.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::DeadlineExceeded.into())),
-            Poll::Pending => Poll::Pending,
+        if let TimerProj::Unarmed { at } = this.timer.as_mut().project() {
+            let sleep = tokio::time::sleep_until(*at);
+            this.timer.set(Timer::Armed { sleep });
+        }
+        match this.timer.project() {
+            TimerProj::Armed { sleep } => match sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Error::DeadlineExceeded.into())),
+                Poll::Pending => Poll::Pending,
+            },
+            TimerProj::Unarmed { .. } => unreachable!("armed just above"),
         }
     }
 }

@@ -528,3 +528,57 @@ fn retry_layer_with_clock(
         7,
     )
 }
+
+#[tokio::test(start_paused = true)]
+async fn deadline_layer_abandons_slow_calls_only() {
+    use colony_client::layer::deadline::DeadlineLayer;
+    let service = service_fn(|request: WithDeadline<u64>| async move {
+        tokio::time::sleep(Duration::from_millis(request.request)).await;
+        Ok::<_, BoxError>(request.request)
+    });
+    let layer = DeadlineLayer::new(Duration::from_secs(1), Clock::tokio());
+    let deadline = layer.layer(service);
+    let fast = deadline
+        .clone()
+        .oneshot(WithDeadline {
+            request: 999,
+            deadline: None,
+        })
+        .await;
+    assert_eq!(fast.expect("answers before the deadline"), 999);
+    let start = tokio::time::Instant::now();
+    let slow = deadline
+        .clone()
+        .oneshot(WithDeadline {
+            request: 5_000,
+            deadline: None,
+        })
+        .await;
+    assert_eq!(error_of(&slow), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "abandoned at the deadline"
+    );
+    // A deadline the caller set is kept, not replaced by the layer's budget.
+    let clock = Clock::tokio();
+    let at_ns = clock.now_ns() + 100_000_000;
+    let start = tokio::time::Instant::now();
+    let mut layer_with_clock = DeadlineLayer::new(Duration::from_secs(1), clock).layer(service_fn(
+        |request: WithDeadline<u64>| async move {
+            tokio::time::sleep(Duration::from_millis(request.request)).await;
+            Ok::<_, BoxError>(request.request)
+        },
+    ));
+    let own = layer_with_clock
+        .ready()
+        .await
+        .expect("ready")
+        .call(WithDeadline {
+            request: 5_000,
+            deadline: Some(Deadline { at_ns }),
+        })
+        .await;
+    assert_eq!(error_of(&own), Some(Error::DeadlineExceeded));
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
