@@ -242,6 +242,30 @@ fn stack(c: &mut Criterion) {
             )
         })
     });
+    let mut retry_only = RetryLayer::new(
+        RetryConfig {
+            retries_max: 3,
+            backoff,
+            deposits: true,
+        },
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("retry"),
+        clock.clone(),
+        1,
+    )
+    .layer(Ready);
+    group.bench_function("retry alone", |b| {
+        b.iter(|| {
+            call(
+                &mut retry_only,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
     let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock.clone()).layer(Ready);
     group.bench_function("deadline alone", |b| {
         b.iter(|| {
