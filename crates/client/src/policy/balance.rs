@@ -345,6 +345,33 @@ impl Balancer {
         })
     }
 
+    /// Checks the invariants that hold between calls.
+    ///
+    /// # Panics
+    /// Panics if one is broken.
+    pub fn check_invariants(&self, now_ns: u64) {
+        assert!(self.endpoints.len() <= ENDPOINTS_MAX);
+        for endpoint in &self.endpoints {
+            assert!(endpoint.rtt_ewma_ns.is_finite() && endpoint.rtt_ewma_ns >= 0.0);
+            assert!(endpoint.interval_successes <= endpoint.interval_calls);
+            if let Some(until) = endpoint.ejected_until_ns {
+                assert!(endpoint.ejections > 0, "an ejected endpoint was ejected");
+                assert!(
+                    until <= self.ejections_end_ns,
+                    "ejections_end_ns covers every ejection"
+                );
+            }
+        }
+        let ejected = (0..self.endpoints.len())
+            .filter(|i| self.is_ejected(*i, now_ns))
+            .count();
+        let allowed = (self.config.ejection_share_max * self.endpoints.len() as f64).floor();
+        assert!(
+            ejected as f64 <= allowed.max(0.0),
+            "ejections within their share"
+        );
+    }
+
     /// Runs the periodic success-rate detection over the interval since the last call, then
     /// starts a new interval. Returns the endpoints ejected.
     pub fn handle_interval(&mut self, now_ns: u64) -> Vec<Ejection> {
@@ -431,6 +458,7 @@ mod tests {
             let rtt = if index == 0 { 50 * MS } else { 5 * MS };
             inflight.push((now + rtt, index));
         }
+        balancer.check_invariants(2 * 1_000 * MS);
         let share = f64::from(picks[0]) / 20_000.0;
         assert!(share <= 0.05, "slow endpoint got {share}");
         assert!(picks[1..].iter().all(|p| *p > 1_000), "{picks:?}");

@@ -124,6 +124,15 @@ impl Bulkhead {
     pub fn queued(&self) -> u32 {
         self.queued.load(Ordering::Acquire)
     }
+
+    /// Checks the invariants that hold between operations.
+    ///
+    /// # Panics
+    /// Panics if one is broken.
+    pub fn check_invariants(&self) {
+        assert!(self.inflight() <= self.config.concurrency_max);
+        assert!(self.queued() <= self.config.queue_max);
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +154,7 @@ mod tests {
                     2 => { let ok = bulkhead.try_enqueue().is_ok(); prop_assert_eq!(ok, queued < 2); if ok { queued += 1; } }
                     _ => if queued > 0 { bulkhead.dequeue(); queued -= 1; },
                 }
+                bulkhead.check_invariants();
                 prop_assert_eq!(bulkhead.inflight(), inflight);
                 prop_assert_eq!(bulkhead.queued(), queued);
                 prop_assert!(inflight <= 3 && queued <= 2);
