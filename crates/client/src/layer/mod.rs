@@ -52,6 +52,9 @@ pub enum Error {
     /// Over the rate.
     #[error(transparent)]
     Rate(#[from] crate::policy::rate::RateLimited),
+    /// A keyed rate limit tracks too many active keys to admit a new one.
+    #[error("rate limiter has no room for a new key")]
+    RateKeysFull,
     /// Shed by priority.
     #[error("load shed at priority {0:?}")]
     Shed(crate::policy::shed::Priority),

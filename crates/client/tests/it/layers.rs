@@ -582,3 +582,48 @@ async fn deadline_layer_abandons_slow_calls_only() {
     assert_eq!(error_of(&own), Some(Error::DeadlineExceeded));
     assert_eq!(start.elapsed(), Duration::from_millis(100));
 }
+
+#[tokio::test(start_paused = true)]
+async fn keyed_rate_layer_limits_each_key_alone() {
+    use colony_client::layer::rate::KeyedRateLayer;
+    let echo = service_fn(|tenant: &'static str| async move { Ok::<_, BoxError>(tenant) });
+    let layer = KeyedRateLayer::new(
+        Quota::per_second(10, 1),
+        1_600,
+        |tenant: &&'static str| *tenant,
+        Observe::silent("keyed"),
+        Clock::tokio(),
+    );
+    let mut service = layer.layer(echo);
+    assert!(
+        service
+            .ready()
+            .await
+            .expect("ready")
+            .call("a")
+            .await
+            .is_ok()
+    );
+    let refused = service.ready().await.expect("ready").call("a").await;
+    assert!(matches!(error_of(&refused), Some(Error::Rate(_))));
+    // Another key has its own quota.
+    assert!(
+        service
+            .ready()
+            .await
+            .expect("ready")
+            .call("b")
+            .await
+            .is_ok()
+    );
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(
+        service
+            .ready()
+            .await
+            .expect("ready")
+            .call("a")
+            .await
+            .is_ok()
+    );
+}
