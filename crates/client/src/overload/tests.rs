@@ -136,3 +136,26 @@ fn overload_targets_hold_across_seeds() {
         }
     }
 }
+
+/// The report serialises with the field names the CLI prints.
+#[test]
+fn overload_report_serialises_with_documented_fields() {
+    let report = run(Scenario::RetryStorm, ClientKind::Naive, 1);
+    let json = serde_json::to_value(&report).expect("serialises");
+    for field in [
+        "scenario",
+        "clients",
+        "capacity_rps",
+        "goodput_ratio_during_overload",
+        "retry_amplification",
+        "p99_latency_ms",
+        "recovery_s",
+        "goodput_per_s",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(json["scenario"], "retry-storm");
+    assert_eq!(json["clients"], "naive");
+    assert!(json["recovery_s"].is_null(), "naive never recovers");
+    assert_eq!(json["goodput_per_s"].as_array().map(Vec::len), Some(60));
+}
