@@ -123,7 +123,7 @@ enum AttemptState {
     TimedOut,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Attempt {
     /// `None` for a health check.
     logical: Option<u64>,
@@ -438,9 +438,10 @@ impl World {
         }
     }
 
-    fn handle_done(&mut self, backend: usize, id: u64) {
-        self.backends[backend].busy -= 1;
-        self.start_work(backend);
+    /// Records the first of an attempt's two events (its answer or its timeout) as its
+    /// outcome; the second finds it settled and is ignored. Returns the attempt if this
+    /// event settled it.
+    fn settle(&mut self, id: u64, outcome: AttemptState) -> Option<Attempt> {
         let attempt = self
             .attempts
             .get_mut(&id)
@@ -448,44 +449,59 @@ impl World {
         attempt.events_left -= 1;
         let was_pending = attempt.state == AttemptState::Pending;
         if was_pending {
-            attempt.state = AttemptState::Answered;
+            attempt.state = outcome;
         }
-        let (logical, start_ns, inflight, permit) = (
-            attempt.logical,
-            attempt.start_ns,
-            attempt.inflight,
-            attempt.permit,
-        );
+        let settled = was_pending.then_some(*attempt);
         if attempt.events_left == 0 {
             self.attempts.remove(&id);
         }
-        if !was_pending {
-            // The client gave up: the work was wasted.
+        settled
+    }
+
+    /// Resilient clients: feed one attempt's outcome to the client's limiter, breaker and
+    /// balancer.
+    fn feed_cores(&mut self, attempt: &Attempt, logical: u64, is_success: bool) {
+        let ClientKind::Resilient = self.kind else {
             return;
+        };
+        let Some(client) = self.logicals.get(&logical).map(|l| l.client) else {
+            return;
+        };
+        let now = self.now_ns;
+        let rtt_ns = now - attempt.start_ns;
+        let cores = &mut self.resilient[client];
+        let is_dropped = !is_success;
+        cores.limiter.release(Sample {
+            now_ns: now,
+            rtt_ns,
+            inflight: attempt.inflight,
+            is_dropped,
+        });
+        if let Some(permit) = attempt.permit {
+            let outcome = if is_success {
+                CallOutcome::success(rtt_ns)
+            } else {
+                CallOutcome::failure(rtt_ns)
+            };
+            cores.breaker.on_result(now, permit, outcome);
         }
-        let Some(logical) = logical else {
+        cores
+            .balancer
+            .handle_result(now, attempt.backend, rtt_ns, is_success);
+    }
+
+    fn handle_done(&mut self, backend: usize, id: u64) {
+        self.backends[backend].busy -= 1;
+        self.start_work(backend);
+        // None: the client gave up already, and the work was wasted.
+        let Some(attempt) = self.settle(id, AttemptState::Answered) else {
+            return;
+        };
+        let Some(logical) = attempt.logical else {
             self.handle_check_result(backend, true);
             return;
         };
-        if let ClientKind::Resilient = self.kind
-            && let Some(client) = self.logicals.get(&logical).map(|l| l.client)
-        {
-            let now = self.now_ns;
-            let rtt_ns = now - start_ns;
-            let cores = &mut self.resilient[client];
-            cores.limiter.release(Sample {
-                now_ns: now,
-                rtt_ns,
-                inflight,
-                is_dropped: false,
-            });
-            if let Some(permit) = permit {
-                cores
-                    .breaker
-                    .on_result(now, permit, CallOutcome::success(rtt_ns));
-            }
-            cores.balancer.handle_result(now, backend, rtt_ns, true);
-        }
+        self.feed_cores(&attempt, logical, true);
         if let Some(key) = self.logicals.get(&logical).map(|l| l.key)
             && let Some(filled) = self.cache.get_mut(key as usize)
         {
@@ -495,32 +511,14 @@ impl World {
     }
 
     fn handle_timeout(&mut self, id: u64) {
-        let attempt = self
-            .attempts
-            .get_mut(&id)
-            .expect("attempt known until both events");
-        attempt.events_left -= 1;
-        let was_pending = attempt.state == AttemptState::Pending;
-        if was_pending {
-            attempt.state = AttemptState::TimedOut;
-        }
-        let (logical, backend, start_ns, inflight, permit) = (
-            attempt.logical,
-            attempt.backend,
-            attempt.start_ns,
-            attempt.inflight,
-            attempt.permit,
-        );
-        if attempt.events_left == 0 {
-            self.attempts.remove(&id);
-        }
-        if !was_pending {
-            return;
-        }
-        let Some(logical) = logical else {
-            self.handle_check_result(backend, false);
+        let Some(attempt) = self.settle(id, AttemptState::TimedOut) else {
             return;
         };
+        let Some(logical) = attempt.logical else {
+            self.handle_check_result(attempt.backend, false);
+            return;
+        };
+        self.feed_cores(&attempt, logical, false);
         match self.kind {
             ClientKind::Naive => {
                 let Some(state) = self.logicals.get_mut(&logical) else {
@@ -534,24 +532,6 @@ impl World {
                 }
             }
             ClientKind::Resilient => {
-                let Some(client) = self.logicals.get(&logical).map(|l| l.client) else {
-                    return;
-                };
-                let now = self.now_ns;
-                let rtt_ns = now - start_ns;
-                let cores = &mut self.resilient[client];
-                cores.limiter.release(Sample {
-                    now_ns: now,
-                    rtt_ns,
-                    inflight,
-                    is_dropped: true,
-                });
-                if let Some(permit) = permit {
-                    cores
-                        .breaker
-                        .on_result(now, permit, CallOutcome::failure(rtt_ns));
-                }
-                cores.balancer.handle_result(now, backend, rtt_ns, false);
                 self.refuse(logical);
             }
         }
@@ -560,16 +540,14 @@ impl World {
     /// Resilient clients, when a try is refused or fails: the fallback answers with the
     /// stale cached value if there is one (herd); otherwise retry or fail.
     fn refuse(&mut self, id: u64) {
-        let Some(logical) = self.logicals.get(&id) else {
+        if !self.logicals.contains_key(&id) {
             return;
-        };
-        if self.params.cache.is_some() {
-            let hit_ns = self.params.cache.map_or(0, |(_, _, hit)| hit);
+        }
+        if let Some((_, _, hit_ns)) = self.params.cache {
             self.metrics.fallback();
             self.succeed(id, self.now_ns + hit_ns);
             return;
         }
-        let _ = logical;
         self.retry_or_fail(id);
     }
 
