@@ -138,7 +138,9 @@ async fn watch_cases(endpoint: &str) {
     .await
     .expect("delete");
     // Expected: a sees put+delete of wa; b sees only the delete, with prev_kv; c sees wc.
-    let mut seen: Vec<(i64, i32, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    // (watch ID, event type, key, previous value)
+    type Seen = (i64, i32, Vec<u8>, Option<Vec<u8>>);
+    let mut seen: Vec<Seen> = Vec::new();
     while seen.len() < 4 {
         let response = stream.next().await;
         for event in response.events {

@@ -1,0 +1,339 @@
+//! Per-call overhead of the client's policies and layers, beside well-known anchors in the
+//! same run: governor (GCRA), tower's own concurrency limit and retry budget,
+//! tower-resilience's circuit breaker, and the hashring and jumphash crates.
+//!
+//! Layers are measured by calling them over an always-ready service whose future is
+//! `std::future::Ready`, polled once with a no-op waker: what remains is the layer's cost.
+//!
+//! Run: `cargo bench -p colony-client --bench client -- --warm-up-time 1 --measurement-time 2`
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use colony_client::hash::{
+    BoundedLoad, Distributor, Jump, MAGLEV_TABLE_SIZE, Maglev, Rendezvous, Ring, mix64,
+};
+use colony_client::layer::balance::{Balance, Change};
+use colony_client::layer::breaker::BreakerLayer;
+use colony_client::layer::deadline::{DeadlineLayer, WithDeadline};
+use colony_client::layer::limit::LimitLayer;
+use colony_client::layer::rate::RateLayer;
+use colony_client::layer::retry::{Idempotency, RetryConfig, RetryIdempotentErrors, RetryLayer};
+use colony_client::layer::{Clock, Observe};
+use colony_client::policy::backoff::{Backoff, Jitter};
+use colony_client::policy::balance::BalanceConfig;
+use colony_client::policy::breaker::{Breaker, BreakerConfig, CallOutcome};
+use colony_client::policy::budget::{BudgetConfig, RetryBudget};
+use colony_client::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig};
+use colony_client::policy::rate::{Gcra, Quota};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tower::{Layer, Service, ServiceBuilder};
+
+fn poll_once<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("benchmarked futures complete at once"),
+    }
+}
+
+/// Calls `service` once and polls the answer (the service must be always ready).
+fn call<S: Service<R>, R>(service: &mut S, request: R) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("benchmarked services are always ready"),
+    }
+    poll_once(service.call(request))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ready;
+
+impl<R> Service<R> for Ready {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u32, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: R) -> Self::Future {
+        std::future::ready(Ok(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Get;
+
+impl Idempotency for Get {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+}
+
+fn breaker_config() -> BreakerConfig {
+    BreakerConfig::default()
+}
+
+fn breakers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker");
+    let breaker = Breaker::new(breaker_config()).expect("valid");
+    group.bench_function("colony core (acquire + success)", |b| {
+        b.iter(|| {
+            let (permit, _) = breaker.try_acquire(black_box(0));
+            breaker.on_result(0, permit.expect("closed"), CallOutcome::success(0))
+        })
+    });
+    let mut layer = BreakerLayer::new(
+        Breaker::new(breaker_config()).expect("valid"),
+        Observe::silent("b"),
+    )
+    .layer(Ready);
+    group.bench_function("colony layer", |b| b.iter(|| call(&mut layer, ())));
+    let mut anchor = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(20)
+        .build()
+        .expect("valid")
+        .layer(Ready);
+    group.bench_function("tower-resilience layer", |b| {
+        b.iter(|| call(&mut anchor, ()))
+    });
+    group.bench_function("bare service (baseline)", |b| {
+        b.iter(|| call(&mut Ready, ()))
+    });
+    group.finish();
+}
+
+fn limiters(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate");
+    let gcra = Gcra::new(Quota::per_second(1_000_000_000, u32::MAX));
+    let mut now = 0u64;
+    group.bench_function("colony gcra core (time given)", |b| {
+        b.iter(|| {
+            now += 1;
+            gcra.check(black_box(now))
+        })
+    });
+    let clock = Clock::new();
+    let gcra_clocked = Gcra::new(Quota::per_second(1_000_000_000, u32::MAX));
+    group.bench_function("colony gcra core + clock read", |b| {
+        b.iter(|| gcra_clocked.check(clock.now_ns()))
+    });
+    let governor = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
+    group.bench_function("governor direct check", |b| b.iter(|| governor.check()));
+    let mut layer = RateLayer::new(
+        Quota::per_second(1_000_000_000, u32::MAX),
+        Observe::silent("r"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    group.bench_function("colony rate layer", |b| b.iter(|| call(&mut layer, ())));
+    group.finish();
+
+    let mut group = c.benchmark_group("concurrency");
+    let config = LimitConfig {
+        algorithm: LimitAlgorithm::aimd(),
+        limit_initial: 1_000,
+        limit_min: 1,
+        limit_max: 1_000,
+    };
+    let mut layer = LimitLayer::new(
+        ConcurrencyLimiter::new(config),
+        Observe::silent("l"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    group.bench_function("colony adaptive limit layer", |b| {
+        b.iter(|| call(&mut layer, ()))
+    });
+    let mut anchor = tower::limit::ConcurrencyLimitLayer::new(1_000).layer(Ready);
+    group.bench_function("tower concurrency limit layer", |b| {
+        b.iter(|| call(&mut anchor, ()))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("budget");
+    let budget = RetryBudget::new(BudgetConfig::default());
+    let mut now = 0u64;
+    group.bench_function("colony deposit + withdraw", |b| {
+        b.iter(|| {
+            now += 1_000;
+            budget.deposit(now);
+            budget.try_withdraw(now)
+        })
+    });
+    use tower::retry::budget::Budget;
+    let tps = tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 10, 0.1);
+    group.bench_function("tower TpsBudget deposit + withdraw", |b| {
+        b.iter(|| {
+            tps.deposit();
+            tps.withdraw()
+        })
+    });
+    group.finish();
+}
+
+fn stack(c: &mut Criterion) {
+    // The deadline layer arms a tokio timer per call, so this group runs inside a runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime builds");
+    let _entered = runtime.enter();
+    let clock = Clock::new();
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("bal"),
+        clock.clone(),
+        1,
+    );
+    for i in 0..10 {
+        balance.update(Change::Insert(i, None, Ready));
+    }
+    let backoff = Backoff {
+        base_ns: 1_000_000,
+        cap_ns: 100_000_000,
+        jitter: Jitter::Full,
+    };
+    let mut stack = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
+        .layer(RateLayer::new(
+            Quota::per_second(1_000_000_000, u32::MAX),
+            Observe::silent("r"),
+            clock.clone(),
+        ))
+        .layer(BreakerLayer::with_clock(
+            Breaker::new(breaker_config()).expect("valid"),
+            Observe::silent("b"),
+            clock.clone(),
+        ))
+        .layer(RetryLayer::new(
+            RetryConfig {
+                retries_max: 3,
+                backoff,
+                deposits: true,
+            },
+            Arc::new(RetryBudget::new(BudgetConfig::default())),
+            RetryIdempotentErrors,
+            Observe::silent("retry"),
+            clock.clone(),
+            1,
+        ))
+        .service(balance.clone());
+    let mut group = c.benchmark_group("stack");
+    group.bench_function("deadline+rate+breaker+retry+balance", |b| {
+        b.iter(|| {
+            call(
+                &mut stack,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    let mut retry_only = RetryLayer::new(
+        RetryConfig {
+            retries_max: 3,
+            backoff,
+            deposits: true,
+        },
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("retry"),
+        clock.clone(),
+        1,
+    )
+    .layer(Ready);
+    group.bench_function("retry alone", |b| {
+        b.iter(|| {
+            call(
+                &mut retry_only,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock.clone()).layer(Ready);
+    group.bench_function("deadline alone", |b| {
+        b.iter(|| {
+            call(
+                &mut deadline_only,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    let mut balance_only = balance;
+    group.bench_function("balance (p2c peak-ewma) alone", |b| {
+        b.iter(|| {
+            call(
+                &mut balance_only,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    group.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hash lookup (100 nodes)");
+    let mut ring = Ring::new(160);
+    let mut rendezvous = Rendezvous::new();
+    let mut jump = Jump::new();
+    let mut maglev = Maglev::new(MAGLEV_TABLE_SIZE);
+    let mut bounded = BoundedLoad::new(160, 1.25);
+    let mut anchor_ring = hashring::HashRing::new();
+    for node in 0..100u64 {
+        ring.add(mix64(node));
+        rendezvous.add(mix64(node));
+        jump.add(mix64(node));
+        maglev.add(mix64(node));
+        bounded.add(mix64(node));
+        for replica in 0..160u32 {
+            anchor_ring.add((node, replica));
+        }
+    }
+    let mut key = 0u64;
+    let mut next = move || {
+        key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        key
+    };
+    group.bench_function("colony ring (160 vnodes)", |b| b.iter(|| ring.get(next())));
+    group.bench_function("hashring crate (160 vnodes)", |b| {
+        b.iter(|| anchor_ring.get(&next()).copied())
+    });
+    group.bench_function("colony jump", |b| b.iter(|| jump.get(next())));
+    let jumphash = jumphash::JumpHasher::new();
+    group.bench_function("jumphash crate", |b| b.iter(|| jumphash.slot(&next(), 100)));
+    group.bench_function("colony maglev", |b| b.iter(|| maglev.get(next())));
+    group.bench_function("colony rendezvous", |b| b.iter(|| rendezvous.get(next())));
+    group.bench_function("colony bounded-load (assign)", |b| {
+        b.iter(|| {
+            let node = bounded.assign(next());
+            bounded.release(node.expect("nodes exist"));
+            node
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, breakers, limiters, stack, hashing);
+criterion_main!(benches);

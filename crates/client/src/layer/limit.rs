@@ -1,0 +1,174 @@
+//! The adaptive concurrency limit as a tower layer over
+//! [`crate::policy::limit::ConcurrencyLimiter`]. Calls over the limit fail at once with
+//! [`Error::Limit`] (shed, not queued: queueing is what the limit exists to avoid). Every
+//! completed call is a sample; results the classifier calls failures count as drops.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+
+use super::{BoxError, Classify, Clock, ErrIsFailure, Error, Observe};
+use crate::event::{Event, LayerKind};
+use crate::policy::limit::{ConcurrencyLimiter, Sample};
+
+#[derive(Debug)]
+struct Shared {
+    limiter: ConcurrencyLimiter,
+    observe: Observe,
+    clock: Clock,
+}
+
+/// Limits concurrency adaptively.
+#[derive(Debug, Clone)]
+pub struct LimitLayer<K = ErrIsFailure> {
+    shared: Arc<Shared>,
+    classify: K,
+}
+
+impl LimitLayer {
+    /// A layer over `limiter`; `Err` results count as drops.
+    pub fn new(limiter: ConcurrencyLimiter, observe: Observe, clock: Clock) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                limiter,
+                observe,
+                clock,
+            }),
+            classify: ErrIsFailure,
+        }
+    }
+}
+
+impl<K> LimitLayer<K> {
+    /// Uses `classify` to decide which results are drops.
+    pub fn classify<K2>(self, classify: K2) -> LimitLayer<K2> {
+        LimitLayer {
+            shared: self.shared,
+            classify,
+        }
+    }
+
+    /// The shared limiter (its `limit()` is the exported metric).
+    pub fn limiter(&self) -> &ConcurrencyLimiter {
+        &self.shared.limiter
+    }
+}
+
+impl<S, K: Clone> Layer<S> for LimitLayer<K> {
+    type Service = LimitService<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitService {
+            inner,
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// The limit's service; see [`LimitLayer`].
+#[derive(Debug, Clone)]
+pub struct LimitService<S, K = ErrIsFailure> {
+    inner: S,
+    shared: Arc<Shared>,
+    classify: K,
+}
+
+impl<S, K, Req> Service<Req> for LimitService<S, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = LimitFuture<S::Future, K>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self.shared.limiter.try_acquire() {
+            Ok(inflight) => LimitFuture {
+                inner: LimitState::Called {
+                    future: self.inner.call(request),
+                    inflight,
+                    start_ns: self.shared.clock.now_ns(),
+                    shared: self.shared.clone(),
+                    classify: self.classify.clone(),
+                },
+            },
+            Err(reached) => {
+                self.shared.observe.reject(LayerKind::Limit, "limit");
+                LimitFuture {
+                    inner: LimitState::Rejected {
+                        error: Some(Error::Limit(reached)),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The layer's response future.
+    pub struct LimitFuture<F, K> {
+        #[pin]
+        inner: LimitState<F, K>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The limit's response future.
+    #[project = LimitProj]
+    enum LimitState<F, K> {
+        /// Admitted.
+        Called { #[pin] future: F, inflight: u32, start_ns: u64, shared: Arc<Shared>, classify: K },
+        /// Refused.
+        Rejected { error: Option<Error> },
+    }
+}
+
+impl<F, K, R, E> Future for LimitFuture<F, K>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<BoxError>,
+    K: Classify<R, E>,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            LimitProj::Rejected { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion").into()))
+            }
+            LimitProj::Called {
+                future,
+                inflight,
+                start_ns,
+                shared,
+                classify,
+            } => {
+                let result = std::task::ready!(future.poll(cx));
+                let now_ns = shared.clock.now_ns();
+                let sample = Sample {
+                    now_ns,
+                    rtt_ns: now_ns.saturating_sub(*start_ns),
+                    inflight: *inflight,
+                    is_dropped: classify.is_failure(&result),
+                };
+                if let Some(limit) = shared.limiter.release(sample) {
+                    shared.observe.sink.emit(&Event::LimitChanged {
+                        name: &shared.observe.name,
+                        limit,
+                    });
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use colony_client::layer::balance::{Balance, Change};
+use colony_client::layer::breaker::BreakerLayer;
+use colony_client::layer::deadline::{DeadlineLayer, WithDeadline};
+use colony_client::layer::rate::RateLayer;
+use colony_client::layer::retry::{Idempotency, RetryConfig, RetryIdempotentErrors, RetryLayer};
+use colony_client::layer::{BoxError, Clock, Observe};
+use colony_client::policy::backoff::{Backoff, Jitter};
+use colony_client::policy::balance::BalanceConfig;
+use colony_client::policy::breaker::{Breaker, BreakerConfig};
+use colony_client::policy::budget::{BudgetConfig, RetryBudget};
+use colony_client::policy::rate::Quota;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+#[derive(Debug, Clone)]
+struct Get;
+
+impl Idempotency for Get {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// deadline + rate + breaker + retry + balancer, over two endpoints of which one always fails:
+/// the balancer ejects it, retries cover the failures before that, and every call succeeds.
+#[tokio::test(start_paused = true)]
+async fn full_stack_survives_a_failing_endpoint() {
+    let clock = Clock::tokio();
+    let hits = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
+    let balance = Balance::new(
+        BalanceConfig {
+            consecutive_errors_eject: 3,
+            ..BalanceConfig::default()
+        },
+        Observe::silent("balance"),
+        clock.clone(),
+        1,
+    );
+    for (i, counter) in hits.iter().enumerate() {
+        let counter = counter.clone();
+        let endpoint = service_fn(move |_: WithDeadline<Get>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if i == 0 {
+                    Err::<u32, BoxError>("broken".into())
+                } else {
+                    Ok(1)
+                }
+            }
+        });
+        balance.update(Change::Insert(format!("10.0.0.{i}:8500"), None, endpoint));
+    }
+    let budget = Arc::new(RetryBudget::new(BudgetConfig::default()));
+    let backoff = Backoff {
+        base_ns: 1_000_000,
+        cap_ns: 10_000_000,
+        jitter: Jitter::Equal,
+    };
+    let stack = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
+        .layer(RateLayer::new(
+            Quota::per_second(10_000, 100),
+            Observe::silent("rate"),
+            clock.clone(),
+        ))
+        .layer(BreakerLayer::with_clock(
+            Breaker::new(BreakerConfig::default()).expect("valid"),
+            Observe::silent("breaker"),
+            clock.clone(),
+        ))
+        .layer(RetryLayer::new(
+            RetryConfig {
+                retries_max: 3,
+                backoff,
+                deposits: true,
+            },
+            budget,
+            RetryIdempotentErrors,
+            Observe::silent("retry"),
+            clock.clone(),
+            3,
+        ))
+        .service(balance);
+    for _ in 0..200 {
+        let answer = stack
+            .clone()
+            .oneshot(WithDeadline {
+                request: Get,
+                deadline: None,
+            })
+            .await;
+        assert_eq!(answer.expect("every call succeeds"), 1);
+    }
+    let broken = hits[0].load(Ordering::SeqCst);
+    assert!(
+        broken <= 10,
+        "the broken endpoint was ejected after a few errors: {broken}"
+    );
+}
+
+/// Endpoints removed while calls to them (and to the endpoint that takes their index) are in
+/// flight: every call still completes, and the balancer's pending counts stay consistent
+/// (its assertions would panic otherwise).
+#[tokio::test(start_paused = true)]
+async fn balance_survives_removal_during_calls() {
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("b"),
+        Clock::tokio(),
+        5,
+    );
+    for i in 0..3u32 {
+        let endpoint = service_fn(move |_: ()| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(i)
+        });
+        balance.update(Change::Insert(i, None, endpoint));
+    }
+    let calls: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(balance.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    balance.update(Change::Remove(0));
+    for call in calls {
+        assert!(call.await.expect("task").is_ok());
+    }
+    assert_eq!(balance.len(), 2);
+    for _ in 0..20 {
+        let answer = balance.clone().oneshot(()).await.expect("answers");
+        assert_ne!(answer, 0, "the removed endpoint gets no calls");
+    }
+}
