@@ -11,6 +11,51 @@ pub enum SimCommand {
     /// Membership (SWIM + Lifeguard): join convergence, dissemination rounds, failure
     /// detection time, false positives and traffic, on virtual time.
     Membership(MembershipArgs),
+    /// Overload cascades (retry storm, health-check cascade, thundering herd) with naive
+    /// clients and with colony-client's policies: goodput, retry amplification, p99 latency
+    /// and recovery time, on virtual time.
+    Overload(OverloadArgs),
+}
+
+/// Which overload scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverloadScenario {
+    /// Retries on a throttled dependency (2× overload for 30 s).
+    RetryStorm,
+    /// Load spike → slow backends → failed health checks → removal → collapse.
+    HealthCascade,
+    /// Every cache key expires at once; the database gets 20× its capacity.
+    ThunderingHerd,
+    /// All three.
+    All,
+}
+
+/// Which clients to run the scenario with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverloadClients {
+    /// Timeouts and immediate retries (3), round robin over passing backends.
+    Naive,
+    /// colony-client's policies (adaptive limit, retry budget, breaker, P2C, ejection caps).
+    Resilient,
+    /// Both, one after the other.
+    Both,
+}
+
+/// Options of `colony sim overload`.
+#[derive(Debug, Args)]
+pub struct OverloadArgs {
+    /// The cascade to reproduce (parameters are fixed; see `docs` of colony_client::overload).
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: OverloadScenario,
+    /// Naive clients, resilient ones, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    clients: OverloadClients,
+    /// Seed of every random choice (same seed, same run).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Draw goodput over time (÷ capacity) for every run into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Lifeguard switch.
@@ -82,7 +127,72 @@ pub struct MembershipArgs {
 pub fn run(command: SimCommand, json: bool) -> anyhow::Result<()> {
     match command {
         SimCommand::Membership(args) => membership(args, json),
+        SimCommand::Overload(args) => overload(&args, json),
     }
+}
+
+fn overload(args: &OverloadArgs, json: bool) -> anyhow::Result<()> {
+    use colony_client::overload::{ClientKind, Scenario, run};
+    let scenarios: Vec<Scenario> = match args.scenario {
+        OverloadScenario::RetryStorm => vec![Scenario::RetryStorm],
+        OverloadScenario::HealthCascade => vec![Scenario::HealthCascade],
+        OverloadScenario::ThunderingHerd => vec![Scenario::ThunderingHerd],
+        OverloadScenario::All => Scenario::ALL.to_vec(),
+    };
+    let kinds: Vec<ClientKind> = match args.clients {
+        OverloadClients::Naive => vec![ClientKind::Naive],
+        OverloadClients::Resilient => vec![ClientKind::Resilient],
+        OverloadClients::Both => vec![ClientKind::Naive, ClientKind::Resilient],
+    };
+    let mut reports = Vec::new();
+    for scenario in &scenarios {
+        for kind in &kinds {
+            eprintln!(
+                "running {} with {} clients ...",
+                scenario.as_str(),
+                kind.as_str()
+            );
+            reports.push(run(*scenario, *kind, args.seed));
+        }
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, crate::plot::overload_svg(&reports))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    if json {
+        let value = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])?
+        } else {
+            serde_json::to_value(&reports)?
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<10} {:>9} {:>16} {:>14} {:>9} {:>10}",
+        "scenario",
+        "clients",
+        "capacity",
+        "goodput/capacity",
+        "amplification",
+        "p99 ms",
+        "recovery s"
+    );
+    for r in &reports {
+        println!(
+            "{:<16} {:<10} {:>9.0} {:>16.3} {:>14.2} {:>9.1} {:>10}",
+            r.scenario.as_str(),
+            r.clients.as_str(),
+            r.capacity_rps,
+            r.goodput_ratio_during_overload,
+            r.retry_amplification,
+            r.p99_latency_ms,
+            r.recovery_s
+                .map_or("never".to_string(), |s| format!("{s:.1}"))
+        );
+    }
+    Ok(())
 }
 
 fn time(s: &str, what: &str) -> anyhow::Result<u64> {

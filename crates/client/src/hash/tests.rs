@@ -45,7 +45,7 @@ fn hash_jump_matches_published_properties() {
 }
 
 /// Balance and disruption at 100 nodes and 1e6 keys (the targets); prints the table
-/// that BENCHMARKS-client.md quotes.
+/// that BENCHMARKS.md quotes.
 #[test]
 fn hash_balance_and_disruption_at_100_nodes() {
     let joiner = mix64(NODES + 1);

@@ -412,7 +412,7 @@ mod tests {
     fn limit_gradient2_shrinks_when_latency_inflates() {
         // Gradient2 judges the present against its own long-term average, so a sustained
         // slow rise becomes the new normal (in a closed loop where RTT grows with the limit
-        // it climbs to limit_max; BENCHMARKS-client.md reports this). What it must do is cut
+        // it climbs to limit_max; BENCHMARKS.md reports this). What it must do is cut
         // the limit when latency jumps above the long-term average.
         let mut limit = AdaptiveLimit::new(LimitConfig::new(LimitAlgorithm::gradient2()));
         let sample = |rtt_ns, inflight| Sample {

@@ -21,6 +21,11 @@ fn cli_every_command_has_help() {
         &["watch"],
         &["watch", "key"],
         &["bench"],
+        &["sim"],
+        &["sim", "membership"],
+        &["sim", "overload"],
+        &["keygen"],
+        &["keyring"],
     ];
     for command in commands {
         let output = Command::new(colony_bin())
@@ -199,4 +204,51 @@ fn cli_watch_key_prints_each_change() {
     assert_eq!(next("the second change")["value"][0]["Value"], "b2Zm");
     let _ = watcher.kill();
     let _ = watcher.wait();
+}
+
+#[test]
+fn cli_sim_overload_shows_collapse_and_survival_as_json() {
+    let output = Command::new(colony_bin())
+        .args(["sim", "overload", "--scenario", "retry-storm", "--json"])
+        .output()
+        .expect("run colony sim overload");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let reports = reports.as_array().expect("one report per kind of client");
+    assert_eq!(reports.len(), 2);
+    for report in reports {
+        for field in [
+            "scenario",
+            "clients",
+            "capacity_rps",
+            "goodput_ratio_during_overload",
+            "retry_amplification",
+            "p99_latency_ms",
+            "recovery_s",
+        ] {
+            assert!(report.get(field).is_some(), "{field} missing in {report}");
+        }
+        assert_eq!(report["scenario"], "retry-storm");
+    }
+    let goodput = |kind: &str| {
+        reports
+            .iter()
+            .find(|r| r["clients"] == kind)
+            .and_then(|r| r["goodput_ratio_during_overload"].as_f64())
+            .expect("goodput")
+    };
+    assert!(
+        goodput("naive") < 0.2,
+        "naive clients collapse: {}",
+        goodput("naive")
+    );
+    assert!(
+        goodput("resilient") >= 0.9,
+        "resilient clients hold: {}",
+        goodput("resilient")
+    );
 }
