@@ -390,7 +390,27 @@ async fn closed_loop(
             (latencies_us, errors)
         }));
     }
-    // CPU is sampled over the measured window only.
+    let mut figures = measure_window(pid, tasks, measure_from, stop_at, duration).await?;
+    if kind == "put" {
+        let batches =
+            metric(client, "colony_store_commit_batch_entries_count").await - batches_before;
+        let entries =
+            metric(client, "colony_store_commit_batch_entries_sum").await - entries_before;
+        figures.insert("entries_per_fsync".into(), entries / batches.max(1.0));
+    }
+    Ok(figures)
+}
+
+/// Awaits a closed-loop window: samples the server's (`pid`) and this process's CPU over the
+/// measured part only, gathers each worker's (latencies in µs, errors), and computes
+/// throughput, latency percentiles and CPU per operation.
+pub(crate) async fn measure_window(
+    pid: Option<String>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<f64>, u64)>>,
+    measure_from: Instant,
+    stop_at: Instant,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
     tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
     let cpu_start = pid.as_deref().map(cpu_seconds);
     let client_cpu_start = cpu_seconds("self");
@@ -418,13 +438,6 @@ async fn closed_loop(
     if let (Some(a), Some(b)) = (cpu_start, cpu_end) {
         figures.insert("server_cpu_us_per_op".into(), (b - a) * 1e6 / ops.max(1.0));
         figures.insert("server_cpu_cores".into(), (b - a) / duration.as_secs_f64());
-    }
-    if kind == "put" {
-        let batches =
-            metric(client, "colony_store_commit_batch_entries_count").await - batches_before;
-        let entries =
-            metric(client, "colony_store_commit_batch_entries_sum").await - entries_before;
-        figures.insert("entries_per_fsync".into(), entries / batches.max(1.0));
     }
     Ok(figures)
 }

@@ -4,7 +4,7 @@
 //! alternating systems run by run so machine noise spreads evenly. Reports medians and the
 //! ratio colony ÷ etcd for each figure.
 
-use crate::bench::{BenchArgs, Figures, cpu_seconds, median, percentile, round};
+use crate::bench::{BenchArgs, Figures, median, percentile, round};
 use anyhow::{Context, bail};
 use colony_etcdpb::etcdserverpb::{
     LeaseGrantRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
@@ -258,36 +258,31 @@ async fn closed_loop(
             (latencies_us, errors)
         }));
     }
-    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let pid = system.pid.to_string();
-    let cpu_start = cpu_seconds(&pid);
-    let client_cpu_start = cpu_seconds("self");
-    tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)).await;
-    let cpu_end = cpu_seconds(&pid);
-    let client_cpu_end = cpu_seconds("self");
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (mut lat, err) = task.await.context("load task")?;
-        latencies.append(&mut lat);
-        errors += err;
+    let pid = Some(system.pid.to_string());
+    crate::bench::measure_window(pid, tasks, measure_from, stop_at, duration).await
+}
+
+/// Opens a watch stream with `creates` queued before the stream is awaited (etcd sends the
+/// response headers only with its first message). Keep the sender to keep the stream open.
+async fn open_watch(
+    channel: Channel,
+    creates: Vec<WatchCreateRequest>,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<WatchRequest>,
+    tonic::Streaming<colony_etcdpb::etcdserverpb::WatchResponse>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(creates.len() + 1);
+    for create in creates {
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        })
+        .await?;
     }
-    latencies.sort_by(f64::total_cmp);
-    let ops = latencies.len() as f64;
-    let mut figures = Figures::new();
-    figures.insert("ops_per_s".into(), ops / duration.as_secs_f64());
-    figures.insert("p50_ms".into(), percentile(&latencies, 0.50) / 1000.0);
-    figures.insert("p99_ms".into(), percentile(&latencies, 0.99) / 1000.0);
-    figures.insert("errors".into(), errors as f64);
-    figures.insert(
-        "server_cpu_us_per_op".into(),
-        (cpu_end - cpu_start) * 1e6 / ops.max(1.0),
-    );
-    figures.insert(
-        "client_cpu_us_per_op".into(),
-        (client_cpu_end - client_cpu_start) * 1e6 / ops.max(1.0),
-    );
-    Ok(figures)
+    let inbound = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
 }
 
 /// `watchers` watchers of one key, 100 per stream; a writer puts `events` values 10 ms apart;
@@ -305,21 +300,11 @@ async fn watch_latency(system: &System, watchers: usize, events: usize) -> anyho
     for stream in 0..streams {
         let count = PER_STREAM.min(watchers - stream * PER_STREAM);
         let channel = connect(&system.endpoint).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(count + 1);
-        for _ in 0..count {
-            let create = WatchCreateRequest {
-                key: key.clone().into_bytes(),
-                ..WatchCreateRequest::default()
-            };
-            tx.send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            })
-            .await?;
-        }
-        let mut inbound = WatchClient::new(channel)
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let create = WatchCreateRequest {
+            key: key.clone().into_bytes(),
+            ..WatchCreateRequest::default()
+        };
+        let (tx, mut inbound) = open_watch(channel, vec![create; count]).await?;
         let (created_tx, created_rx) = tokio::sync::oneshot::channel();
         ready.push(created_rx);
         let sent_ns = sent_ns.clone();
@@ -410,21 +395,13 @@ async fn lease_lateness(system: &System, leases: usize, ttl_s: i64) -> anyhow::R
         .into_inner()
         .header
         .map_or(0, |h| h.revision);
-    let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
     let create = WatchCreateRequest {
         key: prefix.clone().into_bytes(),
         range_end: colony_store::prefix_end(prefix.as_bytes()),
         start_revision: now + 1,
         ..WatchCreateRequest::default()
     };
-    tx.send(WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-    })
-    .await?;
-    let mut inbound = WatchClient::new(channel)
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (tx, mut inbound) = open_watch(channel, vec![create]).await?;
     let mut due: BTreeMap<Vec<u8>, Instant> = BTreeMap::new();
     for i in 0..leases {
         let sent = Instant::now();

@@ -183,6 +183,15 @@ pub struct KvTxn {
 }
 
 impl KvTxn {
+    /// The operations that run when the compares do (`true`) or do not hold.
+    pub fn branch(&self, succeeded: bool) -> &[KvOp] {
+        if succeeded {
+            &self.success
+        } else {
+            &self.failure
+        }
+    }
+
     /// A transaction of one unconditional operation.
     pub fn single(op: KvOp) -> Self {
         KvTxn {
@@ -341,11 +350,7 @@ impl StateMachine {
     /// Panics if the transaction writes.
     pub fn kv_txn_read(&self, txn: &KvTxn) -> Result<KvTxnResult, RangeError> {
         let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = txn.branch(succeeded);
         let mut results = Vec::with_capacity(branch.len());
         for op in branch {
             results.push(match op {
@@ -380,11 +385,7 @@ impl StateMachine {
     fn choose_into(&self, txn: &KvTxn, path: &mut Vec<bool>) {
         let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
         path.push(succeeded);
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = txn.branch(succeeded);
         for op in branch {
             if let KvOp::Txn(nested) = op {
                 self.choose_into(nested, path);
@@ -406,11 +407,7 @@ impl StateMachine {
     fn check_ops(&self, txn: &KvTxn, path: &[bool], at: &mut usize) -> Result<(), Rejection> {
         let succeeded = path[*at];
         *at += 1;
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = txn.branch(succeeded);
         for op in branch {
             match op {
                 KvOp::Range(query) => {
@@ -455,11 +452,7 @@ impl StateMachine {
     ) -> KvTxnResult {
         let succeeded = path[*at];
         *at += 1;
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = txn.branch(succeeded);
         let mut results = Vec::with_capacity(branch.len());
         for op in branch {
             let result = match op {

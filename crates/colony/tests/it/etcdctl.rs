@@ -30,11 +30,18 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
     etcdctl_stdin(endpoint, args, "")
 }
 
-fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(require("etcdctl", "etcd-client"))
+/// An etcdctl (v3 API) command aimed at `endpoint`.
+fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(require("etcdctl", "etcd-client"));
+    command
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
-        .args(args)
+        .args(args);
+    command
+}
+
+fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = etcdctl_command(endpoint, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -87,10 +94,7 @@ struct Streaming {
 
 impl Streaming {
     fn start(endpoint: &str, args: &[&str]) -> Streaming {
-        let mut child = Command::new(require("etcdctl", "etcd-client"))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
+        let mut child = etcdctl_command(endpoint, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
