@@ -140,6 +140,56 @@ async fn bad_input_cases(endpoint: &str, colony: bool) {
         .expect("status after bad input");
 }
 
+/// The `x-colony-evidence` metadata of a range: its freshness class.
+async fn range_freshness(kv: &mut KVClient<Channel>, request: RangeRequest) -> String {
+    let response = kv.range(request).await.expect("range");
+    let evidence = response
+        .metadata()
+        .get("x-colony-evidence")
+        .expect("every colony answer carries evidence")
+        .to_str()
+        .expect("ASCII")
+        .to_string();
+    evidence
+        .split(", ")
+        .find_map(|field| field.strip_prefix("freshness="))
+        .expect("a freshness field")
+        .trim_matches('"')
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_reads_carry_evidence_of_their_freshness() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let grpc = free_addr().to_string();
+    let _agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
+    let mut kv = KVClient::new(connect(&grpc).await);
+    let first = kv
+        .put(put(b"e", b"1".to_vec(), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    kv.put(put(b"e", b"2".to_vec(), 0)).await.expect("put");
+    let read = |revision: i64, serializable: bool| RangeRequest {
+        key: b"e".to_vec(),
+        revision,
+        serializable,
+        ..RangeRequest::default()
+    };
+    assert_eq!(range_freshness(&mut kv, read(0, false)).await, "fresh");
+    assert_eq!(
+        range_freshness(&mut kv, read(0, true)).await,
+        "bounded-stale"
+    );
+    assert_eq!(
+        range_freshness(&mut kv, read(first, false)).await,
+        "historical"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_bad_input_gets_etcds_errors_from_colony() {
     let temp = tempfile::tempdir().expect("tempdir");
