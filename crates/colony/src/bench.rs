@@ -21,7 +21,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "consul-http", value_parser = ["consul-http", "etcd-grpc"])]
     pub(crate) target: String,
     /// Workloads to run, comma-separated (or all). consul-http: put, get, health, wake,
-    /// parked, fsync. etcd-grpc: put, get (linearizable), getser (serializable), watch, lease.
+    /// parked, fsync. etcd-grpc: put, get (linearizable), getser (serializable), keepalive,
+    /// watch, lease.
     #[arg(long, default_value = "all")]
     pub(crate) workloads: String,
     /// Concurrent clients for put (comma-separated list).

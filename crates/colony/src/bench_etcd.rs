@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// The workloads of the etcd dialect.
-pub const WORKLOADS: [&str; 5] = ["put", "get", "getser", "watch", "lease"];
+pub const WORKLOADS: [&str; 6] = ["put", "get", "getser", "keepalive", "watch", "lease"];
 
 /// A system under test: a process serving the etcd API on `endpoint`.
 struct System {
@@ -167,7 +167,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
             for workload in &workloads {
                 let configs: Vec<usize> = match workload.as_str() {
                     "put" => put_clients.clone(),
-                    "get" | "getser" => vec![args.read_clients],
+                    "get" | "getser" | "keepalive" => vec![args.read_clients],
                     _ => vec![0],
                 };
                 for clients in configs {
@@ -180,6 +180,9 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
                     let figures = match workload.as_str() {
                         "watch" => watch_latency(system, args.watchers, args.watch_events).await?,
                         "lease" => lease_lateness(system, args.leases, args.lease_ttl_s).await?,
+                        "keepalive" => {
+                            keepalive_loop(system, clients, args.conns, warmup, duration).await?
+                        }
                         kind => closed_loop(system, kind, clients, args, warmup, duration).await?,
                     };
                     eprintln!("           {}", crate::bench::summary_line(&figures));
@@ -253,6 +256,62 @@ async fn closed_loop(
                     errors += 1;
                 } else if sent >= measure_from {
                     latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    let pid = Some(system.pid.to_string());
+    crate::bench::measure_window(pid, tasks, measure_from, stop_at, duration).await
+}
+
+/// Closed-loop lease keep-alives: each client holds one lease and renews it over its own
+/// keep-alive stream, one request in flight at a time.
+async fn keepalive_loop(
+    system: &System,
+    clients: usize,
+    conns: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    use colony_etcdpb::etcdserverpb::LeaseKeepAliveRequest;
+    let mut channels = Vec::new();
+    for _ in 0..conns.max(1) {
+        channels.push(connect(&system.endpoint).await?);
+    }
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let mut lease = LeaseClient::new(channels[worker % channels.len()].clone());
+        let id = lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+            .await?
+            .into_inner()
+            .id;
+        let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
+        tx.send(LeaseKeepAliveRequest { id }).await?;
+        let mut responses = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::with_capacity(16 * 1024);
+            let mut errors = 0u64;
+            let mut sent = Instant::now();
+            loop {
+                match responses.message().await {
+                    Ok(Some(response)) if response.ttl > 0 => {
+                        if sent >= measure_from {
+                            latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                        }
+                    }
+                    _ => errors += 1,
+                }
+                sent = Instant::now();
+                if sent >= stop_at || tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    break;
                 }
             }
             (latencies_us, errors)
