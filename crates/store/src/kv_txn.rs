@@ -411,7 +411,9 @@ impl StateMachine {
         for op in branch {
             match op {
                 KvOp::Range(query) => {
-                    let current = self.applied_index() + 1;
+                    // As etcd checks against the read view before the transaction: the
+                    // revision this transaction creates is still in the future.
+                    let current = self.applied_index();
                     if query.revision > current {
                         return Err(invalid(reject::FUTURE_REV));
                     }

@@ -331,6 +331,31 @@ fn txn_compares_pick_a_branch_and_apply_at_one_revision() {
 }
 
 #[test]
+fn a_txn_range_at_its_own_revision_is_refused_not_applied() {
+    let mut state = StateMachine::new();
+    put(&mut state, "k", "v", 0);
+    let own_revision = state.applied_index() + 1;
+    let txn = Command::KvTxn(KvTxn {
+        success: vec![
+            KvOp::Range(RangeQuery {
+                range: KeyRange::key("k"),
+                revision: own_revision,
+                ..RangeQuery::default()
+            }),
+            KvOp::Put(PutOp {
+                key: "k".into(),
+                value: b"w".to_vec(),
+                ..PutOp::default()
+            }),
+        ],
+        ..KvTxn::default()
+    });
+    let outcome = apply(&mut state, txn);
+    assert!(matches!(outcome, Outcome::Rejected(r) if r.message == reject::FUTURE_REV));
+    assert_eq!(state.kv_get("k").expect("kept").value, b"v");
+}
+
+#[test]
 fn reads_inside_a_txn_see_its_earlier_writes() {
     let mut state = StateMachine::new();
     let txn = Command::KvTxn(KvTxn {
@@ -455,6 +480,19 @@ fn arbitrary_write() -> impl proptest::strategy::Strategy<Value = Command> {
             cas: None,
         }),
         1 => Just(Command::Noop),
+        // A transaction that reads at any revision, then writes: refused or applied, never a
+        // panic.
+        1 => (0u64..100, any::<u8>()).prop_map(|(revision, v)| Command::KvTxn(KvTxn {
+            success: vec![
+                KvOp::Range(RangeQuery {
+                    range: KeyRange::prefix(""),
+                    revision,
+                    ..RangeQuery::default()
+                }),
+                KvOp::Put(PutOp { key: "a".into(), value: vec![v], ..PutOp::default() }),
+            ],
+            ..KvTxn::default()
+        })),
     ]
 }
 
