@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use colony_api::membership::MembershipState;
 use colony_runtime::gossip::{Gossip, GossipConfig};
-use colony_runtime::keyring::{Keyring, parse_key};
+use colony_runtime::keyring::{Keyring, load_keyring, parse_key, save_keyring};
 use colony_runtime::{Agent, AgentConfig};
 use colony_swim::Meta;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +22,8 @@ pub struct AgentArgs {
     /// Run as a server (holds the authoritative store). Needs --data-dir.
     #[arg(long)]
     pub server: bool,
-    /// Directory for the log, snapshots and node ID.
+    /// Directory for the log, snapshots, node ID and the gossip keyring (client agents keep
+    /// only the keyring there).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Node name (default: the hostname).
@@ -117,12 +118,46 @@ fn parse_seeds(list: &[String], flag: &str) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
+/// The gossip keyring: the one saved in the data dir (`serf/local.keyring`, which holds the
+/// rotations made since the first start) if there is one, else `--encrypt`'s key, saved there
+/// for the next start. Without a data dir the keyring lives in memory only.
+fn gossip_keyring(
+    args: &AgentArgs,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Option<Keyring>, Option<PathBuf>)> {
+    let file = data_dir.map(|dir| dir.join("serf").join("local.keyring"));
+    let saved = match &file {
+        Some(path) => load_keyring(path)?,
+        None => None,
+    };
+    let keyring = match (saved, &args.encrypt) {
+        (Some(ring), Some(_)) => {
+            tracing::warn!(
+                file = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "--encrypt ignored: the saved keyring takes precedence (it holds later rotations)"
+            );
+            Some(ring)
+        }
+        (Some(ring), None) => Some(ring),
+        (None, Some(key)) => {
+            let ring = Keyring::new(parse_key(key).context("--encrypt")?);
+            if let Some(path) = &file {
+                save_keyring(path, &ring)?;
+            }
+            Some(ring)
+        }
+        (None, None) => None,
+    };
+    Ok((keyring, file))
+}
+
 /// Starts membership and joins the seeds given on the command line.
 async fn start_gossip(
     args: &AgentArgs,
     node_name: &str,
     http_ip: IpAddr,
     server: bool,
+    data_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Arc<Gossip>> {
     let (bind, advertise) = gossip_addresses(args, http_ip)?;
     let join = parse_seeds(&args.join, "join")?;
@@ -139,10 +174,7 @@ async fn start_gossip(
         lifeguard: !args.no_lifeguard,
         ..colony_swim::Config::lan()
     };
-    let keyring = match &args.encrypt {
-        Some(key) => Some(Keyring::new(parse_key(key).context("--encrypt")?)),
-        None => None,
-    };
+    let (keyring, keyring_file) = gossip_keyring(args, data_dir)?;
     let gossip = Gossip::start(GossipConfig {
         node_name: node_name.to_string(),
         bind,
@@ -150,6 +182,7 @@ async fn start_gossip(
         meta,
         swim,
         keyring,
+        keyring_file,
     })
     .await
     .context("membership failed to start")?;
@@ -181,7 +214,14 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {} for HTTP", http_addr))?;
-    let gossip = start_gossip(&args, &node_name, http_addr.ip(), false).await?;
+    let gossip = start_gossip(
+        &args,
+        &node_name,
+        http_addr.ip(),
+        false,
+        args.data_dir.as_deref(),
+    )
+    .await?;
     tracing::info!(node = %node_name, http = %http_addr, gossip = %gossip.local_addr(), "colony client agent running");
     let stop = Arc::new(tokio::sync::Notify::new());
     let router = colony_api::membership::client_router(MembershipState {
@@ -283,13 +323,14 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
             return Err(error);
         }
     };
-    let gossip = match start_gossip(&args, agent.node_name(), advertise, true).await {
-        Ok(gossip) => gossip,
-        Err(error) => {
-            agent.shutdown();
-            return Err(error);
-        }
-    };
+    let gossip =
+        match start_gossip(&args, agent.node_name(), advertise, true, Some(&data_dir)).await {
+            Ok(gossip) => gossip,
+            Err(error) => {
+                agent.shutdown();
+                return Err(error);
+            }
+        };
     colony_runtime::member_catalog::spawn(agent.clone(), gossip.clone());
     let grpc_addr = match grpc_listener {
         Some(listener) => {

@@ -41,6 +41,8 @@ pub struct GossipConfig {
     pub swim: Config,
     /// Gossip encryption keys (`None`: gossip in the clear).
     pub keyring: Option<Keyring>,
+    /// Where keyring changes are saved (`None`: not persisted).
+    pub keyring_file: Option<std::path::PathBuf>,
 }
 
 /// Why membership could not start.
@@ -142,6 +144,7 @@ pub struct Gossip {
     events: tokio::sync::broadcast::Sender<MemberEvent>,
     local_addr: SocketAddr,
     keyring: SharedKeyring,
+    keyring_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for GossipCommand {
@@ -246,6 +249,7 @@ impl Gossip {
             events,
             local_addr,
             keyring,
+            keyring_file: config.keyring_file,
         }))
     }
 
@@ -258,13 +262,16 @@ impl Gossip {
             .map(Keyring::list)
     }
 
-    /// Applies a keyring operation (`install`, `use` or `remove`) with a base64 key.
+    /// Applies a keyring operation (`install`, `use` or `remove`) with a base64 key, and saves
+    /// the keyring if it is persisted. If saving fails the change is undone and the error
+    /// names the file.
     pub fn keyring_change(&self, op: KeyringOp, key: &str) -> Result<(), String> {
         let key = parse_key(key).map_err(|e| e.to_string())?;
         let mut guard = self.keyring.write().expect("keyring lock");
         let ring = guard.as_mut().ok_or_else(|| {
             "gossip encryption is not enabled on this agent (start it with --encrypt)".to_string()
         })?;
+        let before = ring.clone();
         match op {
             KeyringOp::Install => {
                 ring.install(key);
@@ -273,7 +280,14 @@ impl Gossip {
             KeyringOp::Use => ring.use_key(key),
             KeyringOp::Remove => ring.remove(key),
         }
-        .map_err(|e: KeyringError| e.to_string())
+        .map_err(|e: KeyringError| e.to_string())?;
+        if let Some(path) = &self.keyring_file
+            && let Err(error) = crate::keyring::save_keyring(path, ring)
+        {
+            *ring = before;
+            return Err(error.to_string());
+        }
+        Ok(())
     }
 
     /// The advertised gossip address (with the bound port).

@@ -53,6 +53,98 @@ pub fn format_key(key: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
+/// Why a keyring file could not be read or written; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringFileError {
+    /// Reading or writing failed.
+    #[error("keyring file {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A line is not a key, or there are no keys.
+    #[error("keyring file {path} is damaged: {what}")]
+    Damaged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Reads a keyring file (one base64 key per line, primary first); `Ok(None)` if it does not
+/// exist.
+///
+/// # Errors
+/// [`KeyringFileError`] naming the file if it cannot be read or holds anything but keys.
+pub fn load_keyring(path: &std::path::Path) -> Result<Option<Keyring>, KeyringFileError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeyringFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let damaged = |what: String| KeyringFileError::Damaged {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut keys = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        keys.push(parse_key(line).map_err(|e| damaged(format!("line {}: {e}", number + 1)))?);
+    }
+    let (&primary, others) = keys
+        .split_first()
+        .ok_or_else(|| damaged("no keys".to_string()))?;
+    let mut ring = Keyring::new(primary);
+    for key in others {
+        ring.install(*key);
+    }
+    Ok(Some(ring))
+}
+
+/// Writes `ring` to `path` durably: a temporary file, fsync, rename, directory fsync. The
+/// directory is created if missing. The file holds secrets: it is created with mode 0600.
+///
+/// # Errors
+/// [`KeyringFileError::Io`] naming the file.
+pub fn save_keyring(path: &std::path::Path, ring: &Keyring) -> Result<(), KeyringFileError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| KeyringFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io)?;
+    let mut text = ring.list().join("\n");
+    text.push('\n');
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temp, path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
 /// A fresh random key, base64-encoded.
 pub fn generate_key() -> String {
     let key = Aes256Gcm::generate_key(OsRng);
@@ -156,6 +248,30 @@ fn cipher(key: &[u8; 32]) -> Aes256Gcm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyring_file_round_trips_and_damage_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("serf").join("local.keyring");
+        assert!(load_keyring(&path).expect("absent is fine").is_none());
+        let mut ring = Keyring::new([1; 32]);
+        ring.install([2; 32]);
+        ring.use_key([2; 32]).expect("installed");
+        save_keyring(&path, &ring).expect("save");
+        let loaded = load_keyring(&path).expect("load").expect("present");
+        assert_eq!(loaded.list(), ring.list());
+        std::fs::write(&path, "AAAA\n").expect("damage");
+        let error = load_keyring(&path).expect_err("damaged").to_string();
+        assert!(
+            error.contains("local.keyring") && error.contains("line 1"),
+            "{error}"
+        );
+        std::fs::write(&path, "\n").expect("empty");
+        assert!(
+            load_keyring(&path).is_err(),
+            "a file without keys is damaged"
+        );
+    }
 
     fn key(byte: u8) -> [u8; 32] {
         [byte; 32]

@@ -214,4 +214,23 @@ fn membership_encrypted_gossip_refuses_strangers_and_rotates_keys() {
     let bad = server.request("POST", "/v1/operator/keyring", br#"{"Key": "c2hvcnQ="}"#);
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("32 bytes"), "{}", bad.text());
+
+    // The rotation is saved in the data dir: restarted with its original --encrypt key, the
+    // server keeps k2 (the saved keyring takes precedence) and c1 still talks to it.
+    let mut server = server;
+    assert!(server.terminate().success());
+    let file = temp.path().join("data").join("serf").join("local.keyring");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("keyring file").trim(),
+        k2
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the keyring file is private: {mode:o}");
+    let restarted = Agent::start_in(&temp.path().join("data"), &["--encrypt", &k1]);
+    let (_, listing, _) = crate::support::cli(restarted.addr, &["keyring", "--list"]);
+    assert_eq!(listing.trim(), format!("{k2} (primary)"));
 }

@@ -184,3 +184,20 @@ fn startup_client_agent_refuses_to_advertise_an_unspecified_gossip_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn startup_damaged_keyring_file_is_refused_naming_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join("data");
+    std::fs::create_dir_all(dir.join("serf")).expect("mkdir");
+    std::fs::write(dir.join("serf").join("local.keyring"), "not a key\n").expect("write");
+    let addr = free_addr().to_string();
+    let dir = dir.to_str().expect("utf-8 path");
+    let (code, stderr) = agent_error(&["agent", "--dev", "--http-addr", &addr, "--data-dir", dir]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("local.keyring") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
