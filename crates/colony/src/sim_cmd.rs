@@ -100,6 +100,10 @@ pub struct MembershipArgs {
     /// A slow member's cycle.
     #[arg(long, default_value = "2s")]
     slow_period: String,
+    /// Instead of pausing slow members, delay everything they send by this much (an
+    /// overloaded sender: Lifeguard's case), e.g. 600ms.
+    #[arg(long, value_name = "DURATION")]
+    slow_delay: Option<String>,
     /// Members killed after the dissemination measurements.
     #[arg(long, default_value_t = 1)]
     kill: usize,
@@ -242,6 +246,10 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         slow_fraction: args.slow_fraction,
         slow_stop: time(&args.slow_stop, "slow-stop")?,
         slow_period: time(&args.slow_period, "slow-period")?,
+        slow_send_delay: match &args.slow_delay {
+            Some(delay) => time(delay, "slow-delay")?,
+            None => 0,
+        },
         kill: args.kill,
         injections: args.injections,
         warm: args.warm,
@@ -293,8 +301,9 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         scenario.kill
     );
     println!(
-        "false positives       {} suspicions, {} members declared failed ({} declarations)",
+        "false positives       {} suspicions ({} of healthy members), {} members declared failed ({} declarations)",
         result.false_positive_suspicions,
+        result.false_suspicions_of_healthy,
         result.false_positive_failures,
         result.false_failure_declarations
     );

@@ -27,6 +27,9 @@ pub struct MembershipScenario {
     pub slow_stop: u64,
     /// Cycle length of a slow node.
     pub slow_period: u64,
+    /// If nonzero, slow nodes are not paused: everything they send is delayed by this much
+    /// (µs) — an overloaded sender whose probes and acks leave late, Lifeguard's case.
+    pub slow_send_delay: u64,
     /// Nodes killed (SIGKILL) after the dissemination measurements.
     pub kill: usize,
     /// Metadata updates whose dissemination is timed.
@@ -52,6 +55,7 @@ impl Default for MembershipScenario {
             slow_fraction: 0.0,
             slow_stop: 1_600_000,
             slow_period: 2 * SECOND,
+            slow_send_delay: 0,
             kill: 1,
             injections: 5,
             warm: false,
@@ -99,6 +103,9 @@ pub struct MembershipResult {
     pub detected: usize,
     /// Suspicion episodes (member, incarnation) raised against members that were alive.
     pub false_positive_suspicions: u64,
+    /// Suspicion episodes raised against healthy members (neither slow nor killed): the
+    /// false positives Lifeguard exists to prevent.
+    pub false_suspicions_of_healthy: u64,
     /// Live members ever declared failed by anyone.
     pub false_positive_failures: u64,
     /// Same, as declarations (one per observer).
@@ -159,6 +166,7 @@ struct Observations {
     inject: Vec<(u64, String, BTreeMap<usize, u64>)>,
     killed: BTreeMap<String, (u64, BTreeMap<usize, u64>)>,
     false_suspects: BTreeSet<(String, u32)>,
+    slow_names: BTreeSet<String>,
     false_failed: BTreeSet<String>,
     false_failed_events: u64,
     first_suspicion: Option<u64>,
@@ -202,6 +210,11 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
     let slow_count = ((s.slow_fraction * n as f64).round() as usize).min(candidates.len());
     let slow: Vec<usize> = candidates.drain(..slow_count).collect();
     for &i in &slow {
+        obs.slow_names.insert(world.nodes()[i].name().to_string());
+        if s.slow_send_delay > 0 {
+            world.node_mut(i).send_delay = s.slow_send_delay;
+            continue;
+        }
         world.set_duty_cycle(
             i,
             Some(DutyCycle {
@@ -380,6 +393,11 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         version_regressions: world.version_regressions().0,
         detected: detections.len(),
         false_positive_suspicions: obs.false_suspects.len() as u64,
+        false_suspicions_of_healthy: obs
+            .false_suspects
+            .iter()
+            .filter(|(name, _)| !obs.slow_names.contains(name))
+            .count() as u64,
         false_positive_failures: obs.false_failed.len() as u64,
         false_failure_declarations: obs.false_failed_events,
         msgs_per_node_per_s: msgs,
