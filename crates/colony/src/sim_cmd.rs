@@ -10,7 +10,7 @@ use colony_swim::{Config, SECOND};
 pub enum SimCommand {
     /// Membership (SWIM + Lifeguard): join convergence, dissemination rounds, failure
     /// detection time, false positives and traffic, on virtual time.
-    Membership(MembershipArgs),
+    Membership(Box<MembershipArgs>),
     /// Overload cascades (retry storm, health-check cascade, thundering herd) with naive
     /// clients and with colony-client's policies: goodput, retry amplification, p99 latency
     /// and recovery time, on virtual time.
@@ -130,7 +130,7 @@ pub struct MembershipArgs {
 /// Runs a simulator command.
 pub fn run(command: SimCommand, json: bool) -> anyhow::Result<()> {
     match command {
-        SimCommand::Membership(args) => membership(args, json),
+        SimCommand::Membership(args) => membership(*args, json),
         SimCommand::Overload(args) => overload(&args, json),
     }
 }
