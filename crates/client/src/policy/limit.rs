@@ -236,14 +236,17 @@ impl AdaptiveLimit {
             let factor = 2.0 / (f64::from(long_window) + 1.0);
             self.rtt_long_ns += (short - self.rtt_long_ns) * factor;
         }
+        // This sample's gradient uses the long average before the pull-down below, as
+        // Netflix's Gradient2Limit does.
+        let long = self.rtt_long_ns;
         // A long average far above the present means load went away; let it catch up.
-        if self.rtt_long_ns / short > 2.0 {
+        if long / short > 2.0 {
             self.rtt_long_ns *= 0.95;
         }
         if f64::from(sample.inflight) < self.limit / 2.0 {
             return self.limit;
         }
-        let gradient = (rtt_tolerance * self.rtt_long_ns / short).clamp(0.5, 1.0);
+        let gradient = (rtt_tolerance * long / short).clamp(0.5, 1.0);
         let target = self.limit * gradient + f64::from(queue_size);
         self.limit * (1.0 - smoothing) + target * smoothing
     }
@@ -435,6 +438,20 @@ mod tests {
         // of the drop point, as the algorithm intends.
         let aimd = settle(LimitAlgorithm::aimd(), 100, 5);
         assert!((180..=201).contains(&aimd), "aimd {aimd}");
+    }
+
+    #[test]
+    fn limit_gradient2_drifts_to_max_under_a_slowly_growing_queue() {
+        // Checked against Netflix's Gradient2Limit (tolerance 1.5, smoothing 0.2, long window
+        // 600 with a 10-sample warm-up, pull-down ×0.95 when long > 2 × short, queue 4): it has
+        // no absolute baseline. When the RTT grows with the limit, the long average follows
+        // the short RTT (an exponential average over ~600 samples), so whenever the queue
+        // stops growing the gradient is back at 1 (tolerance × long/short ≥ 1) and the limit
+        // climbs by smoothing × queue per sample: a queue that is merely sustained becomes the
+        // new normal. So it does not settle near capacity in this closed loop, by design;
+        // drops do not stop it either (Gradient2 ignores them).
+        let gradient2 = settle(LimitAlgorithm::gradient2(), 100, 5);
+        assert_eq!(gradient2, 1_000, "gradient2 {gradient2}");
     }
 
     #[test]
