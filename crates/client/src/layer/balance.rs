@@ -247,7 +247,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         self.refresh();
         let table = &self.table;
-        let now_ns = table.clock.now_ns();
+        let now_ns = table.clock.call_now_ns();
         let Some(index) = table.balancer.pick(now_ns, &mut self.rng) else {
             table.observe.reject(LayerKind::Balance, "no-endpoint");
             return BalanceFuture {
