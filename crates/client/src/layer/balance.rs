@@ -3,11 +3,19 @@
 //! are added and removed with [`Change`]s (fed by hand or by the discovery stream of
 //! `crate::discover`). Each call clones the chosen endpoint's service (an HTTP client bound to
 //! an address is cheap to clone), waits for it to be ready and calls it.
+//!
+//! The hot path takes no lock: each `Balance` handle keeps a snapshot of the endpoint table
+//! (an `Arc`), checks one atomic generation per call to see whether the set changed, and
+//! picks with its own random stream; the core's per-endpoint state is atomics. A change takes
+//! the table's mutex, builds a new snapshot (the endpoints' state carries over) and bumps the
+//! generation. A call in flight keeps its snapshot, so it reports to the endpoint it was sent
+//! to even if that endpoint moved or left.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -27,42 +35,58 @@ pub enum Change<K, S> {
     Remove(K),
 }
 
-struct Inner<K, S> {
+/// One immutable view of the endpoint set; replaced whole on every change.
+struct Table<K, S> {
+    /// A handle on the shared endpoint state (see `Balancer::share`).
     balancer: Balancer,
     keys: Vec<K>,
     services: Vec<S>,
     index_of: HashMap<K, usize>,
-    /// A unique id per inserted endpoint, parallel to `keys`: a call in flight remembers
-    /// (index, id), so finishing it needs neither the key nor a hash lookup.
-    ids: Vec<u64>,
-    next_id: u64,
-    rng: SplitMix64,
-}
-
-impl<K, S> Inner<K, S> {
-    /// The current index of the endpoint a call was sent to, if it is still there.
-    fn index_of_call(&self, index: usize, id: u64) -> Option<usize> {
-        if self.ids.get(index) == Some(&id) {
-            return Some(index);
-        }
-        // It moved (another endpoint was removed) or is gone: rare, so a scan is fine.
-        self.ids.iter().position(|other| *other == id)
-    }
-}
-
-struct Shared<K, S> {
-    inner: Mutex<Inner<K, S>>,
     observe: Observe,
     clock: Clock,
 }
 
-impl<K, S> Shared<K, S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, S>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl<K: Hash + Eq + Clone, S: Clone> Table<K, S> {
+    /// The table after `change`.
+    fn with(&self, change: Change<K, S>) -> Self {
+        let mut next = Table {
+            balancer: self.balancer.share(),
+            keys: self.keys.clone(),
+            services: self.services.clone(),
+            index_of: self.index_of.clone(),
+            observe: self.observe.clone(),
+            clock: self.clock.clone(),
+        };
+        match change {
+            Change::Insert(key, zone, service) => {
+                if let Some(index) = next.index_of.get(&key) {
+                    next.services[*index] = service;
+                    return next;
+                }
+                let index = next.balancer.add(zone);
+                assert_eq!(index, next.keys.len());
+                next.keys.push(key.clone());
+                next.services.push(service);
+                next.index_of.insert(key, index);
+            }
+            Change::Remove(key) => {
+                if let Some(index) = next.index_of.remove(&key) {
+                    next.balancer.remove(index);
+                    next.keys.swap_remove(index);
+                    next.services.swap_remove(index);
+                    if let Some(moved) = next.keys.get(index) {
+                        next.index_of.insert(moved.clone(), index);
+                    }
+                }
+            }
+        }
+        assert_eq!(next.keys.len(), next.balancer.len());
+        assert_eq!(next.services.len(), next.balancer.len());
+        next
     }
+}
 
+impl<K, S> Table<K, S> {
     fn emit(&self, ejection: Option<Ejection>) {
         if let Some(e) = ejection {
             self.observe.sink.emit(&Event::Ejected {
@@ -74,16 +98,43 @@ impl<K, S> Shared<K, S> {
     }
 }
 
+struct Shared<K, S> {
+    /// The newest table; locked only to read or replace it on a change.
+    current: Mutex<Arc<Table<K, S>>>,
+    /// Bumped (after `current` is replaced) on every change: a handle whose snapshot is of an
+    /// older generation refreshes it.
+    generation: AtomicU64,
+    /// Seeds for the random streams of new handles.
+    seeds: AtomicU64,
+}
+
+impl<K, S> Shared<K, S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Table<K, S>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The balancing service; clones share the endpoint set.
 pub struct Balance<K, S, C = ErrIsFailure> {
     shared: Arc<Shared<K, S>>,
+    /// This handle's snapshot, of generation `generation`.
+    table: Arc<Table<K, S>>,
+    generation: u64,
+    /// Each handle draws its own choices, so picks share no random state.
+    rng: SplitMix64,
     classify: C,
 }
 
 impl<K, S, C: Clone> Clone for Balance<K, S, C> {
     fn clone(&self) -> Self {
+        let seed = self.shared.seeds.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: self.shared.clone(),
+            table: self.table.clone(),
+            generation: self.generation,
+            rng: SplitMix64::new(seed),
             classify: self.classify.clone(),
         }
     }
@@ -92,7 +143,7 @@ impl<K, S, C: Clone> Clone for Balance<K, S, C> {
 impl<K, S, C> std::fmt::Debug for Balance<K, S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balance")
-            .field("observe", &self.shared.observe)
+            .field("observe", &self.table.observe)
             .finish_non_exhaustive()
     }
 }
@@ -100,21 +151,25 @@ impl<K, S, C> std::fmt::Debug for Balance<K, S, C> {
 impl<K: Hash + Eq + Clone, S: Clone> Balance<K, S> {
     /// A balancer with no endpoints; `seed` drives its random choices.
     pub fn new(config: BalanceConfig, observe: Observe, clock: Clock, seed: u64) -> Self {
-        let inner = Inner {
+        let table = Arc::new(Table {
             balancer: Balancer::new(config),
             keys: Vec::new(),
             services: Vec::new(),
             index_of: HashMap::new(),
-            ids: Vec::new(),
-            next_id: 0,
-            rng: SplitMix64::new(seed),
-        };
+            observe,
+            clock,
+        });
+        // Clones' streams start elsewhere than this handle's.
+        let mut seeds = SplitMix64::new(seed ^ 0x5EED_5EED_5EED_5EED);
         Self {
             shared: Arc::new(Shared {
-                inner: Mutex::new(inner),
-                observe,
-                clock,
+                current: Mutex::new(table.clone()),
+                generation: AtomicU64::new(0),
+                seeds: AtomicU64::new(seeds.next_u64()),
             }),
+            table,
+            generation: 0,
+            rng: SplitMix64::new(seed),
             classify: ErrIsFailure,
         }
     }
@@ -125,42 +180,19 @@ impl<K: Hash + Eq + Clone, S: Clone, C> Balance<K, S, C> {
     pub fn classify<C2>(self, classify: C2) -> Balance<K, S, C2> {
         Balance {
             shared: self.shared,
+            table: self.table,
+            generation: self.generation,
+            rng: self.rng,
             classify,
         }
     }
 
     /// Applies a change to the endpoint set.
     pub fn update(&self, change: Change<K, S>) {
-        let mut inner = self.shared.lock();
-        let inner = &mut *inner;
-        match change {
-            Change::Insert(key, zone, service) => {
-                if let Some(index) = inner.index_of.get(&key) {
-                    inner.services[*index] = service;
-                    return;
-                }
-                let index = inner.balancer.add(zone);
-                assert_eq!(index, inner.keys.len());
-                inner.keys.push(key.clone());
-                inner.services.push(service);
-                inner.next_id += 1;
-                inner.ids.push(inner.next_id);
-                inner.index_of.insert(key, index);
-            }
-            Change::Remove(key) => {
-                let Some(index) = inner.index_of.remove(&key) else {
-                    return;
-                };
-                inner.balancer.remove(index);
-                inner.keys.swap_remove(index);
-                inner.ids.swap_remove(index);
-                inner.services.swap_remove(index);
-                if let Some(moved) = inner.keys.get(index) {
-                    inner.index_of.insert(moved.clone(), index);
-                }
-            }
-        }
-        assert_eq!(inner.keys.len(), inner.balancer.len());
+        let mut current = self.shared.lock();
+        *current = Arc::new(current.with(change));
+        // Under the lock, so generations and tables advance together.
+        self.shared.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Endpoints known.
@@ -175,10 +207,23 @@ impl<K: Hash + Eq + Clone, S: Clone, C> Balance<K, S, C> {
 
     /// Runs success-rate outlier detection over the interval since the last run.
     pub fn handle_interval(&self) {
-        let now_ns = self.shared.clock.now_ns();
-        let ejections = self.shared.lock().balancer.handle_interval(now_ns);
-        for e in ejections {
-            self.shared.emit(Some(e));
+        let table = self.shared.lock().clone();
+        let now_ns = table.clock.now_ns();
+        for e in table.balancer.handle_interval(now_ns) {
+            table.emit(Some(e));
+        }
+    }
+}
+
+impl<K, S, C> Balance<K, S, C> {
+    /// Brings this handle's snapshot up to date if the endpoint set changed (one atomic load
+    /// when it did not).
+    fn refresh(&mut self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            let current = self.shared.lock();
+            self.table = current.clone();
+            self.generation = self.shared.generation.load(Ordering::Acquire);
         }
     }
 }
@@ -200,39 +245,31 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let now_ns = self.shared.clock.now_ns();
-        let picked = {
-            let mut inner = self.shared.lock();
-            let inner = &mut *inner;
-            inner
-                .balancer
-                .pick(now_ns, &mut inner.rng)
-                .map(|index| ((index, inner.ids[index]), inner.services[index].clone()))
-        };
-        let Some((slot, service)) = picked else {
-            self.shared
-                .observe
-                .reject(LayerKind::Balance, "no-endpoint");
+        self.refresh();
+        let table = &self.table;
+        let now_ns = table.clock.call_now_ns();
+        let Some(index) = table.balancer.pick(now_ns, &mut self.rng) else {
+            table.observe.reject(LayerKind::Balance, "no-endpoint");
             return BalanceFuture {
                 state: BalanceState::Failed,
                 service: None,
                 request: None,
                 guard: Pending {
-                    slot: None,
+                    called: None,
+                    index: 0,
                     start_ns: now_ns,
-                    shared: self.shared.clone(),
                 },
                 classify: self.classify.clone(),
             };
         };
         BalanceFuture {
             state: BalanceState::Readying,
-            service: Some(service),
+            service: Some(table.services[index].clone()),
             request: Some(request),
             guard: Pending {
-                slot: Some(slot),
+                called: Some(table.clone()),
+                index,
                 start_ns: now_ns,
-                shared: self.shared.clone(),
             },
             classify: self.classify.clone(),
         }
@@ -263,10 +300,11 @@ pin_project_lite::pin_project! {
 /// A picked call that has not reported back; if dropped unfinished (cancelled), it stops
 /// counting as pending.
 pub struct Pending<K, S> {
-    /// (index, id) of the endpoint, until the call reports back.
-    slot: Option<(usize, u64)>,
+    /// The snapshot the call was picked from, until the call reports back.
+    called: Option<Arc<Table<K, S>>>,
+    /// The endpoint's index in that snapshot.
+    index: usize,
     start_ns: u64,
-    shared: Arc<Shared<K, S>>,
 }
 
 impl<K, S> std::fmt::Debug for Pending<K, S> {
@@ -277,37 +315,23 @@ impl<K, S> std::fmt::Debug for Pending<K, S> {
 
 impl<K, S> Pending<K, S> {
     fn finish<R, E, C: Classify<R, E>>(&mut self, classify: &C, result: &Result<R, E>) {
-        let Some((index, id)) = self.slot.take() else {
+        let Some(table) = self.called.take() else {
             return;
         };
-        let shared = &self.shared;
-        let now_ns = shared.clock.now_ns();
+        let now_ns = table.clock.now_ns();
         let is_success = !classify.is_failure(result);
         let rtt_ns = now_ns.saturating_sub(self.start_ns);
-        let ejection = {
-            let mut inner = shared.lock();
-            // The endpoint may have been removed (or replaced) while the call ran.
-            match inner.index_of_call(index, id) {
-                Some(index) if inner.balancer.pending(index) > 0 => inner
-                    .balancer
-                    .handle_result(now_ns, index, rtt_ns, is_success),
-                _ => None,
-            }
-        };
-        shared.emit(ejection);
+        let ejection = table
+            .balancer
+            .handle_result(now_ns, self.index, rtt_ns, is_success);
+        table.emit(ejection);
     }
 }
 
 impl<K, S> Drop for Pending<K, S> {
     fn drop(&mut self) {
-        let Some((index, id)) = self.slot.take() else {
-            return;
-        };
-        let mut inner = self.shared.lock();
-        if let Some(index) = inner.index_of_call(index, id)
-            && inner.balancer.pending(index) > 0
-        {
-            inner.balancer.handle_cancel(index);
+        if let Some(table) = self.called.take() {
+            table.balancer.handle_cancel(self.index);
         }
     }
 }

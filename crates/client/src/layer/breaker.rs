@@ -126,10 +126,10 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
         let word_open = shared.breaker.state() != crate::policy::breaker::BreakerState::Closed;
-        let now = if word_open {
-            shared.clock.now_ns()
+        let now = if word_open || shared.needs_clock {
+            shared.clock.call_now_ns()
         } else {
-            shared.now_if_needed()
+            0
         };
         let (result, transition) = shared.breaker.try_acquire(now);
         shared.emit(transition);

@@ -90,8 +90,10 @@ where
 
     fn call(&mut self, mut request: WithDeadline<T>) -> Self::Future {
         let budget_ns = u64::try_from(self.budget.as_nanos()).unwrap_or(u64::MAX);
+        // One clock read for the whole stack below: its layers read this one in their `call`.
+        let (_scope, now_ns) = self.clock.enter_call();
         let deadline = *request.deadline.get_or_insert(Deadline {
-            at_ns: self.clock.now_ns().saturating_add(budget_ns),
+            at_ns: now_ns.saturating_add(budget_ns),
         });
         DeadlineFuture {
             future: self.inner.call(request),

@@ -97,7 +97,7 @@ where
                 inner: LimitState::Called {
                     future: self.inner.call(request),
                     inflight,
-                    start_ns: self.shared.clock.now_ns(),
+                    start_ns: self.shared.clock.call_now_ns(),
                     shared: self.shared.clone(),
                     classify: self.classify.clone(),
                 },

@@ -6,6 +6,7 @@
 //! [`Error`] inside the box (downcast to inspect it, or use [`Error::from_box`]); the inner
 //! service's errors pass through untouched. The success path allocates nothing.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::event::{EventSink, NoopSink};
@@ -134,9 +135,62 @@ impl Clock {
         }
     }
 
+    /// The time for a decision taken while a request passes down the stack (in `call`): the
+    /// instant the outermost deadline layer read if its `call` is in progress on this thread
+    /// (see [`Clock::enter_call`]), else now. Layers under a deadline layer thus share its
+    /// clock read; the ~100 ns the request takes to reach them is far below what any of
+    /// their decisions resolves. Completions still read the clock.
+    pub(crate) fn call_now_ns(&self) -> u64 {
+        match &self.source {
+            Source::Tsc { clock, zero } => {
+                let raw = CALL_RAW.with(Cell::get);
+                let raw = if raw == 0 { clock.raw() } else { raw };
+                clock.delta_as_nanos(*zero, raw)
+            }
+            Source::Tokio => self.now_ns(),
+        }
+    }
+
+    /// Reads the clock and, unless a call scope is already open on this thread, opens one:
+    /// until the returned scope drops, [`Clock::call_now_ns`] on this thread returns this
+    /// reading. The scope must not outlive the synchronous `call` that opened it.
+    pub(crate) fn enter_call(&self) -> (CallScope, u64) {
+        match &self.source {
+            Source::Tsc { clock, zero } => {
+                let outer = CALL_RAW.with(Cell::get);
+                let raw = if outer == 0 { clock.raw() } else { outer };
+                // A reading of 0 would mean "no scope": the TSC is never 0 after boot.
+                let is_owner = outer == 0 && raw != 0;
+                if is_owner {
+                    CALL_RAW.with(|cell| cell.set(raw));
+                }
+                (CallScope { is_owner }, clock.delta_as_nanos(*zero, raw))
+            }
+            Source::Tokio => (CallScope { is_owner: false }, self.now_ns()),
+        }
+    }
+
     /// The tokio instant `ns` nanoseconds after this clock's zero.
     pub fn instant_at(&self, ns: u64) -> tokio::time::Instant {
         self.base + std::time::Duration::from_nanos(ns)
+    }
+}
+
+thread_local! {
+    /// The raw clock reading of the outermost call scope open on this thread (0: none).
+    static CALL_RAW: Cell<u64> = const { Cell::new(0) };
+}
+
+/// An open call scope (see [`Clock::enter_call`]); closes it when dropped, even on a panic.
+pub(crate) struct CallScope {
+    is_owner: bool,
+}
+
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        if self.is_owner {
+            CALL_RAW.with(|cell| cell.set(0));
+        }
     }
 }
 
@@ -204,5 +258,47 @@ impl Observe {
             layer,
             reason,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_call_scope_shares_one_reading_until_dropped() {
+        let clock = Clock::new();
+        let other = Clock::new();
+        {
+            let (_scope, now_ns) = clock.enter_call();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert_eq!(
+                clock.call_now_ns(),
+                now_ns,
+                "layers under the scope share its read"
+            );
+            {
+                let (_inner, inner_ns) = clock.enter_call();
+                assert_eq!(inner_ns, now_ns, "a nested scope reuses the outer reading");
+            }
+            assert_eq!(
+                clock.call_now_ns(),
+                now_ns,
+                "the nested scope did not close it"
+            );
+            // Another clock reads the same counter from its own zero.
+            assert!(other.call_now_ns() <= other.now_ns());
+            assert!(
+                clock.now_ns() >= now_ns + 2_000_000,
+                "completions still read the clock"
+            );
+        }
+        let (_scope, later_ns) = clock.enter_call();
+        assert!(clock.call_now_ns() == later_ns);
+        drop(_scope);
+        assert!(
+            clock.call_now_ns() > later_ns,
+            "closed: reads the clock again"
+        );
     }
 }

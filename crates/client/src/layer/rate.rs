@@ -70,7 +70,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.shared.gcra.check(self.shared.clock.now_ns()) {
+        match self.shared.gcra.check(self.shared.clock.call_now_ns()) {
             Ok(()) => RateFuture {
                 inner: RateState::Called {
                     future: self.inner.call(request),

@@ -170,7 +170,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let now_ns = self.shared.clock.now_ns();
+        let now_ns = self.shared.clock.call_now_ns();
         if self.shared.config.deposits {
             self.shared.budget.deposit(now_ns);
         }

@@ -5,10 +5,18 @@
 //! each ejection and at most `ejection_share_max` of endpoints ejected), and zone affinity
 //! (stay in the local zone while enough of it is healthy).
 //!
-//! `&mut self`, single-threaded: the tower layer keeps it behind a mutex taken once per pick
-//! and once per completion. Time and randomness are inputs. Endpoints are indices; the caller
-//! maps them to services. [`Balancer::handle_peer_ejection`] takes cluster evidence (a peer
-//! ejected this endpoint, by gossip) through the same ejection path.
+//! Shared between threads without a lock on the hot path: each endpoint's state is atomics
+//! (the peak-EWMA as `f64` bits, the calls in flight and the interval's counts packed in one
+//! word), so [`Balancer::pick`] and [`Balancer::handle_result`] take `&self`; membership
+//! changes ([`Balancer::add`], [`Balancer::remove`]) take `&mut self`, and
+//! [`Balancer::share`] makes another handle on the same endpoints (the tower layer swaps such
+//! handles when the endpoint set changes). Ejections take a small lock, so the share cap holds.
+//! Time and randomness are inputs. Endpoints are indices; the caller maps them to services.
+//! [`Balancer::handle_peer_ejection`] takes cluster evidence (a peer ejected this endpoint,
+//! by gossip) through the same ejection path.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use colony_base::SplitMix64;
 
@@ -54,18 +62,90 @@ impl Default for BalanceConfig {
     }
 }
 
-/// One endpoint's state.
-#[derive(Debug, Clone)]
+/// Calls in flight to one endpoint, at most (the low bits of [`Endpoint::counts`]).
+pub const PENDING_MAX: u64 = (1 << PENDING_BITS) - 1;
+const PENDING_BITS: u32 = 20;
+const CALLS_SHIFT: u32 = PENDING_BITS;
+const CALLS_BITS: u32 = 22;
+const SUCCESSES_SHIFT: u32 = CALLS_SHIFT + CALLS_BITS;
+const FIELD_MASK: u64 = (1 << CALLS_BITS) - 1;
+/// An interval's counts are halved (keeping the success rate) once calls reach this, so the
+/// 22-bit fields never overflow when `handle_interval` is called rarely.
+const CALLS_HALVE_AT: u64 = 1 << (CALLS_BITS - 1);
+const _: () = assert!(SUCCESSES_SHIFT + CALLS_BITS == 64);
+
+fn pending_of(counts: u64) -> u64 {
+    counts & PENDING_MAX
+}
+
+fn calls_of(counts: u64) -> u64 {
+    (counts >> CALLS_SHIFT) & FIELD_MASK
+}
+
+fn successes_of(counts: u64) -> u64 {
+    (counts >> SUCCESSES_SHIFT) & FIELD_MASK
+}
+
+/// One endpoint's state, shared by every handle of the balancer (see [`Balancer::share`]).
+#[derive(Debug)]
 struct Endpoint {
     zone: Option<String>,
-    rtt_ewma_ns: f64,
-    rtt_stamp_ns: u64,
-    pending: u32,
-    errors_consecutive: u32,
-    interval_calls: u32,
-    interval_successes: u32,
-    ejected_until_ns: Option<u64>,
-    ejections: u32,
+    /// The peak-EWMA RTT in nanoseconds, as `f64` bits.
+    rtt_ewma_bits: AtomicU64,
+    rtt_stamp_ns: AtomicU64,
+    /// Calls in flight (bits 0..20), then the interval's calls (20..42) and successes
+    /// (42..64): one atomic add starts a call, one ends it and counts it.
+    counts: AtomicU64,
+    errors_consecutive: AtomicU32,
+    /// Ejected while `now_ns < ejected_until_ns` (0: never ejected).
+    ejected_until_ns: AtomicU64,
+    ejections: AtomicU32,
+}
+
+impl Endpoint {
+    fn rtt_ewma_ns(&self) -> f64 {
+        f64::from_bits(self.rtt_ewma_bits.load(Ordering::Relaxed))
+    }
+
+    fn pending(&self) -> u64 {
+        pending_of(self.counts.load(Ordering::Relaxed))
+    }
+
+    fn is_available(&self, now_ns: u64) -> bool {
+        now_ns >= self.ejected_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Starts a call.
+    ///
+    /// # Panics
+    /// Panics beyond [`PENDING_MAX`] calls in flight.
+    fn start(&self) {
+        let before = self.counts.fetch_add(1, Ordering::Relaxed);
+        if pending_of(before) >= PENDING_MAX {
+            self.counts.fetch_sub(1, Ordering::Relaxed);
+            panic!("more than PENDING_MAX calls in flight to one endpoint");
+        }
+    }
+
+    /// Rewrites the interval's counts with `f`, keeping the calls in flight.
+    fn rewrite_interval(&self, f: impl Fn(u64, u64) -> (u64, u64)) {
+        let _ = self
+            .counts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |counts| {
+                let (calls, successes) = f(calls_of(counts), successes_of(counts));
+                debug_assert!(successes <= calls);
+                Some(pending_of(counts) | calls << CALLS_SHIFT | successes << SUCCESSES_SHIFT)
+            });
+    }
+}
+
+/// The state every handle of one balancer shares besides the endpoints.
+#[derive(Debug, Default)]
+struct Common {
+    /// No endpoint is ejected at or after this time (lets a pick skip the candidate scan).
+    ejections_end_ns: AtomicU64,
+    /// Taken to eject, so that the share cap holds under concurrent ejections (rare path).
+    ejecting: Mutex<()>,
 }
 
 /// Why an endpoint was ejected.
@@ -92,14 +172,11 @@ pub struct Ejection {
 }
 
 /// The balancer; see the module doc.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Balancer {
     config: BalanceConfig,
-    endpoints: Vec<Endpoint>,
-    /// Scratch list of candidate indices, kept to avoid allocating per pick.
-    candidates: Vec<usize>,
-    /// No endpoint is ejected at or after this time (lets a pick skip the candidate scan).
-    ejections_end_ns: u64,
+    endpoints: Vec<Arc<Endpoint>>,
+    common: Arc<Common>,
     /// `1 / decay_ns`, so the hot path multiplies instead of dividing.
     decay_per_ns: f64,
 }
@@ -128,9 +205,20 @@ impl Balancer {
         Self {
             config,
             endpoints: Vec::new(),
-            candidates: Vec::new(),
-            ejections_end_ns: 0,
+            common: Arc::new(Common::default()),
             decay_per_ns: 1.0 / config_decay_ns,
+        }
+    }
+
+    /// Another handle on the same endpoints: picks, results and ejections through either are
+    /// seen by both; an `add` or `remove` changes only the handle it is made on (the other
+    /// keeps its view until replaced, and calls in flight on it finish on the same state).
+    pub fn share(&self) -> Balancer {
+        Balancer {
+            config: self.config.clone(),
+            endpoints: self.endpoints.clone(),
+            common: self.common.clone(),
+            decay_per_ns: self.decay_per_ns,
         }
     }
 
@@ -140,17 +228,16 @@ impl Balancer {
     /// Panics beyond [`ENDPOINTS_MAX`] endpoints.
     pub fn add(&mut self, zone: Option<String>) -> usize {
         assert!(self.endpoints.len() < ENDPOINTS_MAX, "too many endpoints");
-        self.endpoints.push(Endpoint {
+        let rtt_initial_ns = self.config.rtt_initial_ns as f64;
+        self.endpoints.push(Arc::new(Endpoint {
             zone,
-            rtt_ewma_ns: self.config.rtt_initial_ns as f64,
-            rtt_stamp_ns: 0,
-            pending: 0,
-            errors_consecutive: 0,
-            interval_calls: 0,
-            interval_successes: 0,
-            ejected_until_ns: None,
-            ejections: 0,
-        });
+            rtt_ewma_bits: AtomicU64::new(rtt_initial_ns.to_bits()),
+            rtt_stamp_ns: AtomicU64::new(0),
+            counts: AtomicU64::new(0),
+            errors_consecutive: AtomicU32::new(0),
+            ejected_until_ns: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+        }));
         self.endpoints.len() - 1
     }
 
@@ -171,130 +258,160 @@ impl Balancer {
 
     /// Whether `index` is ejected at `now_ns`.
     pub fn is_ejected(&self, index: usize, now_ns: u64) -> bool {
-        self.endpoints[index]
-            .ejected_until_ns
-            .is_some_and(|until| now_ns < until)
+        !self.endpoints[index].is_available(now_ns)
     }
 
     /// The peak-EWMA load of `index` at `now_ns`: decayed latency × (pending + 1).
     pub fn load(&self, index: usize, now_ns: u64) -> f64 {
         let endpoint = &self.endpoints[index];
-        let elapsed = now_ns.saturating_sub(endpoint.rtt_stamp_ns) as f64;
+        let stamp_ns = endpoint.rtt_stamp_ns.load(Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(stamp_ns) as f64;
         // With no new sample the estimate decays toward zero, so an idle endpoint is retried.
-        let rtt = endpoint.rtt_ewma_ns * decay(elapsed * self.decay_per_ns);
-        rtt.max(1.0) * f64::from(endpoint.pending + 1)
+        let rtt = endpoint.rtt_ewma_ns() * decay(elapsed * self.decay_per_ns);
+        rtt.max(1.0) * (endpoint.pending() + 1) as f64
     }
 
     /// Picks an endpoint for one call at `now_ns` and counts it as pending; `None` if there
-    /// is none. Call [`Balancer::handle_result`] with the outcome.
-    pub fn pick(&mut self, now_ns: u64, rng: &mut SplitMix64) -> Option<usize> {
+    /// is none. Call [`Balancer::handle_result`] (or [`Balancer::handle_cancel`]) after.
+    ///
+    /// # Panics
+    /// Panics beyond [`PENDING_MAX`] calls in flight to the endpoint picked.
+    pub fn pick(&self, now_ns: u64, rng: &mut SplitMix64) -> Option<usize> {
         // Fast path: no zone preference and nobody ejected, so every endpoint is a candidate
         // and the two choices are drawn directly (O(1) instead of a scan).
         let count = self.endpoints.len();
-        if self.config.zone_local.is_none() && now_ns >= self.ejections_end_ns && count >= 2 {
-            let first = rng.below(count as u64) as usize;
-            let mut second = rng.below(count as u64 - 1) as usize;
-            if second >= first {
-                second += 1;
-            }
-            let chosen = if self.load(first, now_ns) <= self.load(second, now_ns) {
-                first
-            } else {
-                second
-            };
-            self.endpoints[chosen].pending += 1;
-            return Some(chosen);
-        }
-        self.fill_candidates(now_ns);
-        let count = self.candidates.len();
-        let chosen = match count {
-            0 => return None,
-            1 => self.candidates[0],
-            _ => {
-                let first = rng.below(count as u64) as usize;
-                let mut second = rng.below(count as u64 - 1) as usize;
-                if second >= first {
-                    second += 1;
+        let ejections_end_ns = self.common.ejections_end_ns.load(Ordering::Relaxed);
+        let chosen = if self.config.zone_local.is_none() && now_ns >= ejections_end_ns {
+            match count {
+                0 => return None,
+                1 => 0,
+                _ => {
+                    let (first, second) = two_of(count, rng);
+                    self.lighter(first, second, now_ns)
                 }
-                let (a, b) = (self.candidates[first], self.candidates[second]);
-                if self.load(a, now_ns) <= self.load(b, now_ns) {
-                    a
-                } else {
-                    b
+            }
+        } else {
+            // Candidates are found by scanning (rare: zones or ejections), without a scratch
+            // list, so that a pick needs neither `&mut self` nor an allocation.
+            let (zone_only, count) = self.candidates(now_ns);
+            let nth = |n: usize| self.candidate(zone_only, now_ns, n);
+            match count {
+                0 => return None,
+                1 => nth(0),
+                _ => {
+                    let (first, second) = two_of(count, rng);
+                    self.lighter(nth(first), nth(second), now_ns)
                 }
             }
         };
-        self.endpoints[chosen].pending += 1;
+        self.endpoints[chosen].start();
         Some(chosen)
     }
 
-    fn fill_candidates(&mut self, now_ns: u64) {
-        self.candidates.clear();
-        let available = |e: &Endpoint| e.ejected_until_ns.is_none_or(|until| now_ns >= until);
+    fn lighter(&self, a: usize, b: usize, now_ns: u64) -> usize {
+        if self.load(a, now_ns) <= self.load(b, now_ns) {
+            a
+        } else {
+            b
+        }
+    }
+
+    /// Which candidates a pick chooses among: `Some(zone)` (the local zone's available
+    /// endpoints), `None` with a count (every available endpoint), or `None` with the count
+    /// of all endpoints in panic mode (everything ejected, as Envoy does: use them all).
+    fn candidates(&self, now_ns: u64) -> (Candidates<'_>, usize) {
         if let Some(zone) = &self.config.zone_local {
-            let local = self
-                .endpoints
-                .iter()
-                .filter(|e| e.zone.as_ref() == Some(zone))
-                .count();
+            let in_zone = |e: &&Arc<Endpoint>| e.zone.as_ref() == Some(zone);
+            let local = self.endpoints.iter().filter(in_zone).count();
             let healthy = self
                 .endpoints
                 .iter()
-                .filter(|e| e.zone.as_ref() == Some(zone) && available(e))
+                .filter(in_zone)
+                .filter(|e| e.is_available(now_ns))
                 .count();
             if local > 0 && healthy as f64 >= self.config.zone_healthy_share_min * local as f64 {
-                for (i, e) in self.endpoints.iter().enumerate() {
-                    if e.zone.as_ref() == Some(zone) && available(e) {
-                        self.candidates.push(i);
-                    }
-                }
-                return;
+                return (Candidates::Zone(zone), healthy);
             }
         }
-        for (i, e) in self.endpoints.iter().enumerate() {
-            if available(e) {
-                self.candidates.push(i);
-            }
+        let available = self
+            .endpoints
+            .iter()
+            .filter(|e| e.is_available(now_ns))
+            .count();
+        if available == 0 {
+            return (Candidates::All, self.endpoints.len());
         }
-        if self.candidates.is_empty() {
-            // Everything ejected: panic mode, as Envoy does — use them all.
-            self.candidates.extend(0..self.endpoints.len());
-        }
+        (Candidates::Available, available)
+    }
+
+    /// The `n`-th candidate's index.
+    fn candidate(&self, candidates: Candidates<'_>, now_ns: u64, n: usize) -> usize {
+        let is_candidate = |e: &Arc<Endpoint>| match candidates {
+            Candidates::Zone(zone) => e.zone.as_ref() == Some(zone) && e.is_available(now_ns),
+            Candidates::Available => e.is_available(now_ns),
+            Candidates::All => true,
+        };
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| is_candidate(e))
+            .nth(n)
+            .map(|(i, _)| i)
+            // An ejection between counting and choosing can shrink the set: take the first.
+            .unwrap_or(0)
     }
 
     /// Records the outcome of a call to `index` picked earlier. Returns an ejection if this
     /// outcome caused one.
+    ///
+    /// # Panics
+    /// Panics if no call to `index` is pending.
     pub fn handle_result(
-        &mut self,
+        &self,
         now_ns: u64,
         index: usize,
         rtt_ns: u64,
         is_success: bool,
     ) -> Option<Ejection> {
-        let decay_per_ns = self.decay_per_ns;
-        let endpoint = &mut self.endpoints[index];
+        let endpoint = &self.endpoints[index];
+        // One add ends the call (−1 pending) and counts it (+1 call, maybe +1 success).
+        let delta = (1u64 << CALLS_SHIFT)
+            .wrapping_add(u64::from(is_success) << SUCCESSES_SHIFT)
+            .wrapping_sub(1);
+        let before = endpoint.counts.fetch_add(delta, Ordering::Relaxed);
         assert!(
-            endpoint.pending > 0,
+            pending_of(before) > 0,
             "result for a call that was not picked"
         );
-        endpoint.pending -= 1;
-        let rtt = rtt_ns as f64;
-        if rtt > endpoint.rtt_ewma_ns {
-            endpoint.rtt_ewma_ns = rtt;
-        } else {
-            let elapsed = now_ns.saturating_sub(endpoint.rtt_stamp_ns) as f64;
-            let weight = decay(elapsed * decay_per_ns);
-            endpoint.rtt_ewma_ns = endpoint.rtt_ewma_ns * weight + rtt * (1.0 - weight);
+        if calls_of(before) + 1 >= CALLS_HALVE_AT {
+            endpoint.rewrite_interval(|calls, successes| (calls / 2, successes / 2));
         }
-        endpoint.rtt_stamp_ns = now_ns;
-        endpoint.interval_calls += 1;
+        // Two results at once may each update from the same old estimate, and one of them is
+        // lost: an estimate needs no more than that, and a CAS loop would cost every call.
+        let rtt = rtt_ns as f64;
+        let rtt_ewma_ns = endpoint.rtt_ewma_ns();
+        let next = if rtt > rtt_ewma_ns {
+            rtt
+        } else {
+            let stamp_ns = endpoint.rtt_stamp_ns.load(Ordering::Relaxed);
+            let elapsed = now_ns.saturating_sub(stamp_ns) as f64;
+            let weight = decay(elapsed * self.decay_per_ns);
+            rtt_ewma_ns * weight + rtt * (1.0 - weight)
+        };
+        debug_assert!(next.is_finite() && next >= 0.0);
+        endpoint
+            .rtt_ewma_bits
+            .store(next.to_bits(), Ordering::Relaxed);
+        endpoint.rtt_stamp_ns.store(now_ns, Ordering::Relaxed);
         if is_success {
-            endpoint.interval_successes += 1;
-            endpoint.errors_consecutive = 0;
+            // Read first: a store on every success would bounce the line between cores.
+            if endpoint.errors_consecutive.load(Ordering::Relaxed) != 0 {
+                endpoint.errors_consecutive.store(0, Ordering::Relaxed);
+            }
             return None;
         }
-        endpoint.errors_consecutive += 1;
-        if endpoint.errors_consecutive >= self.config.consecutive_errors_eject {
+        let errors = endpoint.errors_consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if errors >= self.config.consecutive_errors_eject {
             return self.eject(now_ns, index, EjectionReason::ConsecutiveErrors);
         }
         None
@@ -302,26 +419,33 @@ impl Balancer {
 
     /// Calls picked for `index` and not yet finished.
     pub fn pending(&self, index: usize) -> u32 {
-        self.endpoints[index].pending
+        u32::try_from(self.endpoints[index].pending()).expect("PENDING_MAX fits in u32")
     }
 
     /// A call picked for `index` was abandoned before it finished (cancelled): it no longer
     /// counts as pending, and says nothing about the endpoint.
-    pub fn handle_cancel(&mut self, index: usize) {
-        let endpoint = &mut self.endpoints[index];
+    ///
+    /// # Panics
+    /// Panics if no call to `index` is pending.
+    pub fn handle_cancel(&self, index: usize) {
+        let before = self.endpoints[index].counts.fetch_sub(1, Ordering::Relaxed);
         assert!(
-            endpoint.pending > 0,
+            pending_of(before) > 0,
             "cancel for a call that was not picked"
         );
-        endpoint.pending -= 1;
     }
 
     /// A peer reports `index` as an outlier: eject it like a local detection would.
-    pub fn handle_peer_ejection(&mut self, now_ns: u64, index: usize) -> Option<Ejection> {
+    pub fn handle_peer_ejection(&self, now_ns: u64, index: usize) -> Option<Ejection> {
         self.eject(now_ns, index, EjectionReason::Peer)
     }
 
-    fn eject(&mut self, now_ns: u64, index: usize, reason: EjectionReason) -> Option<Ejection> {
+    fn eject(&self, now_ns: u64, index: usize, reason: EjectionReason) -> Option<Ejection> {
+        let _ejecting = self
+            .common
+            .ejecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.is_ejected(index, now_ns) {
             return None;
         }
@@ -332,12 +456,16 @@ impl Balancer {
         if (ejected + 1) as f64 > allowed {
             return None;
         }
-        let endpoint = &mut self.endpoints[index];
-        endpoint.ejections += 1;
-        endpoint.errors_consecutive = 0;
-        let until_ns = now_ns + self.config.ejection_base_ns * u64::from(endpoint.ejections);
-        endpoint.ejected_until_ns = Some(until_ns);
-        self.ejections_end_ns = self.ejections_end_ns.max(until_ns);
+        let endpoint = &self.endpoints[index];
+        let ejections = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        endpoint.errors_consecutive.store(0, Ordering::Relaxed);
+        let until_ns = now_ns + self.config.ejection_base_ns * u64::from(ejections);
+        // The end first, so a pick that sees the ejection also sees it must scan.
+        self.common
+            .ejections_end_ns
+            .fetch_max(until_ns, Ordering::Relaxed);
+        endpoint.ejected_until_ns.store(until_ns, Ordering::Relaxed);
+        assert!(self.is_ejected(index, now_ns) || until_ns == now_ns);
         Some(Ejection {
             endpoint: index,
             reason,
@@ -351,13 +479,20 @@ impl Balancer {
     /// Panics if one is broken.
     pub fn check_invariants(&self, now_ns: u64) {
         assert!(self.endpoints.len() <= ENDPOINTS_MAX);
+        let ejections_end_ns = self.common.ejections_end_ns.load(Ordering::Relaxed);
         for endpoint in &self.endpoints {
-            assert!(endpoint.rtt_ewma_ns.is_finite() && endpoint.rtt_ewma_ns >= 0.0);
-            assert!(endpoint.interval_successes <= endpoint.interval_calls);
-            if let Some(until) = endpoint.ejected_until_ns {
-                assert!(endpoint.ejections > 0, "an ejected endpoint was ejected");
+            let rtt = endpoint.rtt_ewma_ns();
+            assert!(rtt.is_finite() && rtt >= 0.0);
+            let counts = endpoint.counts.load(Ordering::Relaxed);
+            assert!(successes_of(counts) <= calls_of(counts));
+            let until = endpoint.ejected_until_ns.load(Ordering::Relaxed);
+            if until > 0 {
                 assert!(
-                    until <= self.ejections_end_ns,
+                    endpoint.ejections.load(Ordering::Relaxed) > 0,
+                    "an ejected endpoint was ejected"
+                );
+                assert!(
+                    until <= ejections_end_ns,
                     "ejections_end_ns covers every ejection"
                 );
             }
@@ -374,18 +509,16 @@ impl Balancer {
 
     /// Runs the periodic success-rate detection over the interval since the last call, then
     /// starts a new interval. Returns the endpoints ejected.
-    pub fn handle_interval(&mut self, now_ns: u64) -> Vec<Ejection> {
-        let calls_min = self.config.success_rate_calls_min.max(1);
+    pub fn handle_interval(&self, now_ns: u64) -> Vec<Ejection> {
+        let calls_min = u64::from(self.config.success_rate_calls_min.max(1));
         let rates: Vec<(usize, f64)> = self
             .endpoints
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.interval_calls >= calls_min)
-            .map(|(i, e)| {
-                (
-                    i,
-                    f64::from(e.interval_successes) / f64::from(e.interval_calls),
-                )
+            .filter_map(|(i, e)| {
+                let counts = e.counts.load(Ordering::Relaxed);
+                let calls = calls_of(counts);
+                (calls >= calls_min).then(|| (i, successes_of(counts) as f64 / calls as f64))
             })
             .collect();
         let mut ejections = Vec::new();
@@ -402,12 +535,36 @@ impl Balancer {
                 }
             }
         }
-        for endpoint in &mut self.endpoints {
-            endpoint.interval_calls = 0;
-            endpoint.interval_successes = 0;
+        for endpoint in &self.endpoints {
+            endpoint.rewrite_interval(|_, _| (0, 0));
         }
         ejections
     }
+
+    /// Counts a call to `index` as pending without picking it (tests drive results directly).
+    #[cfg(test)]
+    fn force_pending(&self, index: usize) {
+        self.endpoints[index].start();
+    }
+}
+
+/// Two distinct indices below `count` (≥ 2), uniformly.
+fn two_of(count: usize, rng: &mut SplitMix64) -> (usize, usize) {
+    debug_assert!(count >= 2);
+    let first = rng.below(count as u64) as usize;
+    let mut second = rng.below(count as u64 - 1) as usize;
+    if second >= first {
+        second += 1;
+    }
+    (first, second)
+}
+
+/// The candidate set of a pick off the fast path; see [`Balancer::candidates`].
+#[derive(Debug, Clone, Copy)]
+enum Candidates<'a> {
+    Zone(&'a String),
+    Available,
+    All,
 }
 
 #[cfg(test)]
@@ -476,7 +633,7 @@ mod tests {
         }
         let mut ejection = None;
         for _ in 0..3 {
-            balancer.endpoints[2].pending += 1;
+            balancer.force_pending(2);
             ejection = balancer.handle_result(0, 2, MS, false);
         }
         assert_eq!(
@@ -500,7 +657,7 @@ mod tests {
         }
         for index in 0..6 {
             for call in 0..200 {
-                balancer.endpoints[index].pending += 1;
+                balancer.force_pending(index);
                 // Endpoint 4 fails every other call, but never 5 times in a row.
                 let ok = index != 4 || call % 2 == 0;
                 balancer.handle_result(0, index, MS, ok);
@@ -551,5 +708,50 @@ mod tests {
             })
             .count();
         assert!(remote > 30, "remote picks {remote}");
+    }
+
+    #[test]
+    fn balance_shared_handle_sees_results_and_keeps_removed_state() {
+        let mut first = Balancer::new(BalanceConfig::default());
+        for _ in 0..3 {
+            first.add(None);
+        }
+        let second = first.share();
+        let mut rng = SplitMix64::new(3);
+        let index = second.pick(0, &mut rng).expect("endpoints exist");
+        assert_eq!(
+            first.pending(index),
+            1,
+            "one endpoint state behind both handles"
+        );
+        // Removing it from the first handle does not disturb the call in flight on the second.
+        first.remove(index);
+        assert_eq!(first.len(), 2);
+        assert_eq!(second.len(), 3);
+        assert_eq!(second.handle_result(MS, index, 50 * MS, true), None);
+        assert_eq!(second.pending(index), 0);
+        assert!(
+            second.load(index, MS) > 40.0 * MS as f64,
+            "peak taken at once"
+        );
+        second.check_invariants(MS);
+        first.check_invariants(MS);
+    }
+
+    #[test]
+    fn balance_interval_counts_halve_instead_of_overflowing() {
+        let mut balancer = Balancer::new(BalanceConfig::default());
+        balancer.add(None);
+        let calls = CALLS_HALVE_AT + 10;
+        for call in 0..calls {
+            balancer.force_pending(0);
+            balancer.handle_result(0, 0, MS, call % 4 != 0);
+        }
+        let counts = balancer.endpoints[0].counts.load(Ordering::Relaxed);
+        assert_eq!(pending_of(counts), 0);
+        assert!(calls_of(counts) < CALLS_HALVE_AT);
+        let rate = successes_of(counts) as f64 / calls_of(counts) as f64;
+        assert!((rate - 0.75).abs() < 0.01, "rate kept: {rate}");
+        balancer.check_invariants(0);
     }
 }

@@ -182,13 +182,7 @@ impl AdaptiveLimit {
     }
 
     fn aimd(&self, sample: Sample, backoff_ratio: f64, timeout_ns: u64) -> f64 {
-        if sample.is_dropped || sample.rtt_ns > timeout_ns {
-            (self.limit * backoff_ratio).floor()
-        } else if f64::from(sample.inflight) * 2.0 >= self.limit {
-            self.limit + 1.0
-        } else {
-            self.limit
-        }
+        aimd_next(self.limit, sample, backoff_ratio, timeout_ns)
     }
 
     fn vegas(&mut self, sample: Sample, smoothing: f64, probe_multiplier: u32) -> f64 {
@@ -242,14 +236,17 @@ impl AdaptiveLimit {
             let factor = 2.0 / (f64::from(long_window) + 1.0);
             self.rtt_long_ns += (short - self.rtt_long_ns) * factor;
         }
+        // This sample's gradient uses the long average before the pull-down below, as
+        // Netflix's Gradient2Limit does.
+        let long = self.rtt_long_ns;
         // A long average far above the present means load went away; let it catch up.
-        if self.rtt_long_ns / short > 2.0 {
+        if long / short > 2.0 {
             self.rtt_long_ns *= 0.95;
         }
         if f64::from(sample.inflight) < self.limit / 2.0 {
             return self.limit;
         }
-        let gradient = (rtt_tolerance * self.rtt_long_ns / short).clamp(0.5, 1.0);
+        let gradient = (rtt_tolerance * long / short).clamp(0.5, 1.0);
         let target = self.limit * gradient + f64::from(queue_size);
         self.limit * (1.0 - smoothing) + target * smoothing
     }
@@ -265,6 +262,18 @@ impl AdaptiveLimit {
     }
 }
 
+/// AIMD's next limit (before clamping): its whole state is the limit, so
+/// [`ConcurrencyLimiter`] can run it on an atomic.
+fn aimd_next(limit: f64, sample: Sample, backoff_ratio: f64, timeout_ns: u64) -> f64 {
+    if sample.is_dropped || sample.rtt_ns > timeout_ns {
+        (limit * backoff_ratio).floor()
+    } else if f64::from(sample.inflight) * 2.0 >= limit {
+        limit + 1.0
+    } else {
+        limit
+    }
+}
+
 /// Why a call was refused by the concurrency limiter; nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("concurrency limit {limit} reached")]
@@ -274,10 +283,14 @@ pub struct LimitReached {
 }
 
 /// An adaptive limit plus the count of calls in flight, shareable between threads: admitting
-/// a call is a lock-free CAS on the in-flight count; a completed call's sample takes a mutex
-/// to update the algorithm.
+/// a call is a lock-free CAS on the in-flight count. A completed call's sample updates AIMD
+/// (whose whole state is the limit) with a CAS on the limit, and only when the limit changes
+/// (no write at all when it is unused or at its maximum); Vegas and Gradient2 keep more state
+/// per sample and take a mutex.
 #[derive(Debug)]
 pub struct ConcurrencyLimiter {
+    config: LimitConfig,
+    /// Vegas and Gradient2 only: AIMD runs on `limit` alone.
     algorithm: Mutex<AdaptiveLimit>,
     limit: AtomicU32,
     inflight: AtomicU32,
@@ -289,6 +302,7 @@ impl ConcurrencyLimiter {
         let algorithm = AdaptiveLimit::new(config);
         let limit = AtomicU32::new(algorithm.limit());
         Self {
+            config,
             algorithm: Mutex::new(algorithm),
             limit,
             inflight: AtomicU32::new(0),
@@ -336,6 +350,24 @@ impl ConcurrencyLimiter {
     pub fn release(&self, sample: Sample) -> Option<u32> {
         let before = self.inflight.fetch_sub(1, Ordering::AcqRel);
         assert!(before > 0, "limiter released more calls than it admitted");
+        if let LimitAlgorithm::Aimd {
+            backoff_ratio,
+            timeout_ns,
+        } = self.config.algorithm
+        {
+            let (min, max) = (self.config.limit_min, self.config.limit_max);
+            let mut changed = None;
+            // The closure may run again if another release moved the limit meanwhile.
+            let _ = self
+                .limit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                    let next = aimd_next(f64::from(old), sample, backoff_ratio, timeout_ns);
+                    let next = (next as u32).clamp(min, max);
+                    changed = (next != old).then_some(next);
+                    changed
+                });
+            return changed;
+        }
         let mut algorithm = self
             .algorithm
             .lock()
@@ -409,6 +441,20 @@ mod tests {
     }
 
     #[test]
+    fn limit_gradient2_drifts_to_max_under_a_slowly_growing_queue() {
+        // Checked against Netflix's Gradient2Limit (tolerance 1.5, smoothing 0.2, long window
+        // 600 with a 10-sample warm-up, pull-down ×0.95 when long > 2 × short, queue 4): it has
+        // no absolute baseline. When the RTT grows with the limit, the long average follows
+        // the short RTT (an exponential average over ~600 samples), so whenever the queue
+        // stops growing the gradient is back at 1 (tolerance × long/short ≥ 1) and the limit
+        // climbs by smoothing × queue per sample: a queue that is merely sustained becomes the
+        // new normal. So it does not settle near capacity in this closed loop, by design;
+        // drops do not stop it either (Gradient2 ignores them).
+        let gradient2 = settle(LimitAlgorithm::gradient2(), 100, 5);
+        assert_eq!(gradient2, 1_000, "gradient2 {gradient2}");
+    }
+
+    #[test]
     fn limit_gradient2_shrinks_when_latency_inflates() {
         // Gradient2 judges the present against its own long-term average, so a sustained
         // slow rise becomes the new normal (in a closed loop where RTT grows with the limit
@@ -459,6 +505,31 @@ mod tests {
         });
         assert_eq!(changed, Some(3));
         assert_eq!(limiter.inflight(), 1);
+    }
+
+    #[test]
+    fn limiter_aimd_on_atomic_matches_the_core() {
+        let config = LimitConfig::new(LimitAlgorithm::aimd());
+        let limiter = ConcurrencyLimiter::new(config);
+        let mut core = AdaptiveLimit::new(config);
+        let mut rng = colony_base::SplitMix64::new(11);
+        for step in 0..5_000u64 {
+            let sample = Sample {
+                now_ns: step,
+                rtt_ns: rng.below(6_000_000_000),
+                inflight: rng.below(1_200) as u32,
+                is_dropped: rng.below(50) == 0,
+            };
+            limiter.try_acquire().ok();
+            if limiter.inflight() == 0 {
+                continue;
+            }
+            let before = core.limit();
+            let after = core.handle_sample(sample);
+            let changed = limiter.release(sample);
+            assert_eq!(changed, (after != before).then_some(after), "step {step}");
+            assert_eq!(limiter.limit(), core.limit(), "step {step}");
+        }
     }
 
     proptest! {

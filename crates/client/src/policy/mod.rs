@@ -3,8 +3,8 @@
 //! random bits passed in. The tower layers and the overload simulator drive these same types.
 //!
 //! Cores shared between threads (breaker, bulkhead, limiter, budget, throttle, GCRA, shedder,
-//! latency tracker) use atomics and `&self`; the others (`Balancer`, `AdaptiveLimit`,
-//! `TokenBucket`) are `&mut self` and single-threaded.
+//! latency tracker, and the balancer's picks and results) use atomics and `&self`; the others
+//! (`AdaptiveLimit`, `TokenBucket`, the balancer's membership changes) are `&mut self`.
 
 pub mod backoff;
 pub mod balance;
