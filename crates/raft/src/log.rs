@@ -1,0 +1,273 @@
+//! The in-memory view of the log: a snapshot boundary, the entries after it, and the three
+//! watermarks (persisted, committed, applied) that the Ready contract moves.
+
+use crate::message::{Entry, Snapshot, SnapshotMeta};
+
+/// The log as this node knows it. Entries `first_index()..=last_index()` are held in memory
+/// (the caller's storage holds the persisted prefix of the same entries).
+#[derive(Debug, Clone)]
+pub(crate) struct RaftLog {
+    /// What the latest snapshot covers; entries at or below `snapshot_meta.index` are gone.
+    pub(crate) snapshot_meta: SnapshotMeta,
+    /// The latest snapshot with its data, kept to send to followers that fall behind it.
+    pub(crate) snapshot: Option<Snapshot>,
+    /// A snapshot received from the leader and not yet persisted.
+    pub(crate) is_snapshot_unstable: bool,
+    /// Entries after the snapshot, contiguous.
+    pub(crate) entries: Vec<Entry>,
+    /// Entries up to here are persisted (fsynced) and still in the log.
+    pub(crate) stable_index: u64,
+    /// Highest committed index.
+    pub(crate) commit: u64,
+    /// Highest index the caller has applied (acknowledged through `advance`).
+    pub(crate) applied: u64,
+}
+
+impl RaftLog {
+    pub(crate) fn restore(snapshot: Option<Snapshot>, entries: Vec<Entry>, commit: u64) -> Self {
+        let snapshot_meta = snapshot.as_ref().map(|s| s.meta).unwrap_or_default();
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                snapshot_meta.index + 1 + offset as u64,
+                "restored entries must follow the snapshot contiguously"
+            );
+        }
+        let log = Self {
+            snapshot_meta,
+            snapshot,
+            is_snapshot_unstable: false,
+            stable_index: snapshot_meta.index + entries.len() as u64,
+            entries,
+            commit: commit.max(snapshot_meta.index),
+            applied: snapshot_meta.index,
+        };
+        assert!(
+            log.commit <= log.last_index(),
+            "restored commit beyond the log"
+        );
+        log
+    }
+
+    pub(crate) fn first_index(&self) -> u64 {
+        self.snapshot_meta.index + 1
+    }
+
+    pub(crate) fn last_index(&self) -> u64 {
+        self.snapshot_meta.index + self.entries.len() as u64
+    }
+
+    pub(crate) fn last_term(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot_meta.term, |e| e.term)
+    }
+
+    /// The term of the entry at `index`; `None` if compacted away or beyond the log.
+    pub(crate) fn term_at(&self, index: u64) -> Option<u64> {
+        if index == self.snapshot_meta.index {
+            return Some(self.snapshot_meta.term);
+        }
+        if index < self.snapshot_meta.index || index > self.last_index() {
+            return None;
+        }
+        Some(self.entry(index).term)
+    }
+
+    pub(crate) fn entry(&self, index: u64) -> &Entry {
+        assert!(index >= self.first_index(), "entry {index} was compacted");
+        assert!(
+            index <= self.last_index(),
+            "entry {index} is beyond the log"
+        );
+        let entry = &self.entries[(index - self.first_index()) as usize];
+        debug_assert_eq!(entry.index, index);
+        entry
+    }
+
+    pub(crate) fn matches(&self, index: u64, term: u64) -> bool {
+        self.term_at(index) == Some(term)
+    }
+
+    /// Raft §5.4.1: a candidate's log is at least as up to date as ours.
+    pub(crate) fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// The largest index at or below `index` whose term is at most `term` (and its term), or
+    /// the snapshot boundary if every held entry up to `index` has a larger term.
+    pub(crate) fn find_conflict_by_term(&self, index: u64, term: u64) -> (u64, u64) {
+        let mut at = index.min(self.last_index());
+        while at > self.snapshot_meta.index {
+            let at_term = self.entry(at).term;
+            if at_term <= term {
+                return (at, at_term);
+            }
+            at -= 1;
+        }
+        (self.snapshot_meta.index, self.snapshot_meta.term)
+    }
+
+    /// Entries `from..` limited by count and bytes (at least one if any exists).
+    pub(crate) fn slice(&self, from: u64, count_max: usize, bytes_max: usize) -> Vec<Entry> {
+        assert!(from >= self.first_index(), "slice from a compacted index");
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut at = from;
+        while at <= self.last_index() && out.len() < count_max {
+            let entry = self.entry(at);
+            if !out.is_empty() && bytes + entry.data.len() > bytes_max {
+                break;
+            }
+            bytes += entry.data.len();
+            out.push(entry.clone());
+            at += 1;
+        }
+        out
+    }
+
+    /// Appends entries created by this node as leader.
+    pub(crate) fn append(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "leader appends contiguously"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "terms never decrease along the log"
+        );
+        self.entries.push(entry);
+    }
+
+    /// The follower side of AppendEntries (Raft §5.3): if the log holds `prev`, append the
+    /// entries, truncating at the first conflict, and return the index of the last new entry.
+    pub(crate) fn maybe_append(
+        &mut self,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+    ) -> Option<u64> {
+        if !self.matches(prev_index, prev_term) {
+            return None;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        for entry in entries {
+            if entry.index <= self.snapshot_meta.index {
+                continue;
+            }
+            match self.term_at(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    // Raft §5.3: delete the conflicting entry and all that follow it. A
+                    // committed entry is never in conflict (Leader Completeness, §5.4).
+                    assert!(
+                        entry.index > self.commit,
+                        "conflict at committed index {} (commit {})",
+                        entry.index,
+                        self.commit
+                    );
+                    let keep = (entry.index - self.first_index()) as usize;
+                    self.entries.truncate(keep);
+                    self.stable_index = self.stable_index.min(entry.index - 1);
+                    self.entries.push(entry);
+                }
+                None => {
+                    assert_eq!(entry.index, self.last_index() + 1, "append leaves no gap");
+                    self.entries.push(entry);
+                }
+            }
+        }
+        Some(last_new)
+    }
+
+    pub(crate) fn commit_to(&mut self, index: u64) -> bool {
+        if index <= self.commit {
+            return false;
+        }
+        assert!(
+            index <= self.last_index(),
+            "commit {index} beyond last index {}",
+            self.last_index()
+        );
+        self.commit = index;
+        true
+    }
+
+    /// Replaces the whole log by a snapshot received from the leader.
+    pub(crate) fn install(&mut self, snapshot: Snapshot) {
+        assert!(
+            snapshot.meta.index > self.commit,
+            "a snapshot never rewinds commit"
+        );
+        self.snapshot_meta = snapshot.meta;
+        self.snapshot = Some(snapshot);
+        self.is_snapshot_unstable = true;
+        self.entries.clear();
+        self.stable_index = 0;
+        self.commit = self.snapshot_meta.index;
+    }
+
+    /// Drops entries up to `index`, which the caller's snapshot `data` covers.
+    pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) {
+        assert!(index <= self.applied, "compact beyond applied");
+        assert!(index <= self.stable_index, "compact beyond persisted");
+        if index <= self.snapshot_meta.index {
+            return;
+        }
+        let term = self.term_at(index).expect("index is within the log");
+        let drop = (index - self.snapshot_meta.index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot_meta = crate::message::SnapshotMeta { index, term };
+        self.snapshot = Some(Snapshot {
+            meta: self.snapshot_meta,
+            data,
+        });
+        assert_eq!(self.first_index(), index + 1);
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        for (offset, entry) in self.entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                self.first_index() + offset as u64,
+                "log is contiguous"
+            );
+        }
+        let mut term = self.snapshot_meta.term;
+        for entry in &self.entries {
+            assert!(entry.term >= term, "terms never decrease along the log");
+            term = entry.term;
+        }
+        assert!(
+            self.applied <= self.commit,
+            "applied {} > commit {}",
+            self.applied,
+            self.commit
+        );
+        assert!(self.commit <= self.last_index(), "commit beyond the log");
+        assert!(
+            self.stable_index <= self.last_index(),
+            "persisted beyond the log"
+        );
+        assert!(
+            self.snapshot_meta.index <= self.commit,
+            "snapshot covers uncommitted entries"
+        );
+        if let Some(snapshot) = &self.snapshot {
+            assert_eq!(snapshot.meta, self.snapshot_meta);
+        } else {
+            assert_eq!(self.snapshot_meta, SnapshotMeta::default());
+        }
+        if self.is_snapshot_unstable {
+            assert!(self.snapshot.is_some(), "an unstable snapshot is held");
+        } else {
+            assert!(
+                self.stable_index >= self.snapshot_meta.index,
+                "snapshot persisted"
+            );
+            assert!(self.applied >= self.snapshot_meta.index, "snapshot applied");
+        }
+    }
+}
