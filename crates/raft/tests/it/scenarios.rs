@@ -1,0 +1,1 @@
+//! Targeted scenarios (filled in below).
