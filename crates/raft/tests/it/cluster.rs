@@ -555,9 +555,10 @@ impl Cluster {
         while !done(self) {
             assert!(
                 self.now_ms < deadline,
-                "seed {}: {what} did not happen within {within_ms} ms (now {} ms)",
+                "seed {}: {what} did not happen within {within_ms} ms (now {} ms)\n{}",
                 self.seed,
-                self.now_ms
+                self.now_ms,
+                self.describe()
             );
             self.step();
         }
@@ -568,6 +569,31 @@ impl Cluster {
         while self.now_ms < end {
             self.step();
         }
+    }
+
+    /// One line per node, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for &id in &self.ids {
+            match self.node(id) {
+                None => out.push_str(&format!("node {id}: down\n")),
+                Some(r) => out.push_str(&format!(
+                    "node {id}: {:?} term {} leader {:?} first {} last {} persisted {} commit {} \
+                     applied {} has_ready {}\n",
+                    r.role(),
+                    r.term(),
+                    r.leader(),
+                    r.first_index(),
+                    r.last_index(),
+                    r.persisted_index(),
+                    r.commit_index(),
+                    r.applied_index(),
+                    r.has_ready()
+                )),
+            }
+        }
+        out.push_str(&format!("blocked {:?}, in flight {}", self.blocked, self.network.len()));
+        out
     }
 
     // ----- checkers --------------------------------------------------------------------
@@ -648,6 +674,12 @@ impl Cluster {
         }
     }
 
+    /// Acknowledged values node `id` has not applied.
+    fn lost_at(&self, id: u64) -> Vec<u64> {
+        let applied: BTreeSet<u64> = self.applied_values(id).into_iter().collect();
+        self.acked.iter().copied().filter(|v| !applied.contains(v)).collect()
+    }
+
     /// After faults are gone: every node is up, one leader, a fresh value commits everywhere,
     /// and every acknowledged value is applied on every node.
     pub fn check_liveness(&mut self, within_ms: u64) {
@@ -661,35 +693,41 @@ impl Cluster {
                 self.restart(id);
             }
         }
-        let mut probe = None;
+        // A proposal accepted by a leader that is then deposed may be lost (it was never
+        // acknowledged); keep proposing until one is applied everywhere.
         let deadline = self.now_ms + within_ms;
-        while probe.is_none() {
+        let mut probes: Vec<u64> = Vec::new();
+        let mut next_probe_ms = self.now_ms;
+        loop {
+            // Done when a probe is applied everywhere and so is every acknowledged value
+            // (a later probe may have been acknowledged on some nodes only so far).
+            let is_done = probes
+                .iter()
+                .any(|p| self.ids.iter().all(|&id| self.applied_values(id).contains(p)))
+                && self.ids.iter().all(|&id| self.lost_at(id).is_empty());
+            if is_done {
+                break;
+            }
             assert!(
                 self.now_ms < deadline,
-                "seed {}: no leader accepted a proposal within {within_ms} ms after healing",
-                self.seed
+                "seed {}: no proposal applied everywhere within {within_ms} ms after healing \
+                 (probes {probes:?}, acknowledged values missing per node {:?})\n{}",
+                self.seed,
+                self.ids.iter().map(|&id| self.lost_at(id)).collect::<Vec<_>>(),
+                self.describe()
             );
             self.step();
-            if let Some(leader) = self.leader() {
-                probe = self.propose_at(leader);
+            if self.now_ms >= next_probe_ms
+                && let Some(leader) = self.leader()
+                && let Some(value) = self.propose_at(leader)
+            {
+                probes.push(value);
+                next_probe_ms = self.now_ms + self.config.election_timeout_ms_min;
             }
         }
-        let probe = probe.expect("set above");
-        let remaining = deadline.saturating_sub(self.now_ms).max(1);
-        self.run_until(remaining, "the probe to apply everywhere", |c| {
-            c.ids
-                .iter()
-                .all(|&id| c.applied_values(id).contains(&probe))
-        });
         self.check_logs();
         for &id in &self.ids {
-            let applied: BTreeSet<u64> = self.applied_values(id).into_iter().collect();
-            let lost: Vec<&u64> = self.acked.iter().filter(|v| !applied.contains(v)).collect();
-            assert!(
-                lost.is_empty(),
-                "seed {}: node {id} lacks acked values {lost:?}",
-                self.seed
-            );
+            assert!(self.lost_at(id).is_empty(), "checked by the loop");
         }
     }
 }
