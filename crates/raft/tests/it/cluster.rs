@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use colony_base::SplitMix64;
 use colony_raft::{
-    Config, Entry, EntryKind, HardState, Message, Raft, Ready, Restored, Role, Snapshot,
+    Config, Entry, EntryKind, HardState, Message, Raft, ReadState, Ready, Restored, Role, Snapshot,
 };
 
 /// Fault rates, per mille of steps (or of messages for the network ones).
@@ -153,6 +153,8 @@ pub struct Cluster {
     pub acked: BTreeSet<u64>,
     pub steps: u64,
     pub stats: Stats,
+    /// ReadIndex answers handed out, per node.
+    pub read_states: Vec<(u64, ReadState)>,
 }
 
 /// What happened during a run, to show the faults and paths were exercised.
@@ -243,6 +245,7 @@ impl Cluster {
             acked: BTreeSet::new(),
             steps: 0,
             stats: Stats::default(),
+            read_states: Vec::new(),
         }
     }
 
@@ -364,6 +367,7 @@ impl Cluster {
                 read.index <= node.raft.commit_index(),
                 "read index is committed"
             );
+            self.read_states.push((id, *read));
         }
         node.raft.advance();
         node.raft.check_invariants();
@@ -460,8 +464,12 @@ impl Cluster {
                 }
             }
             1 => {
-                // One node cut off.
-                let id = self.ids[self.rng.below(self.ids.len() as u64) as usize];
+                // One node cut off, often the leader, so that a stale leader keeps accepting
+                // proposals into a log tail the rest of the cluster will overwrite.
+                let id = match self.leader() {
+                    Some(leader) if self.rng.below(2) == 0 => leader,
+                    _ => self.ids[self.rng.below(self.ids.len() as u64) as usize],
+                };
                 self.isolate(id);
             }
             _ => {
@@ -513,6 +521,16 @@ impl Cluster {
             }
         }
         if self.chance(self.faults.propose_per_mille) {
+            // Clients try every node that believes it leads (stale leaders included), and
+            // now and then a random node (which refuses unless it leads).
+            let leaders: Vec<u64> = self
+                .live_ids()
+                .into_iter()
+                .filter(|&id| self.node(id).is_some_and(Raft::is_leader))
+                .collect();
+            for id in leaders {
+                self.propose_at(id);
+            }
             let live = self.live_ids();
             if !live.is_empty() {
                 let id = live[self.rng.below(live.len() as u64) as usize];
@@ -522,7 +540,10 @@ impl Cluster {
         if self.chance(self.faults.crash_per_mille) {
             let live = self.live_ids();
             if !live.is_empty() {
-                let id = live[self.rng.below(live.len() as u64) as usize];
+                let id = match self.leader() {
+                    Some(leader) if self.rng.below(2) == 0 => leader,
+                    _ => live[self.rng.below(live.len() as u64) as usize],
+                };
                 self.crash(id);
             }
         }
@@ -592,7 +613,11 @@ impl Cluster {
                 )),
             }
         }
-        out.push_str(&format!("blocked {:?}, in flight {}", self.blocked, self.network.len()));
+        out.push_str(&format!(
+            "blocked {:?}, in flight {}",
+            self.blocked,
+            self.network.len()
+        ));
         out
     }
 
@@ -677,7 +702,11 @@ impl Cluster {
     /// Acknowledged values node `id` has not applied.
     fn lost_at(&self, id: u64) -> Vec<u64> {
         let applied: BTreeSet<u64> = self.applied_values(id).into_iter().collect();
-        self.acked.iter().copied().filter(|v| !applied.contains(v)).collect()
+        self.acked
+            .iter()
+            .copied()
+            .filter(|v| !applied.contains(v))
+            .collect()
     }
 
     /// After faults are gone: every node is up, one leader, a fresh value commits everywhere,
@@ -701,10 +730,11 @@ impl Cluster {
         loop {
             // Done when a probe is applied everywhere and so is every acknowledged value
             // (a later probe may have been acknowledged on some nodes only so far).
-            let is_done = probes
-                .iter()
-                .any(|p| self.ids.iter().all(|&id| self.applied_values(id).contains(p)))
-                && self.ids.iter().all(|&id| self.lost_at(id).is_empty());
+            let is_done = probes.iter().any(|p| {
+                self.ids
+                    .iter()
+                    .all(|&id| self.applied_values(id).contains(p))
+            }) && self.ids.iter().all(|&id| self.lost_at(id).is_empty());
             if is_done {
                 break;
             }
@@ -713,7 +743,10 @@ impl Cluster {
                 "seed {}: no proposal applied everywhere within {within_ms} ms after healing \
                  (probes {probes:?}, acknowledged values missing per node {:?})\n{}",
                 self.seed,
-                self.ids.iter().map(|&id| self.lost_at(id)).collect::<Vec<_>>(),
+                self.ids
+                    .iter()
+                    .map(|&id| self.lost_at(id))
+                    .collect::<Vec<_>>(),
                 self.describe()
             );
             self.step();
