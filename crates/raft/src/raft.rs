@@ -830,7 +830,10 @@ impl Raft {
             ReplicationState::Replicate => {}
         }
         if progress.match_index < last_index {
-            self.send_append(from, false);
+            // Even with nothing new to send, an empty append at `next - 1` makes a follower
+            // that lost pipelined appends reject it, which sends it back to probing; without
+            // it an idle leader would never notice the loss.
+            self.send_append(from, true);
         }
         self.release_reads();
     }

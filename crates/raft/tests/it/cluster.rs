@@ -520,7 +520,10 @@ impl Cluster {
                 self.process_ready(id);
             }
         }
-        if self.chance(self.faults.propose_per_mille) {
+        // Load comes in bursts with idle stretches between them: an idle leader must still
+        // notice and repair what the network lost.
+        let is_idle = (self.steps / 400) % 3 == 2;
+        if !is_idle && self.chance(self.faults.propose_per_mille) {
             // Clients try every node that believes it leads (stale leaders included), and
             // now and then a random node (which refuses unless it leads).
             let leaders: Vec<u64> = self
