@@ -725,6 +725,20 @@ impl Cluster {
                 self.restart(id);
             }
         }
+        // Without any new load, the cluster converges: one leader commits its whole log and
+        // every node applies it (an idle leader must repair losses on its own).
+        self.run_until(within_ms, "convergence without new proposals", |c| {
+            c.leader().is_some_and(|leader| {
+                let raft = c.node(leader).expect("live");
+                raft.commit_index() == raft.last_index()
+                    && c.ids.iter().all(|&id| {
+                        c.node(id).is_some_and(|r| {
+                            r.applied_index() == raft.commit_index()
+                                && r.last_index() == raft.last_index()
+                        })
+                    })
+            })
+        });
         // A proposal accepted by a leader that is then deposed may be lost (it was never
         // acknowledged); keep proposing until one is applied everywhere.
         let deadline = self.now_ms + within_ms;

@@ -461,30 +461,63 @@ fn rejection_hint_skips_a_divergent_term() {
 /// candidate of a higher term; once the leader has been silent that long, it grants.
 #[test]
 fn prevote_refused_while_the_leader_is_live() {
-    let config = Config { pre_vote: true, check_quorum: true, ..sim_config(0) };
+    let config = Config {
+        pre_vote: true,
+        check_quorum: true,
+        ..sim_config(0)
+    };
     let mut follower = Raft::new(2, &[1, 2, 3], config, 5, Restored::default());
     follower.handle_tick(0);
-    let heartbeat = Message::Heartbeat { term: 1, commit: 0, read_seq: 0 };
+    let heartbeat = Message::Heartbeat {
+        term: 1,
+        commit: 0,
+        read_seq: 0,
+    };
     follower.handle_message(10, 1, heartbeat);
     assert_eq!(follower.leader(), Some(1));
     let _ = follower.ready();
     follower.advance();
-    let pre_vote = Message::PreVote { term: 2, last_index: 0, last_term: 0 };
+    let pre_vote = Message::PreVote {
+        term: 2,
+        last_index: 0,
+        last_term: 0,
+    };
     follower.handle_message(20, 3, pre_vote.clone());
-    let vote = Message::Vote { term: 2, last_index: 0, last_term: 0, is_transfer: false };
+    let vote = Message::Vote {
+        term: 2,
+        last_index: 0,
+        last_term: 0,
+        is_transfer: false,
+    };
     follower.handle_message(20, 3, vote);
     let ready = follower.ready();
     follower.advance();
-    assert_eq!(follower.term(), 1, "a vote inside the lease does not even bump the term");
+    assert_eq!(
+        follower.term(),
+        1,
+        "a vote inside the lease does not even bump the term"
+    );
     let answers: Vec<&Message> = ready.messages.iter().map(|e| &e.message).collect();
-    assert_eq!(answers, vec![&Message::PreVoteResponse { term: 1, granted: false }]);
+    assert_eq!(
+        answers,
+        vec![&Message::PreVoteResponse {
+            term: 1,
+            granted: false
+        }]
+    );
     // After the lease: granted, still without adopting the term (it is only a pre-vote).
     follower.handle_message(10 + ELECTION_MS, 3, pre_vote);
     let ready = follower.ready();
     follower.advance();
     assert_eq!(follower.term(), 1);
     let answers: Vec<&Message> = ready.messages.iter().map(|e| &e.message).collect();
-    assert_eq!(answers, vec![&Message::PreVoteResponse { term: 2, granted: true }]);
+    assert_eq!(
+        answers,
+        vec![&Message::PreVoteResponse {
+            term: 2,
+            granted: true
+        }]
+    );
 }
 
 /// A one-way partition (the leader's messages to one follower are lost, the follower's still
@@ -495,7 +528,12 @@ fn one_way_partition_does_not_depose_a_live_leader() {
     let mut cluster = quiet_cluster(3, 41);
     let leader = elect(&mut cluster);
     let term = cluster.node(leader).expect("up").term();
-    let deaf = cluster.ids.iter().copied().find(|&id| id != leader).expect("a follower");
+    let deaf = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|&id| id != leader)
+        .expect("a follower");
     cluster.blocked.insert((leader, deaf));
     cluster.run_for(10 * ELECTION_MS);
     assert_eq!(cluster.leader(), Some(leader));
