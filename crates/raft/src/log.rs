@@ -212,10 +212,10 @@ impl RaftLog {
     /// Drops entries up to `index`, which the caller's snapshot `data` covers.
     pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) {
         assert!(index <= self.applied, "compact beyond applied");
-        assert!(index <= self.stable_index, "compact beyond persisted");
         if index <= self.snapshot_meta.index {
             return;
         }
+        assert!(index <= self.stable_index, "compact beyond persisted");
         let term = self.term_at(index).expect("index is within the log");
         let drop = (index - self.snapshot_meta.index) as usize;
         self.entries.drain(..drop);
