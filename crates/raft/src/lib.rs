@@ -43,7 +43,7 @@ mod raft;
 
 pub use config::{Config, ConfigError};
 pub use message::{
-    Entry, EntryKind, Envelope, HardState, Message, ReadState, Rejection, Restored, Snapshot,
-    SnapshotMeta,
+    ConfChange, Entry, EntryKind, Envelope, HardState, Message, ReadState, Rejection, Restored,
+    Snapshot, SnapshotMeta,
 };
 pub use raft::{ProposeError, READ_REQUESTS_MAX, Raft, Ready, RequestError, Role};

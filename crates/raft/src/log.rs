@@ -1,7 +1,7 @@
 //! The in-memory view of the log: a snapshot boundary, the entries after it, and the three
 //! watermarks (persisted, committed, applied) that the Ready contract moves.
 
-use crate::message::{Entry, Snapshot, SnapshotMeta};
+use crate::message::{ConfChange, Entry, EntryKind, Snapshot, SnapshotMeta};
 
 /// The log as this node knows it. Entries `first_index()..=last_index()` are held in memory
 /// (the caller's storage holds the persisted prefix of the same entries).
@@ -21,11 +21,28 @@ pub(crate) struct RaftLog {
     pub(crate) commit: u64,
     /// Highest index the caller has applied (acknowledged through `advance`).
     pub(crate) applied: u64,
+    /// The voters as of the snapshot (or the bootstrap voters without one).
+    conf_base: Vec<u64>,
+    /// Indexes of the `ConfChange` entries held, ascending.
+    conf_indexes: Vec<u64>,
 }
 
 impl RaftLog {
-    pub(crate) fn restore(snapshot: Option<Snapshot>, entries: Vec<Entry>, commit: u64) -> Self {
+    pub(crate) fn restore(
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+        commit: u64,
+        bootstrap_voters: Vec<u64>,
+    ) -> Self {
         let snapshot_meta = snapshot.as_ref().map(|s| s.meta).unwrap_or_default();
+        let conf_base = snapshot
+            .as_ref()
+            .map_or(bootstrap_voters, |s| s.voters.clone());
+        let conf_indexes = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::ConfChange)
+            .map(|e| e.index)
+            .collect();
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(
                 entry.index,
@@ -41,6 +58,8 @@ impl RaftLog {
             entries,
             commit: commit.max(snapshot_meta.index),
             applied: snapshot_meta.index,
+            conf_base,
+            conf_indexes,
         };
         assert!(
             log.commit <= log.last_index(),
@@ -138,7 +157,7 @@ impl RaftLog {
             entry.term >= self.last_term(),
             "terms never decrease along the log"
         );
-        self.entries.push(entry);
+        self.push(entry);
     }
 
     /// The follower side of AppendEntries (Raft §5.3): if the log holds `prev`, append the
@@ -170,16 +189,45 @@ impl RaftLog {
                     );
                     let keep = (entry.index - self.first_index()) as usize;
                     self.entries.truncate(keep);
+                    self.conf_indexes.retain(|&at| at < entry.index);
                     self.stable_index = self.stable_index.min(entry.index - 1);
-                    self.entries.push(entry);
+                    self.push(entry);
                 }
                 None => {
                     assert_eq!(entry.index, self.last_index() + 1, "append leaves no gap");
-                    self.entries.push(entry);
+                    self.push(entry);
                 }
             }
         }
         Some(last_new)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if entry.kind == EntryKind::ConfChange {
+            self.conf_indexes.push(entry.index);
+        }
+        self.entries.push(entry);
+    }
+
+    /// The voters in effect after the entry at `index` (every change in the log counts,
+    /// committed or not).
+    pub(crate) fn voters_through(&self, index: u64) -> Vec<u64> {
+        let mut voters = self.conf_base.clone();
+        for &at in self.conf_indexes.iter().take_while(|&&at| at <= index) {
+            let change = ConfChange::decode(&self.entry(at).data)
+                .expect("conf change entries are validated when proposed");
+            change.apply(&mut voters);
+        }
+        voters
+    }
+
+    pub(crate) fn voters(&self) -> Vec<u64> {
+        self.voters_through(self.last_index())
+    }
+
+    /// Index of the latest membership change held in the log (0 if none).
+    pub(crate) fn last_conf_index(&self) -> u64 {
+        self.conf_indexes.last().copied().unwrap_or(0)
     }
 
     pub(crate) fn commit_to(&mut self, index: u64) -> bool {
@@ -204,6 +252,8 @@ impl RaftLog {
         self.snapshot_meta = snapshot.meta;
         self.snapshot = Some(snapshot);
         self.is_snapshot_unstable = true;
+        self.conf_base = self.snapshot.as_ref().expect("just set").voters.clone();
+        self.conf_indexes.clear();
         self.entries.clear();
         self.stable_index = 0;
         self.commit = self.snapshot_meta.index;
@@ -217,17 +267,28 @@ impl RaftLog {
         }
         assert!(index <= self.stable_index, "compact beyond persisted");
         let term = self.term_at(index).expect("index is within the log");
+        let voters = self.voters_through(index);
         let drop = (index - self.snapshot_meta.index) as usize;
         self.entries.drain(..drop);
-        self.snapshot_meta = crate::message::SnapshotMeta { index, term };
+        self.conf_indexes.retain(|&at| at > index);
+        self.conf_base = voters.clone();
+        self.snapshot_meta = SnapshotMeta { index, term };
         self.snapshot = Some(Snapshot {
             meta: self.snapshot_meta,
+            voters,
             data,
         });
         assert_eq!(self.first_index(), index + 1);
     }
 
     pub(crate) fn check_invariants(&self) {
+        let held: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::ConfChange)
+            .map(|e| e.index)
+            .collect();
+        debug_assert_eq!(held, self.conf_indexes, "conf change index is exact");
         for (offset, entry) in self.entries.iter().enumerate() {
             assert_eq!(
                 entry.index,

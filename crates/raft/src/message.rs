@@ -13,6 +13,55 @@ pub enum EntryKind {
     /// The no-op a new leader appends so that it can commit entries of earlier terms
     /// (Raft §5.4.2, §8); `data` is empty.
     Empty,
+    /// A change of the voter set, `data` is [`ConfChange::encode`]. It takes effect on each
+    /// node as soon as it is in that node's log, committed or not (thesis §4.1).
+    ConfChange,
+}
+
+/// A single-voter membership change (thesis §4.1): one at a time, so that any two
+/// consecutive voter sets share a majority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfChange {
+    /// Add a voter.
+    AddVoter(u64),
+    /// Remove a voter (never the leader itself: transfer leadership first).
+    RemoveVoter(u64),
+}
+
+impl ConfChange {
+    /// Nine bytes: a tag (1 add, 2 remove) and the node id, little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, id) = match *self {
+            ConfChange::AddVoter(id) => (1u8, id),
+            ConfChange::RemoveVoter(id) => (2u8, id),
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(&id.to_le_bytes());
+        out
+    }
+
+    /// The inverse of [`ConfChange::encode`]; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<ConfChange> {
+        let (&tag, id) = bytes.split_first()?;
+        let id = u64::from_le_bytes(id.try_into().ok()?);
+        match tag {
+            1 => Some(ConfChange::AddVoter(id)),
+            2 => Some(ConfChange::RemoveVoter(id)),
+            _ => None,
+        }
+    }
+
+    /// Applies the change to a sorted voter set.
+    pub fn apply(&self, voters: &mut Vec<u64>) {
+        match *self {
+            ConfChange::AddVoter(id) => {
+                if let Err(at) = voters.binary_search(&id) {
+                    voters.insert(at, id);
+                }
+            }
+            ConfChange::RemoveVoter(id) => voters.retain(|&v| v != id),
+        }
+    }
 }
 
 /// One position of the replicated log.
@@ -55,6 +104,8 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     /// What the snapshot covers.
     pub meta: SnapshotMeta,
+    /// The voters as of `meta.index`, sorted.
+    pub voters: Vec<u64>,
     /// The caller's encoded state machine.
     pub data: Vec<u8>,
 }

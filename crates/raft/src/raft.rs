@@ -8,8 +8,8 @@ use colony_base::SplitMix64;
 use crate::config::Config;
 use crate::log::RaftLog;
 use crate::message::{
-    Entry, EntryKind, Envelope, HardState, Message, ReadState, Rejection, Restored, Snapshot,
-    SnapshotMeta,
+    ConfChange, Entry, EntryKind, Envelope, HardState, Message, ReadState, Rejection, Restored,
+    Snapshot, SnapshotMeta,
 };
 use crate::progress::{Progress, ReplicationState};
 
@@ -42,6 +42,12 @@ pub enum ProposeError {
     TransferInProgress,
     /// Too many entries await commit (`Config::uncommitted_entries_max`); retry later.
     TooManyUncommitted,
+    /// A membership change is still uncommitted, or this leader has not yet committed an
+    /// entry of its term (thesis §4.1, the fix for single-server changes); retry later.
+    ConfChangeInProgress,
+    /// The change is not a change: adding a voter, removing a non-voter, or removing the
+    /// leader itself (transfer leadership first).
+    InvalidConfChange,
 }
 
 impl fmt::Display for ProposeError {
@@ -55,6 +61,8 @@ impl fmt::Display for ProposeError {
             ProposeError::NotLeader { leader_hint: None } => write!(f, "not the leader"),
             ProposeError::TransferInProgress => write!(f, "leadership transfer in progress"),
             ProposeError::TooManyUncommitted => write!(f, "too many uncommitted entries"),
+            ProposeError::ConfChangeInProgress => write!(f, "a membership change is in progress"),
+            ProposeError::InvalidConfChange => write!(f, "invalid membership change"),
         }
     }
 }
@@ -190,8 +198,12 @@ impl Raft {
     /// caller has already restored its state machine from `restored.snapshot`; committed
     /// entries after it come out again through [`Raft::ready`].
     ///
+    /// `voters` is the bootstrap voter set, used when `restored` has no snapshot; membership
+    /// changes in the log apply on top. A node that is not a voter (a new server waiting to be
+    /// added) never campaigns, and follows whichever leader contacts it.
+    ///
     /// # Panics
-    /// If `config` is invalid, `id` is not among `voters`, or `restored` is inconsistent.
+    /// If `config` is invalid or `restored` is inconsistent.
     pub fn new(id: u64, voters: &[u64], config: Config, seed: u64, restored: Restored) -> Self {
         if let Err(error) = config.validate() {
             panic!("{error}");
@@ -199,13 +211,18 @@ impl Raft {
         let mut voters = voters.to_vec();
         voters.sort_unstable();
         voters.dedup();
-        assert!(voters.contains(&id), "node {id} is not a voter");
         let hard_state = restored.hard_state;
         assert!(
             hard_state.voted_for.is_none() || hard_state.term > 0,
             "a vote belongs to a term"
         );
-        let log = RaftLog::restore(restored.snapshot, restored.entries, hard_state.commit);
+        let log = RaftLog::restore(
+            restored.snapshot,
+            restored.entries,
+            hard_state.commit,
+            voters,
+        );
+        let voters = log.voters();
         assert!(
             log.last_term() <= hard_state.term,
             "persisted entries from a future term"
@@ -298,6 +315,10 @@ impl Raft {
         (index >= self.log.first_index() && index <= self.log.last_index())
             .then(|| self.log.entry(index))
     }
+    /// The latest snapshot (taken here by `compact` or received from a leader), if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.log.snapshot.as_ref()
+    }
     /// What the latest snapshot covers.
     pub fn snapshot_meta(&self) -> SnapshotMeta {
         self.log.snapshot_meta
@@ -328,13 +349,38 @@ impl Raft {
         }
     }
 
+    fn is_voter(&self) -> bool {
+        self.voters.binary_search(&self.id).is_ok()
+    }
+
+    /// Takes the voter set from the log after it changed; a leader starts or stops
+    /// replicating to the voters added or removed.
+    fn refresh_voters(&mut self) {
+        let voters = self.log.voters();
+        if voters == self.voters {
+            return;
+        }
+        self.voters = voters;
+        if self.role == Role::Leader {
+            assert!(self.is_voter(), "a leader never removes itself");
+            let next = self.log.last_index() + 1;
+            self.progress.retain(|id, _| self.voters.contains(id));
+            for peer in self.voters.clone() {
+                if peer != self.id {
+                    self.progress
+                        .entry(peer)
+                        .or_insert_with(|| Progress::new(next));
+                }
+            }
+        }
+    }
+
     fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
     }
 
     fn send(&mut self, to: u64, message: Message) {
         assert_ne!(to, self.id, "no message to self");
-        assert!(self.voters.contains(&to), "message to a non-voter");
         self.messages.push(Envelope { to, message });
     }
 
@@ -425,8 +471,14 @@ impl Raft {
 
     /// Counts the answers of the current (pre-)election and acts on a decision.
     fn tally(&mut self) {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let refused = self.votes.len() - granted;
+        // Only answers from the current voters count (the set may have changed meanwhile).
+        let counted = self.votes.iter().filter(|(id, _)| self.voters.contains(id));
+        let (granted, refused) = counted.fold(
+            (0, 0),
+            |(g, r), (_, &ok)| {
+                if ok { (g + 1, r) } else { (g, r + 1) }
+            },
+        );
         if granted >= self.quorum() {
             match self.role {
                 Role::PreCandidate => self.campaign(false, false),
@@ -508,7 +560,11 @@ impl Raft {
             _ => match self.election_deadline_ms {
                 None => self.arm_election_timer(now_ms),
                 Some(deadline) if now_ms >= deadline => {
-                    self.campaign(self.config.pre_vote, false);
+                    if self.is_voter() {
+                        self.campaign(self.config.pre_vote, false);
+                    } else {
+                        self.arm_election_timer(now_ms);
+                    }
                 }
                 Some(_) => {}
             },
@@ -528,7 +584,9 @@ impl Raft {
     /// with this node's term so that a stale leader learns it was deposed).
     pub fn handle_message(&mut self, now_ms: u64, from: u64, message: Message) {
         self.observe_time(now_ms);
-        if from == self.id || !self.voters.contains(&from) {
+        // Messages from non-voters are handled too: a leader may know of voters this node's
+        // log does not show yet, and a removed node's answers are simply not counted.
+        if from == self.id {
             return;
         }
         let term = message.term();
@@ -645,7 +703,7 @@ impl Raft {
                 self.handle_snapshot(from, snapshot);
             }
             Message::TimeoutNow { .. } => {
-                if self.role != Role::Leader {
+                if self.role != Role::Leader && self.is_voter() {
                     // Thesis §3.10: the leader asked us to take over; skip pre-vote and
                     // override stickiness, the old leader has stopped accepting writes.
                     self.campaign(false, true);
@@ -701,6 +759,7 @@ impl Raft {
             return;
         }
         if let Some(last_new) = self.log.maybe_append(prev_index, prev_term, entries) {
+            self.refresh_voters();
             self.log.commit_to(commit.min(last_new));
             let reply = Message::AppendResponse {
                 term,
@@ -746,6 +805,7 @@ impl Raft {
             self.log.commit_to(meta.index);
         } else {
             self.log.install(snapshot);
+            self.refresh_voters();
         }
         let reply = Message::AppendResponse {
             term,
@@ -981,6 +1041,54 @@ impl Raft {
         Ok(index)
     }
 
+    /// Proposes a single-voter membership change (thesis §4.1). It takes effect on each node
+    /// as soon as it is appended to that node's log — on the leader, right now — and the next
+    /// change is accepted once this one is committed. Returns the entry's index.
+    ///
+    /// # Errors
+    /// [`ProposeError`]; nothing changed.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        let is_valid = match change {
+            ConfChange::AddVoter(id) => !self.voters.contains(&id),
+            ConfChange::RemoveVoter(id) => id != self.id && self.voters.contains(&id),
+        };
+        if !is_valid {
+            return Err(ProposeError::InvalidConfChange);
+        }
+        // One change at a time, and only after this leader committed in its term: otherwise
+        // two changes from different terms could each be committed by disjoint majorities.
+        if self.log.last_conf_index() > self.log.commit
+            || self.log.term_at(self.log.commit) != Some(self.term)
+        {
+            return Err(ProposeError::ConfChangeInProgress);
+        }
+        let index = self.log.last_index() + 1;
+        let term = self.term;
+        let data = change.encode();
+        self.log.append(Entry {
+            index,
+            term,
+            kind: EntryKind::ConfChange,
+            data,
+        });
+        self.refresh_voters();
+        self.broadcast_append(false);
+        // A removal may leave a quorum that is already met.
+        if self.maybe_commit() {
+            self.broadcast_append(true);
+        }
+        self.check_invariants_in_tests();
+        Ok(index)
+    }
+
     /// Hands leadership to `target` (thesis §3.10): stop accepting proposals, bring the target
     /// up to date, then tell it to campaign at once. Given up after an election timeout.
     ///
@@ -1162,6 +1270,7 @@ impl Raft {
     /// If one does not: that is a bug in this crate.
     pub fn check_invariants(&self) {
         self.log.check_invariants();
+        debug_assert_eq!(self.voters, self.log.voters(), "voters follow the log");
         assert!(
             self.log.last_term() <= self.term,
             "an entry from a future term"
@@ -1170,6 +1279,10 @@ impl Raft {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.id));
                 assert_eq!(self.voted_for, Some(self.id), "a leader voted for itself");
+                assert!(self.is_voter(), "a leader is a voter");
+                for voter in &self.voters {
+                    assert!(*voter == self.id || self.progress.contains_key(voter));
+                }
                 assert_eq!(self.progress.len(), self.voters.len() - 1);
                 assert!(self.votes.is_empty());
                 for progress in self.progress.values() {

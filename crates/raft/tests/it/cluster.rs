@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use colony_base::SplitMix64;
 use colony_raft::{
-    Config, Entry, EntryKind, HardState, Message, Raft, ReadState, Ready, Restored, Role, Snapshot,
+    ConfChange, Config, Entry, EntryKind, HardState, Message, Raft, ReadState, Ready, Restored,
+    Role, Snapshot,
 };
 
 /// Fault rates, per mille of steps (or of messages for the network ones).
@@ -27,6 +28,8 @@ pub struct Faults {
     /// (a slow fsync): its messages wait and a crash loses it.
     pub slow_disk_per_mille: u64,
     pub propose_per_mille: u64,
+    /// Per mille of steps in which the leader is asked to add or remove a voter.
+    pub conf_change_per_mille: u64,
 }
 
 impl Faults {
@@ -48,6 +51,7 @@ impl Faults {
             heal_per_mille: 8,
             slow_disk_per_mille: 300,
             propose_per_mille: 300,
+            conf_change_per_mille: 0,
         }
     }
 }
@@ -167,6 +171,7 @@ pub struct Stats {
     pub compactions: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
+    pub conf_changes: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -178,6 +183,7 @@ impl std::ops::AddAssign for Stats {
         self.compactions += o.compactions;
         self.messages_sent += o.messages_sent;
         self.messages_dropped += o.messages_dropped;
+        self.conf_changes += o.conf_changes;
     }
 }
 
@@ -358,7 +364,7 @@ impl Cluster {
             );
             let value = match entry.kind {
                 EntryKind::Normal => u64::from_le_bytes(entry.data[..].try_into().expect("u64")),
-                EntryKind::Empty => 0,
+                EntryKind::Empty | EntryKind::ConfChange => 0,
             };
             node.applied.push((entry.term, value));
         }
@@ -388,10 +394,11 @@ impl Cluster {
             let data = encode_snapshot(&node.applied[..applied_index as usize]);
             node.raft.compact(applied_index, data.clone());
             self.stats.compactions += 1;
-            let meta = node.raft.snapshot_meta();
-            assert_eq!(meta.index, applied_index);
+            let snapshot = node.raft.snapshot().expect("just compacted").clone();
+            assert_eq!(snapshot.meta.index, applied_index);
+            assert_eq!(snapshot.data, data);
             let disk = self.disks.get_mut(&id).expect("disk");
-            disk.compact(applied_index, Snapshot { meta, data });
+            disk.compact(applied_index, snapshot);
         }
     }
 
@@ -488,6 +495,45 @@ impl Cluster {
 
     // ----- driving ---------------------------------------------------------------------
 
+    /// Asks the leader to remove a random other voter (keeping at least three, or two in a
+    /// three-node cluster) or to add back a node that is not a voter.
+    fn random_conf_change(&mut self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let voters = self.node(leader).expect("live").voters().to_vec();
+        let outside: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !voters.contains(id))
+            .collect();
+        let voters_min = if self.ids.len() <= 3 { 2 } else { 3 };
+        let change =
+            if !outside.is_empty() && (voters.len() <= voters_min || self.rng.below(2) == 0) {
+                ConfChange::AddVoter(outside[self.rng.below(outside.len() as u64) as usize])
+            } else {
+                let others: Vec<u64> = voters.iter().copied().filter(|&v| v != leader).collect();
+                if others.is_empty() || voters.len() <= voters_min {
+                    return;
+                }
+                ConfChange::RemoveVoter(others[self.rng.below(others.len() as u64) as usize])
+            };
+        let raft = self.node_mut(leader).expect("live");
+        let is_accepted = raft.propose_conf_change(change).is_ok();
+        raft.check_invariants();
+        if is_accepted {
+            self.stats.conf_changes += 1;
+        }
+    }
+
+    /// The voters of the current leader (every node if there is none).
+    pub fn current_voters(&self) -> Vec<u64> {
+        self.leader().map_or(self.ids.clone(), |leader| {
+            self.node(leader).expect("live").voters().to_vec()
+        })
+    }
+
     /// Proposes a fresh unique value at `id`; returns it if the node accepted it.
     pub fn propose_at(&mut self, id: u64) -> Option<u64> {
         let value = self.next_value;
@@ -539,6 +585,9 @@ impl Cluster {
                 let id = live[self.rng.below(live.len() as u64) as usize];
                 self.propose_at(id);
             }
+        }
+        if self.chance(self.faults.conf_change_per_mille) {
+            self.random_conf_change();
         }
         if self.chance(self.faults.crash_per_mille) {
             let live = self.live_ids();
@@ -730,8 +779,9 @@ impl Cluster {
         self.run_until(within_ms, "convergence without new proposals", |c| {
             c.leader().is_some_and(|leader| {
                 let raft = c.node(leader).expect("live");
+                // Nodes removed from the voter set are left behind, by design.
                 raft.commit_index() == raft.last_index()
-                    && c.ids.iter().all(|&id| {
+                    && raft.voters().iter().all(|&id| {
                         c.node(id).is_some_and(|r| {
                             r.applied_index() == raft.commit_index()
                                 && r.last_index() == raft.last_index()
@@ -747,11 +797,11 @@ impl Cluster {
         loop {
             // Done when a probe is applied everywhere and so is every acknowledged value
             // (a later probe may have been acknowledged on some nodes only so far).
-            let is_done = probes.iter().any(|p| {
-                self.ids
-                    .iter()
-                    .all(|&id| self.applied_values(id).contains(p))
-            }) && self.ids.iter().all(|&id| self.lost_at(id).is_empty());
+            let voters = self.current_voters();
+            let is_done = probes
+                .iter()
+                .any(|p| voters.iter().all(|&id| self.applied_values(id).contains(p)))
+                && voters.iter().all(|&id| self.lost_at(id).is_empty());
             if is_done {
                 break;
             }
@@ -760,9 +810,9 @@ impl Cluster {
                 "seed {}: no proposal applied everywhere within {within_ms} ms after healing \
                  (probes {probes:?}, acknowledged values missing per node {:?})\n{}",
                 self.seed,
-                self.ids
+                voters
                     .iter()
-                    .map(|&id| self.lost_at(id))
+                    .map(|&id| (id, self.lost_at(id)))
                     .collect::<Vec<_>>(),
                 self.describe()
             );
@@ -776,7 +826,7 @@ impl Cluster {
             }
         }
         self.check_logs();
-        for &id in &self.ids {
+        for id in self.current_voters() {
             assert!(self.lost_at(id).is_empty(), "checked by the loop");
         }
     }
