@@ -42,7 +42,7 @@ fn seeds(default_count: u64, base: u64) -> Vec<u64> {
 
 fn run_seed(size: u64, seed: u64, steps: u64) -> Cluster {
     // Half the seeds also add and remove voters, one at a time.
-    let conf_change_per_mille = if seed % 2 == 0 { 5 } else { 0 };
+    let conf_change_per_mille = if seed.is_multiple_of(2) { 5 } else { 0 };
     let faults = Faults {
         conf_change_per_mille,
         ..Faults::rough()
