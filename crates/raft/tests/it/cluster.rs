@@ -132,6 +132,8 @@ struct InFlight {
 pub struct Cluster {
     pub seed: u64,
     pub ids: Vec<u64>,
+    /// The voter set every node is built with (membership changes in the log apply on top).
+    pub bootstrap: Vec<u64>,
     pub config: Config,
     pub faults: Faults,
     pub now_ms: u64,
@@ -209,14 +211,27 @@ pub fn decode_snapshot(data: &[u8]) -> Vec<Applied> {
 
 impl Cluster {
     pub fn new(size: u64, seed: u64, config: Config, faults: Faults) -> Self {
+        Self::with_bootstrap(size, size, seed, config, faults)
+    }
+
+    /// `size` nodes of which the first `voters_count` are the bootstrap voters; the others
+    /// start as non-voters waiting to be added.
+    pub fn with_bootstrap(
+        size: u64,
+        voters_count: u64,
+        seed: u64,
+        config: Config,
+        faults: Faults,
+    ) -> Self {
         let ids: Vec<u64> = (1..=size).collect();
+        let bootstrap: Vec<u64> = (1..=voters_count).collect();
         let mut rng = SplitMix64::new(seed);
         let mut nodes = BTreeMap::new();
         let mut disks = BTreeMap::new();
         for &id in &ids {
             let raft = Raft::new(
                 id,
-                &ids,
+                &bootstrap,
                 config.clone(),
                 rng.next_u64(),
                 Restored::default(),
@@ -233,6 +248,7 @@ impl Cluster {
         Self {
             seed,
             ids,
+            bootstrap,
             config,
             faults,
             now_ms: 0,
@@ -433,7 +449,13 @@ impl Cluster {
         self.stats.restarts += 1;
         let disk = &self.disks[&id];
         let seed = self.seed ^ (self.restarts << 32) ^ id;
-        let raft = Raft::new(id, &self.ids, self.config.clone(), seed, disk.restored());
+        let raft = Raft::new(
+            id,
+            &self.bootstrap,
+            self.config.clone(),
+            seed,
+            disk.restored(),
+        );
         let applied = disk
             .snapshot
             .as_ref()

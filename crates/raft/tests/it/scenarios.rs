@@ -2,7 +2,7 @@
 //! hand (partitions, crashes, proposals) through the same harness the sweep uses.
 
 use colony_raft::{
-    Config, Entry, EntryKind, HardState, Message, ProposeError, Raft, Restored, Role,
+    ConfChange, Config, Entry, EntryKind, HardState, Message, ProposeError, Raft, Restored, Role,
 };
 
 use crate::cluster::{Cluster, Faults};
@@ -16,12 +16,14 @@ fn quiet_cluster(size: u64, seed: u64) -> Cluster {
     Cluster::new(size, seed, config, Faults::none())
 }
 
-/// Runs until one leader is up and every live node follows it; returns it.
+/// Runs until one leader is up and every live voter follows it; returns it.
 fn elect(cluster: &mut Cluster) -> u64 {
     cluster.run_until(20 * ELECTION_MS, "a leader everyone follows", |c| {
         c.leader().is_some_and(|leader| {
+            let voters = c.node(leader).expect("up").voters();
             c.live_ids()
                 .iter()
+                .filter(|id| voters.contains(id))
                 .all(|&id| c.node(id).is_some_and(|r| r.leader() == Some(leader)))
         })
     });
@@ -37,10 +39,11 @@ fn propose_and_commit(cluster: &mut Cluster, count: u64) -> Vec<u64> {
     }
     // Nodes cut off from the leader cannot be expected to apply anything.
     let leader = cluster.leader().expect("a leader");
+    let voters = cluster.node(leader).expect("up").voters().to_vec();
     let reachable: Vec<u64> = cluster
         .live_ids()
         .into_iter()
-        .filter(|&id| !cluster.blocked.contains(&(leader, id)))
+        .filter(|&id| !cluster.blocked.contains(&(leader, id)) && voters.contains(&id))
         .collect();
     let expected = values.clone();
     cluster.run_until(
@@ -544,4 +547,96 @@ fn one_way_partition_does_not_depose_a_live_leader() {
         let applied = c.applied_values(deaf);
         values.iter().all(|v| applied.contains(v))
     });
+}
+
+/// Thesis §4.1: a new server joins as a non-voter, is added with one change, catches up
+/// (by snapshot if the log was compacted) and counts towards quorums; it can then lead.
+#[test]
+fn membership_add_voter_catches_up_and_can_lead() {
+    let config = Config {
+        append_entries_max: 8,
+        ..sim_config(43)
+    };
+    let mut cluster = Cluster::with_bootstrap(4, 3, 43, config, Faults::none());
+    cluster.compact_threshold = 10;
+    let leader = elect(&mut cluster);
+    assert!(
+        !cluster.node(4).expect("up").voters().contains(&4),
+        "4 starts outside"
+    );
+    let values = propose_and_commit(&mut cluster, 30);
+    let node = cluster.node_mut(leader).expect("up");
+    node.propose_conf_change(ConfChange::AddVoter(4))
+        .expect("leader");
+    assert_eq!(
+        node.voters(),
+        &[1, 2, 3, 4],
+        "effective on the leader when appended"
+    );
+    assert_eq!(
+        node.propose_conf_change(ConfChange::RemoveVoter(2)),
+        Err(ProposeError::ConfChangeInProgress),
+        "one change at a time"
+    );
+    cluster.run_until(20 * ELECTION_MS, "node 4 to catch up", |c| {
+        let applied = c.applied_values(4);
+        values.iter().all(|v| applied.contains(v))
+    });
+    assert_eq!(cluster.node(4).expect("up").voters(), &[1, 2, 3, 4]);
+    assert!(
+        cluster.stats.snapshots_installed > 0,
+        "it caught up from a snapshot"
+    );
+    let now = cluster.now_ms;
+    cluster
+        .node_mut(leader)
+        .expect("up")
+        .transfer_leadership(now, 4)
+        .expect("leader");
+    cluster.run_until(2 * ELECTION_MS, "node 4 to lead", |c| c.leader() == Some(4));
+    let more = propose_and_commit(&mut cluster, 3);
+    assert!(more.iter().all(|v| cluster.applied_values(4).contains(v)));
+}
+
+/// Removing voters shrinks the quorum: after two removals from five, the three left commit
+/// with one of them down, and the removed nodes no longer matter.
+#[test]
+fn membership_remove_voters_shrinks_the_quorum() {
+    let mut cluster = quiet_cluster(5, 47);
+    let leader = elect(&mut cluster);
+    propose_and_commit(&mut cluster, 2);
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let voters = cluster.node(leader).expect("up").voters().to_vec();
+        let victim = *voters
+            .iter()
+            .find(|&&v| v != leader)
+            .expect("another voter");
+        let node = cluster.node_mut(leader).expect("up");
+        assert_eq!(
+            node.propose_conf_change(ConfChange::RemoveVoter(leader)),
+            Err(ProposeError::InvalidConfChange),
+            "the leader does not remove itself"
+        );
+        node.propose_conf_change(ConfChange::RemoveVoter(victim))
+            .expect("leader");
+        removed.push(victim);
+        propose_and_commit(&mut cluster, 1);
+    }
+    for &id in &removed {
+        cluster.crash(id);
+    }
+    let voters = cluster.node(leader).expect("up").voters().to_vec();
+    assert_eq!(voters.len(), 3);
+    let down = *voters
+        .iter()
+        .find(|&&v| v != leader)
+        .expect("another voter");
+    cluster.crash(down);
+    let values = propose_and_commit(&mut cluster, 3);
+    assert!(
+        values
+            .iter()
+            .all(|v| cluster.applied_values(leader).contains(v))
+    );
 }
