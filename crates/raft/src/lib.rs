@@ -1,21 +1,21 @@
 //! Colony's consensus core: Raft in the shape of etcd-raft — leader election with randomized
 //! timeouts, pre-vote and check-quorum (leader stickiness), log replication with batching,
-//! pipelining and fast backtracking, log compaction and snapshot install, leadership transfer
-//! and ReadIndex.
+//! pipelining and fast backtracking, log compaction and snapshot install, leadership transfer,
+//! ReadIndex, and single-voter membership changes.
 //!
 //! What it deliberately is not: it does no IO, reads no clock, owns no thread and draws no
 //! global randomness. Time comes in as `now_ms`, randomness from a seed, and everything the
 //! node must do comes out through [`Ready`]. It cannot fail except by panicking on a broken
-//! invariant (a bug) or a misuse of the contract below. Membership changes are not done yet
-//! (the voter set is fixed at construction); see `docs/protocols/raft.md`.
+//! invariant (a bug) or a misuse of the contract below. Design and what is not done yet:
+//! `docs/protocols/raft.md`.
 //!
 //! # Driving it
 //! 1. Build each node with [`Raft::new`] from what it persisted ([`Restored`], default for a
 //!    fresh node) and a seed for its election jitter.
 //! 2. Feed inputs: [`Raft::handle_tick`] whenever time passes (at least by
 //!    [`Raft::next_deadline_ms`]), [`Raft::handle_message`] for each message received,
-//!    and the user calls [`Raft::propose`], [`Raft::read_index`],
-//!    [`Raft::transfer_leadership`] and [`Raft::compact`].
+//!    and the user calls [`Raft::propose`], [`Raft::propose_conf_change`],
+//!    [`Raft::read_index`], [`Raft::transfer_leadership`] and [`Raft::compact`].
 //! 3. When [`Raft::has_ready`], take [`Raft::ready`] and handle it **in this order**:
 //!    1. persist `snapshot` (replacing the persisted log), then `entries` (overwriting any
 //!       persisted entries from `entries[0].index` on), then `hard_state`, and fsync;
