@@ -5,7 +5,8 @@
 //! a liveness phase then removes every fault and requires progress and no lost write.
 //!
 //! Replay one seed: `RAFT_SEED=N cargo test -p colony-raft --test it sim_`.
-//! More seeds: `RAFT_SEEDS=2000 cargo test -p colony-raft --test it sim_`.
+//! More seeds: `RAFT_SEEDS=2000 cargo test -p colony-raft --test it sim_`; longer runs:
+//! `RAFT_STEPS=30000`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::Instant;
@@ -56,6 +57,9 @@ fn run_seed(size: u64, seed: u64, steps: u64) -> Cluster {
 }
 
 fn sweep(name: &str, size: u64, seeds: &[u64], steps: u64) {
+    let steps = std::env::var("RAFT_STEPS")
+        .ok()
+        .map_or(steps, |s| s.parse().expect("RAFT_STEPS is a number"));
     let started = Instant::now();
     let (mut committed, mut terms, mut acked) = (0usize, 0u64, 0usize);
     let mut stats = Stats::default();
