@@ -44,10 +44,19 @@ fn seeds(default_count: u64, base: u64) -> Vec<u64> {
 fn run_seed(size: u64, seed: u64, steps: u64) -> Cluster {
     // Half the seeds also add and remove voters, one at a time.
     let conf_change_per_mille = if seed.is_multiple_of(2) { 5 } else { 0 };
-    let faults = Faults {
+    let mut faults = Faults {
         conf_change_per_mille,
         ..Faults::rough()
     };
+    if seed % 5 == 4 {
+        // A storm: a fifth of messages lost, a tenth duplicated, long delays, frequent
+        // crashes and partitions.
+        faults.drop_per_mille = 200;
+        faults.duplicate_per_mille = 100;
+        faults.delay_ms_max = 40;
+        faults.crash_per_mille = 10;
+        faults.partition_per_mille = 10;
+    }
     let mut cluster = Cluster::new(size, seed, sim_config(seed), faults);
     for _ in 0..steps {
         cluster.step();
