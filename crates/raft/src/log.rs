@@ -332,3 +332,149 @@ impl RaftLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Vec::new(),
+        }
+    }
+
+    fn log_of(terms: &[u64]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(i as u64 + 1, t))
+            .collect();
+        RaftLog::restore(None, entries, 0, vec![1, 2, 3])
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_larger_terms() {
+        // Raft §5.3 fast backtracking: indexes 1..=7 with terms 1 1 2 2 4 4 5.
+        let log = log_of(&[1, 1, 2, 2, 4, 4, 5]);
+        assert_eq!(log.find_conflict_by_term(7, 3), (4, 2));
+        assert_eq!(log.find_conflict_by_term(7, 5), (7, 5));
+        assert_eq!(
+            log.find_conflict_by_term(10, 4),
+            (6, 4),
+            "beyond the log clamps"
+        );
+        assert_eq!(
+            log.find_conflict_by_term(3, 0),
+            (0, 0),
+            "down to the snapshot"
+        );
+    }
+
+    #[test]
+    fn maybe_append_truncates_at_first_conflict_only() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.stable_index = 4;
+        assert_eq!(
+            log.maybe_append(5, 2, vec![entry(6, 3)]),
+            None,
+            "gap refused"
+        );
+        assert_eq!(
+            log.maybe_append(1, 2, vec![entry(2, 3)]),
+            None,
+            "mismatch refused"
+        );
+        // Duplicate prefix, then a conflict at 3: 3 and 4 go, 3' and 4' come.
+        let update = vec![entry(2, 1), entry(3, 3), entry(4, 3)];
+        assert_eq!(log.maybe_append(1, 1, update), Some(4));
+        let terms: Vec<u64> = log.entries.iter().map(|e| e.term).collect();
+        assert_eq!(terms, vec![1, 1, 3, 3]);
+        assert_eq!(
+            log.stable_index, 2,
+            "persisted watermark falls back to the conflict"
+        );
+        // A stale, shorter append does not truncate what follows it.
+        assert_eq!(log.maybe_append(1, 1, vec![entry(2, 1)]), Some(2));
+        assert_eq!(log.last_index(), 4);
+        log.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "conflict at committed index")]
+    fn maybe_append_never_overwrites_committed_entries() {
+        let mut log = log_of(&[1, 1, 2]);
+        log.commit = 3;
+        let _ = log.maybe_append(2, 1, vec![entry(3, 3)]);
+    }
+
+    #[test]
+    fn compact_keeps_the_voters_as_of_the_snapshot() {
+        let mut log = log_of(&[1]);
+        let add = Entry {
+            index: 2,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: ConfChange::AddVoter(4).encode(),
+        };
+        log.append(add);
+        log.append(entry(3, 1));
+        log.stable_index = 3;
+        log.commit = 3;
+        log.applied = 3;
+        assert_eq!(log.voters(), vec![1, 2, 3, 4]);
+        log.compact(3, vec![7]);
+        assert_eq!(log.voters(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            log.snapshot.as_ref().map(|s| s.voters.clone()),
+            Some(vec![1, 2, 3, 4])
+        );
+        log.check_invariants();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn conf_change_round_trips(id: u64, is_add: bool) {
+            let change = if is_add { ConfChange::AddVoter(id) } else { ConfChange::RemoveVoter(id) };
+            proptest::prop_assert_eq!(ConfChange::decode(&change.encode()), Some(change));
+        }
+
+        #[test]
+        fn conf_change_garbage_never_panics(bytes: Vec<u8>) {
+            let _ = ConfChange::decode(&bytes);
+        }
+
+        /// Whatever a leader sends, a follower's log stays contiguous with non-decreasing
+        /// terms, and an accepted append leaves the leader's entries in place.
+        #[test]
+        fn maybe_append_keeps_the_log_well_formed(
+            start in proptest::collection::vec(1u64..4, 0..8),
+            prev_index in 0u64..10,
+            sent in proptest::collection::vec(0u64..3, 0..6),
+        ) {
+            let mut start = start;
+            start.sort_unstable();
+            let mut log = log_of(&start);
+            log.stable_index = log.last_index();
+            let prev_term = log.term_at(prev_index).unwrap_or(1);
+            // The leader's entries after `prev` have terms at least `prev_term`.
+            let base = prev_term;
+            let entries: Vec<Entry> = sent
+                .iter()
+                .scan(base, |term, &step| { *term += step; Some(*term) })
+                .enumerate()
+                .map(|(i, term)| entry(prev_index + 1 + i as u64, term))
+                .collect();
+            let accepted = log.maybe_append(prev_index, prev_term, entries.clone());
+            log.check_invariants();
+            if let Some(last_new) = accepted {
+                proptest::prop_assert_eq!(last_new, prev_index + entries.len() as u64);
+                for e in &entries {
+                    proptest::prop_assert_eq!(log.term_at(e.index), Some(e.term));
+                }
+            }
+        }
+    }
+}
