@@ -4,4 +4,5 @@
 
 mod cluster;
 mod scenarios;
+mod script;
 mod sim;
