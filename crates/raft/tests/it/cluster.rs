@@ -30,6 +30,8 @@ pub struct Faults {
     pub propose_per_mille: u64,
     /// Per mille of steps in which the leader is asked to add or remove a voter.
     pub conf_change_per_mille: u64,
+    /// Per mille of steps in which every self-believed leader is asked for a ReadIndex.
+    pub read_per_mille: u64,
 }
 
 impl Faults {
@@ -52,6 +54,7 @@ impl Faults {
             slow_disk_per_mille: 300,
             propose_per_mille: 300,
             conf_change_per_mille: 0,
+            read_per_mille: 50,
         }
     }
 }
@@ -161,6 +164,9 @@ pub struct Cluster {
     pub stats: Stats,
     /// ReadIndex answers handed out, per node.
     pub read_states: Vec<(u64, ReadState)>,
+    /// ReadIndex requests in flight: context -> length of the committed log when asked.
+    reads_asked: BTreeMap<u64, u64>,
+    next_read_ctx: u64,
 }
 
 /// What happened during a run, to show the faults and paths were exercised.
@@ -174,6 +180,7 @@ pub struct Stats {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub conf_changes: u64,
+    pub reads_confirmed: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -186,6 +193,7 @@ impl std::ops::AddAssign for Stats {
         self.messages_sent += o.messages_sent;
         self.messages_dropped += o.messages_dropped;
         self.conf_changes += o.conf_changes;
+        self.reads_confirmed += o.reads_confirmed;
     }
 }
 
@@ -268,6 +276,8 @@ impl Cluster {
             steps: 0,
             stats: Stats::default(),
             read_states: Vec::new(),
+            reads_asked: BTreeMap::new(),
+            next_read_ctx: 1,
         }
     }
 
@@ -390,6 +400,19 @@ impl Cluster {
                 "read index is committed"
             );
             self.read_states.push((id, *read));
+            // Linearizable reads (thesis §6.4): the read index covers every write some
+            // client was told about before the read was asked.
+            if let Some(asked) = self.reads_asked.remove(&read.ctx) {
+                assert!(
+                    read.index >= asked,
+                    "seed {}: read {} answered at index {} but {asked} entries were \
+                     acknowledged before it was asked",
+                    self.seed,
+                    read.ctx,
+                    read.index
+                );
+                self.stats.reads_confirmed += 1;
+            }
         }
         node.raft.advance();
         node.raft.check_invariants();
@@ -606,6 +629,19 @@ impl Cluster {
             if !live.is_empty() {
                 let id = live[self.rng.below(live.len() as u64) as usize];
                 self.propose_at(id);
+            }
+        }
+        if self.chance(self.faults.read_per_mille) {
+            // Reads go to every node that believes it leads, stale leaders included.
+            for id in self.live_ids() {
+                let ctx = self.next_read_ctx;
+                let asked = self.committed.len() as u64;
+                let raft = self.node_mut(id).expect("live");
+                if raft.is_leader() && raft.read_index(ctx).is_ok() {
+                    raft.check_invariants();
+                    self.reads_asked.insert(ctx, asked);
+                    self.next_read_ctx += 1;
+                }
             }
         }
         if self.chance(self.faults.conf_change_per_mille) {
