@@ -17,17 +17,20 @@
 //!    and the user calls [`Raft::propose`], [`Raft::propose_conf_change`],
 //!    [`Raft::read_index`], [`Raft::transfer_leadership`] and [`Raft::compact`].
 //! 3. When [`Raft::has_ready`], take [`Raft::ready`] and handle it **in this order**:
+//!    0. `leader_messages` (appends, heartbeats, snapshots sent as leader) may go out at
+//!       once, in parallel with step 1 (thesis §10.2.1), or later with `messages`;
 //!    1. persist `snapshot` (replacing the persisted log), then `entries` (overwriting any
 //!       persisted entries from `entries[0].index` on), then `hard_state`, and fsync;
 //!    2. only then send `messages` — a vote or an append acknowledgement is a promise that
 //!       what it acknowledges survives a crash (Raft Figure 2: "respond to RPCs only after
-//!       updating stable storage"). This crate takes the simple rule for the leader too: its
-//!       appends also wait for its own fsync;
+//!       updating stable storage");
 //!    3. restore the state machine from `snapshot` if any, then apply `committed_entries`;
 //!    4. serve `read_states` once applied up to their index;
 //!    5. call [`Raft::advance`]. Only then does a leader count its own entries towards the
 //!       commit quorum, and only then is a follower's applied index moved.
-//! 4. Repeat. Messages may be lost, duplicated, delayed and reordered; the core copes.
+//! 4. Repeat. Inputs may keep coming between `ready` and `advance` (while the fsync runs);
+//!    only the next `ready` must wait for `advance`. Messages may be lost, duplicated, delayed
+//!    and reordered; the core copes.
 //!
 //! A crash loses whatever was not persisted through step 3.1; [`Raft::new`] rebuilds the node
 //! from the rest. [`Raft::check_invariants`] may be called after any input (tests do it after

@@ -101,8 +101,9 @@ impl fmt::Display for RequestError {
 impl std::error::Error for RequestError {}
 
 /// What the caller must do, in this order (see the crate documentation):
+/// 0. optionally send `leader_messages` right away, in parallel with step 1;
 /// 1. persist `snapshot`, then `entries`, then `hard_state`, and fsync;
-/// 2. send `messages`;
+/// 2. send `messages` (and `leader_messages` if not sent yet);
 /// 3. apply `committed_entries` (and restore `snapshot` into the state machine first);
 /// 4. answer `read_states` once applied up to their index;
 /// 5. call [`Raft::advance`].
@@ -121,6 +122,11 @@ pub struct Ready {
     /// Send only after `hard_state`, `snapshot` and `entries` are durable: a vote or an
     /// acknowledgement promises they survive a crash.
     pub messages: Vec<Envelope>,
+    /// What this node sent as leader (appends, heartbeats, snapshots, `TimeoutNow`). These
+    /// promise nothing about this node's disk — a leader counts its own entries towards a
+    /// quorum only once `advance` says they are persisted — so they may be sent at once, in
+    /// parallel with persisting this Ready (thesis §10.2.1), or together with `messages`.
+    pub leader_messages: Vec<Envelope>,
     /// Committed entries, in order, safe to apply once `entries` are persisted.
     pub committed_entries: Vec<Entry>,
     /// Linearizable reads confirmed by a quorum: serve each once applied up to its index.
@@ -134,6 +140,7 @@ impl Ready {
             && self.snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
+            && self.leader_messages.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
     }
@@ -186,6 +193,7 @@ pub struct Raft {
     leader_contact_ms: Option<u64>,
     transfer: Option<Transfer>,
     messages: Vec<Envelope>,
+    leader_messages: Vec<Envelope>,
     persisted_hard_state: HardState,
     ready_mark: Option<ReadyMark>,
     reads: VecDeque<PendingRead>,
@@ -246,6 +254,7 @@ impl Raft {
             leader_contact_ms: None,
             transfer: None,
             messages: Vec::new(),
+            leader_messages: Vec::new(),
             persisted_hard_state: hard_state,
             ready_mark: None,
             reads: VecDeque::new(),
@@ -381,7 +390,11 @@ impl Raft {
 
     fn send(&mut self, to: u64, message: Message) {
         assert_ne!(to, self.id, "no message to self");
-        self.messages.push(Envelope { to, message });
+        if self.role == Role::Leader && message.is_from_leader() {
+            self.leader_messages.push(Envelope { to, message });
+        } else {
+            self.messages.push(Envelope { to, message });
+        }
     }
 
     fn peers(&self) -> Vec<u64> {
@@ -1175,6 +1188,7 @@ impl Raft {
             || self.log.is_snapshot_unstable
             || self.log.stable_index < self.log.last_index()
             || !self.messages.is_empty()
+            || !self.leader_messages.is_empty()
             || self.log.commit > self.log.applied
             || !self.read_states.is_empty()
     }
@@ -1215,6 +1229,7 @@ impl Raft {
             snapshot,
             entries,
             messages: std::mem::take(&mut self.messages),
+            leader_messages: std::mem::take(&mut self.leader_messages),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
         }
@@ -1242,6 +1257,9 @@ impl Raft {
             // of what was persisted is certainly still ours (committed entries never change).
             let still_ours = if self.log.matches(index, term) {
                 index
+            } else if self.log.is_snapshot_unstable {
+                // A snapshot replaced the log since: only its own advance counts.
+                0
             } else {
                 index.min(self.log.commit)
             };

@@ -121,6 +121,9 @@ pub struct Node {
     pub raft: Raft,
     /// Applied entries, one per index from 1.
     pub applied: Vec<Applied>,
+    /// A Ready taken whose fsync has not completed yet (a slow disk); the node keeps
+    /// handling inputs meanwhile, and a crash loses it.
+    pub pending: Option<Ready>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +252,7 @@ impl Cluster {
                 Some(Node {
                     raft,
                     applied: Vec::new(),
+                    pending: None,
                 }),
             );
             disks.insert(id, Disk::default());
@@ -367,14 +371,42 @@ impl Cluster {
     // ----- disk and state machine ------------------------------------------------------
 
     /// Runs the Ready contract for `id`: persist, send, apply, advance (then maybe compact).
-    pub fn process_ready(&mut self, id: u64) {
+    /// A slow disk holds the Ready for later steps: leader messages go out at once, the rest
+    /// waits for the fsync, and the node keeps handling inputs meanwhile.
+    pub fn process_ready(&mut self, id: u64, is_disk_slow: bool) {
         let Some(node) = self.nodes.get_mut(&id).and_then(|n| n.as_mut()) else {
             return;
         };
-        if !node.raft.has_ready() {
-            return;
-        }
-        let ready = node.raft.ready();
+        let ready = match node.pending.take() {
+            Some(ready) if is_disk_slow => {
+                node.pending = Some(ready);
+                return;
+            }
+            Some(ready) => ready,
+            None if node.raft.has_ready() => {
+                let mut ready = node.raft.ready();
+                let early = std::mem::take(&mut ready.leader_messages);
+                for envelope in early {
+                    self.send(id, envelope.to, envelope.message);
+                }
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .and_then(|n| n.as_mut())
+                    .expect("live");
+                if is_disk_slow {
+                    node.pending = Some(ready);
+                    return;
+                }
+                ready
+            }
+            None => return,
+        };
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.as_mut())
+            .expect("live");
         let disk = self.disks.get_mut(&id).expect("every node has a disk");
         disk.persist(&ready);
         if let Some(snapshot) = &ready.snapshot {
@@ -418,7 +450,7 @@ impl Cluster {
         node.raft.check_invariants();
         let term = node.raft.term();
         let applied = node.applied.clone();
-        for envelope in ready.messages {
+        for envelope in ready.messages.into_iter().chain(ready.leader_messages) {
             self.send(id, envelope.to, envelope.message);
         }
         self.record_applied(&applied, term);
@@ -483,7 +515,14 @@ impl Cluster {
             .snapshot
             .as_ref()
             .map_or(Vec::new(), |s| decode_snapshot(&s.data));
-        self.nodes.insert(id, Some(Node { raft, applied }));
+        self.nodes.insert(
+            id,
+            Some(Node {
+                raft,
+                applied,
+                pending: None,
+            }),
+        );
     }
 
     /// Cuts `id` off from everyone, both ways.
@@ -607,9 +646,8 @@ impl Cluster {
             self.check_after_input();
         }
         for id in self.live_ids() {
-            if !self.chance(self.faults.slow_disk_per_mille) {
-                self.process_ready(id);
-            }
+            let is_disk_slow = self.chance(self.faults.slow_disk_per_mille);
+            self.process_ready(id, is_disk_slow);
         }
         // Load comes in bursts with idle stretches between them: an idle leader must still
         // notice and repair what the network lost.

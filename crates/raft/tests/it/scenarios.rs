@@ -448,8 +448,9 @@ fn rejection_hint_skips_a_divergent_term() {
     raft.handle_message(400, 3, reject);
     let ready = raft.ready();
     raft.advance();
+    assert!(ready.messages.is_empty(), "appends are leader messages");
     let append = ready
-        .messages
+        .leader_messages
         .iter()
         .find_map(|e| match &e.message {
             Message::Append { prev_index, .. } if e.to == 3 => Some(*prev_index),
