@@ -16,9 +16,9 @@
 //!    [`Raft::next_deadline_ms`]), [`Raft::handle_message`] for each message received,
 //!    and the user calls [`Raft::propose`], [`Raft::propose_conf_change`],
 //!    [`Raft::read_index`], [`Raft::transfer_leadership`] and [`Raft::compact`].
-//! 3. When [`Raft::has_ready`], take [`Raft::ready`] and handle it **in this order**:
-//!    0. `leader_messages` (appends, heartbeats, snapshots sent as leader) may go out at
-//!       once, in parallel with step 1 (thesis §10.2.1), or later with `messages`;
+//! 3. When [`Raft::has_ready`], take [`Raft::ready`] and handle it **in this order**
+//!    (`leader_messages` — appends, heartbeats, snapshots sent as leader — may go out at
+//!    once, in parallel with step 1 (thesis §10.2.1), or later with `messages`):
 //!    1. persist `snapshot` (replacing the persisted log), then `entries` (overwriting any
 //!       persisted entries from `entries[0].index` on), then `hard_state`, and fsync;
 //!    2. only then send `messages` — a vote or an append acknowledgement is a promise that

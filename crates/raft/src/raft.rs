@@ -100,8 +100,8 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-/// What the caller must do, in this order (see the crate documentation):
-/// 0. optionally send `leader_messages` right away, in parallel with step 1;
+/// What the caller must do, in this order (see the crate documentation; `leader_messages`
+/// may also be sent right away, in parallel with step 1):
 /// 1. persist `snapshot`, then `entries`, then `hard_state`, and fsync;
 /// 2. send `messages` (and `leader_messages` if not sent yet);
 /// 3. apply `committed_entries` (and restore `snapshot` into the state machine first);
