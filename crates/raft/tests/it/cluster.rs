@@ -32,6 +32,8 @@ pub struct Faults {
     pub conf_change_per_mille: u64,
     /// Per mille of steps in which every self-believed leader is asked for a ReadIndex.
     pub read_per_mille: u64,
+    /// Per mille of steps in which the leader is asked to hand over to another voter.
+    pub transfer_per_mille: u64,
 }
 
 impl Faults {
@@ -55,6 +57,7 @@ impl Faults {
             propose_per_mille: 300,
             conf_change_per_mille: 0,
             read_per_mille: 50,
+            transfer_per_mille: 3,
         }
     }
 }
@@ -184,6 +187,7 @@ pub struct Stats {
     pub messages_dropped: u64,
     pub conf_changes: u64,
     pub reads_confirmed: u64,
+    pub transfers: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -197,6 +201,7 @@ impl std::ops::AddAssign for Stats {
         self.messages_dropped += o.messages_dropped;
         self.conf_changes += o.conf_changes;
         self.reads_confirmed += o.reads_confirmed;
+        self.transfers += o.transfers;
     }
 }
 
@@ -684,6 +689,20 @@ impl Cluster {
         }
         if self.chance(self.faults.conf_change_per_mille) {
             self.random_conf_change();
+        }
+        if self.chance(self.faults.transfer_per_mille)
+            && let Some(leader) = self.leader()
+        {
+            let voters = self.node(leader).expect("live").voters().to_vec();
+            let others: Vec<u64> = voters.into_iter().filter(|&v| v != leader).collect();
+            if !others.is_empty() {
+                let target = others[self.rng.below(others.len() as u64) as usize];
+                let now = self.now_ms;
+                let raft = self.node_mut(leader).expect("live");
+                let is_started = raft.transfer_leadership(now, target).is_ok();
+                raft.check_invariants();
+                self.stats.transfers += u64::from(is_started);
+            }
         }
         if self.chance(self.faults.crash_per_mille) {
             let live = self.live_ids();

@@ -111,12 +111,12 @@ fn sweep(name: &str, size: u64, seeds: &[u64], steps: u64) {
 
 #[test]
 fn sim_three_nodes_under_faults_stay_safe_and_recover() {
-    sweep("sim_three_nodes", 3, &seeds(800, 1_000), 3_000);
+    sweep("sim_three_nodes", 3, &seeds(600, 1_000), 3_000);
 }
 
 #[test]
 fn sim_five_nodes_under_faults_stay_safe_and_recover() {
-    sweep("sim_five_nodes", 5, &seeds(500, 5_000), 3_000);
+    sweep("sim_five_nodes", 5, &seeds(400, 5_000), 3_000);
 }
 
 /// The same seed gives the same run: the core draws no outside randomness.
