@@ -34,6 +34,9 @@ pub struct Faults {
     pub read_per_mille: u64,
     /// Per mille of steps in which the leader is asked to hand over to another voter.
     pub transfer_per_mille: u64,
+    /// Per mille chance that a leader crashes right after applying entries of an earlier
+    /// term (Raft Figure 8).
+    pub figure8_crash_per_mille: u64,
 }
 
 impl Faults {
@@ -58,6 +61,7 @@ impl Faults {
             conf_change_per_mille: 0,
             read_per_mille: 50,
             transfer_per_mille: 3,
+            figure8_crash_per_mille: 300,
         }
     }
 }
@@ -378,14 +382,16 @@ impl Cluster {
     /// Runs the Ready contract for `id`: persist, send, apply, advance (then maybe compact).
     /// A slow disk holds the Ready for later steps: leader messages go out at once, the rest
     /// waits for the fsync, and the node keeps handling inputs meanwhile.
-    pub fn process_ready(&mut self, id: u64, is_disk_slow: bool) {
+    /// Returns whether this node, as leader, just applied an entry of an earlier term: the
+    /// moment Raft Figure 8 is about, when a crash tests the commit rule hardest.
+    pub fn process_ready(&mut self, id: u64, is_disk_slow: bool) -> bool {
         let Some(node) = self.nodes.get_mut(&id).and_then(|n| n.as_mut()) else {
-            return;
+            return false;
         };
         let ready = match node.pending.take() {
             Some(ready) if is_disk_slow => {
                 node.pending = Some(ready);
-                return;
+                return false;
             }
             Some(ready) => ready,
             None if node.raft.has_ready() => {
@@ -401,11 +407,11 @@ impl Cluster {
                     .expect("live");
                 if is_disk_slow {
                     node.pending = Some(ready);
-                    return;
+                    return false;
                 }
                 ready
             }
-            None => return,
+            None => return false,
         };
         let node = self
             .nodes
@@ -419,6 +425,9 @@ impl Cluster {
             node.applied = decode_snapshot(&snapshot.data);
             assert_eq!(node.applied.len() as u64, snapshot.meta.index);
         }
+        let term_now = node.raft.term();
+        let is_older_term_applied =
+            node.raft.is_leader() && ready.committed_entries.iter().any(|e| e.term < term_now);
         for entry in &ready.committed_entries {
             assert_eq!(
                 entry.index,
@@ -476,6 +485,7 @@ impl Cluster {
             let disk = self.disks.get_mut(&id).expect("disk");
             disk.compact(applied_index, snapshot);
         }
+        is_older_term_applied
     }
 
     /// State machine safety: every node's applied sequence is a prefix of one committed log.
@@ -652,7 +662,11 @@ impl Cluster {
         }
         for id in self.live_ids() {
             let is_disk_slow = self.chance(self.faults.slow_disk_per_mille);
-            self.process_ready(id, is_disk_slow);
+            if self.process_ready(id, is_disk_slow)
+                && self.chance(self.faults.figure8_crash_per_mille)
+            {
+                self.crash(id);
+            }
         }
         // Load comes in bursts with idle stretches between them: an idle leader must still
         // notice and repair what the network lost.
