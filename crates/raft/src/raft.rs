@@ -602,43 +602,7 @@ impl Raft {
         if from == self.id {
             return;
         }
-        let term = message.term();
-        if term > self.term {
-            match &message {
-                Message::PreVote { .. } => {}
-                Message::PreVoteResponse { granted: true, .. } => {}
-                Message::Vote { is_transfer, .. } if !is_transfer && self.is_in_lease(now_ms) => {
-                    return;
-                }
-                _ => {
-                    let leader = message.is_from_leader().then_some(from);
-                    self.become_follower(term, leader);
-                }
-            }
-        } else if term < self.term {
-            match message {
-                Message::Append { .. } | Message::Heartbeat { .. } => {
-                    // A deposed leader (or one cut off by a partition) learns the new term
-                    // and steps down; without this it could stay stuck with pre-vote on.
-                    let reply = Message::AppendResponse {
-                        term: self.term,
-                        index: 0,
-                        rejection: Some(Rejection {
-                            hint_index: 0,
-                            hint_term: 0,
-                        }),
-                    };
-                    self.send(from, reply);
-                }
-                Message::PreVote { .. } => {
-                    let reply = Message::PreVoteResponse {
-                        term: self.term,
-                        granted: false,
-                    };
-                    self.send(from, reply);
-                }
-                _ => {}
-            }
+        if !self.admit_term(now_ms, from, &message) {
             self.check_invariants_in_tests();
             return;
         }
@@ -736,6 +700,52 @@ impl Raft {
             }
         }
         self.check_invariants_in_tests();
+    }
+
+    /// Raft §5.1 term rules, with pre-vote and stickiness: adopts a higher term (except for
+    /// pre-votes, and votes inside the leader lease), answers stale leaders and pre-votes with
+    /// the current term. Returns whether the message is for the current term and goes on.
+    fn admit_term(&mut self, now_ms: u64, from: u64, message: &Message) -> bool {
+        let term = message.term();
+        if term > self.term {
+            match message {
+                Message::PreVote { .. } => {}
+                Message::PreVoteResponse { granted: true, .. } => {}
+                Message::Vote { is_transfer, .. } if !is_transfer && self.is_in_lease(now_ms) => {
+                    return false;
+                }
+                _ => {
+                    let leader = message.is_from_leader().then_some(from);
+                    self.become_follower(term, leader);
+                }
+            }
+        } else if term < self.term {
+            match message {
+                Message::Append { .. } | Message::Heartbeat { .. } => {
+                    // A deposed leader (or one cut off by a partition) learns the new term
+                    // and steps down; without this it could stay stuck with pre-vote on.
+                    let reply = Message::AppendResponse {
+                        term: self.term,
+                        index: 0,
+                        rejection: Some(Rejection {
+                            hint_index: 0,
+                            hint_term: 0,
+                        }),
+                    };
+                    self.send(from, reply);
+                }
+                Message::PreVote { .. } => {
+                    let reply = Message::PreVoteResponse {
+                        term: self.term,
+                        granted: false,
+                    };
+                    self.send(from, reply);
+                }
+                _ => {}
+            }
+            return false;
+        }
+        true
     }
 
     /// A message from the leader of our term: follow it.
