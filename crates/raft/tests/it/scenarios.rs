@@ -641,3 +641,67 @@ fn membership_remove_voters_shrinks_the_quorum() {
             .all(|v| cluster.applied_values(leader).contains(v))
     );
 }
+
+/// Raft Figure 2: the vote is in the same Ready as its answer, so a node that answered has
+/// persisted it, and after a restart it refuses a second candidate of the same term.
+#[test]
+fn vote_survives_restart_and_is_not_given_twice() {
+    let config = Config {
+        check_quorum: false,
+        ..sim_config(0)
+    };
+    let mut voter = Raft::new(2, &[1, 2, 3], config.clone(), 3, Restored::default());
+    let vote = |from_index| Message::Vote {
+        term: 5,
+        last_index: from_index,
+        last_term: 0,
+        is_transfer: false,
+    };
+    voter.handle_message(10, 1, vote(0));
+    let ready = voter.ready();
+    let hard_state = ready.hard_state.expect("the vote is to be persisted");
+    assert_eq!(hard_state.voted_for, Some(1));
+    assert_eq!(
+        ready
+            .messages
+            .iter()
+            .map(|e| &e.message)
+            .collect::<Vec<_>>(),
+        vec![&Message::VoteResponse {
+            term: 5,
+            granted: true
+        }],
+        "the answer travels in the same Ready, after the vote is durable"
+    );
+    voter.advance();
+    // Crash and restart from what was persisted.
+    let restored = Restored {
+        hard_state,
+        snapshot: None,
+        entries: Vec::new(),
+    };
+    let mut voter = Raft::new(2, &[1, 2, 3], config, 4, restored);
+    voter.handle_message(20, 3, vote(0));
+    let ready = voter.ready();
+    assert_eq!(
+        ready
+            .messages
+            .iter()
+            .map(|e| &e.message)
+            .collect::<Vec<_>>(),
+        vec![&Message::VoteResponse {
+            term: 5,
+            granted: false
+        }]
+    );
+}
+
+#[test]
+#[should_panic(expected = "ready() again before advance()")]
+fn ready_twice_without_advance_is_a_caller_bug() {
+    let mut raft = Raft::new(1, &[1], sim_config(0), 1, Restored::default());
+    raft.handle_tick(0);
+    raft.handle_tick(10 * ELECTION_MS);
+    let _ = raft.ready();
+    let _ = raft.ready();
+}
