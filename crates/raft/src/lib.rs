@@ -49,4 +49,6 @@ pub use message::{
     ConfChange, Entry, EntryKind, Envelope, HardState, Message, ReadState, Rejection, Restored,
     Snapshot, SnapshotMeta,
 };
-pub use raft::{ProposeError, READ_REQUESTS_MAX, Raft, Ready, RequestError, Role};
+pub use raft::{
+    PeerState, PeerStatus, ProposeError, READ_REQUESTS_MAX, Raft, Ready, RequestError, Role, Status,
+};

@@ -146,6 +146,60 @@ impl Ready {
     }
 }
 
+/// How a leader is replicating to one follower (etcd-raft's progress states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Finding where the follower's log matches: one append at a time.
+    Probe,
+    /// Pipelining appends.
+    Replicate,
+    /// Waiting for a snapshot covering up to this index to be installed.
+    Snapshot(u64),
+}
+
+/// A leader's view of one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The follower.
+    pub id: u64,
+    /// Highest index known to match the leader's log.
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    /// How appends are paced.
+    pub state: PeerState,
+    /// Heard from since the last check-quorum round.
+    pub is_recent_active: bool,
+}
+
+/// A snapshot of a node's Raft state, for operators and metrics (`/v1/status/peers`,
+/// `/v1/operator/raft/configuration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Current role.
+    pub role: Role,
+    /// Known leader of the term.
+    pub leader: Option<u64>,
+    /// Voters, sorted, as this node's log says.
+    pub voters: Vec<u64>,
+    /// First index held (after the snapshot).
+    pub first_index: u64,
+    /// Last index held.
+    pub last_index: u64,
+    /// Persisted through this index.
+    pub persisted_index: u64,
+    /// Committed through this index.
+    pub commit_index: u64,
+    /// Applied through this index.
+    pub applied_index: u64,
+    /// Leader only: one entry per other voter, by id.
+    pub peers: Vec<PeerStatus>,
+}
+
 /// What a handed-out Ready promised; consumed by `advance`.
 #[derive(Debug, Clone)]
 struct ReadyMark {
@@ -324,6 +378,40 @@ impl Raft {
         (index >= self.log.first_index() && index <= self.log.last_index())
             .then(|| self.log.entry(index))
     }
+    /// Everything an operator may want to see, in one value.
+    pub fn status(&self) -> Status {
+        let peers = self
+            .progress
+            .iter()
+            .map(|(&id, p)| PeerStatus {
+                id,
+                match_index: p.match_index,
+                next_index: p.next_index,
+                state: match p.state {
+                    ReplicationState::Probe => PeerState::Probe,
+                    ReplicationState::Replicate => PeerState::Replicate,
+                    ReplicationState::Snapshot { pending_index } => {
+                        PeerState::Snapshot(pending_index)
+                    }
+                },
+                is_recent_active: p.is_recent_active,
+            })
+            .collect();
+        Status {
+            id: self.id,
+            term: self.term,
+            role: self.role,
+            leader: self.leader,
+            voters: self.voters.clone(),
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            persisted_index: self.log.stable_index,
+            commit_index: self.log.commit,
+            applied_index: self.log.applied,
+            peers,
+        }
+    }
+
     /// The latest snapshot (taken here by `compact` or received from a leader), if any.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.log.snapshot.as_ref()

@@ -705,3 +705,31 @@ fn ready_twice_without_advance_is_a_caller_bug() {
     let _ = raft.ready();
     let _ = raft.ready();
 }
+
+/// The status a leader reports: every other voter with its progress, all replicating and
+/// matched once the cluster is quiet.
+#[test]
+fn status_reports_leader_progress() {
+    let mut cluster = quiet_cluster(3, 53);
+    let leader = elect(&mut cluster);
+    propose_and_commit(&mut cluster, 4);
+    cluster.run_for(100);
+    let status = cluster.node(leader).expect("up").status();
+    assert_eq!(status.role, Role::Leader);
+    assert_eq!(status.commit_index, status.last_index);
+    let peers: Vec<u64> = status.peers.iter().map(|p| p.id).collect();
+    let others: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    assert_eq!(peers, others);
+    for peer in &status.peers {
+        assert_eq!(peer.state, colony_raft::PeerState::Replicate);
+        assert_eq!(peer.match_index, status.last_index);
+    }
+    let follower = cluster.node(others[0]).expect("up").status();
+    assert!(follower.peers.is_empty());
+    assert_eq!(follower.leader, Some(leader));
+}
