@@ -30,7 +30,7 @@ fn tidy_cores_do_no_io_and_read_no_clock() {
         "std::thread",
     ];
     let mut violations = Vec::new();
-    for core in ["base", "swim", "store", "health", "modes"] {
+    for core in ["base", "swim", "raft", "store", "health", "modes"] {
         let mut files = Vec::new();
         rust_files(&root.join("crates").join(core).join("src"), &mut files);
         assert!(!files.is_empty(), "no sources found for {core}");
@@ -57,7 +57,7 @@ fn tidy_cores_do_no_io_and_read_no_clock() {
 #[test]
 fn tidy_core_manifests_have_no_runtime_dependencies() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for core in ["base", "swim", "store", "health", "modes"] {
+    for core in ["base", "swim", "raft", "store", "health", "modes"] {
         let manifest = std::fs::read_to_string(root.join("crates").join(core).join("Cargo.toml"))
             .expect("manifest");
         let dependencies = manifest
