@@ -201,7 +201,12 @@ async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>
             .lock()
             .expect("tracker lock poisoned")
             .handle_explicit(wall_ms(), HealthStatus::Critical);
-        if changed.is_some() {
+        // An expired TTL means critical whatever the tracker believed: an update that raced
+        // with this runner's start (applied before the runner was registered, so it never
+        // reached the tracker) may have left the catalog passing while the tracker still
+        // says critical. The catalog is what clients read, so it decides.
+        let catalog = agent.read(|s| s.check(agent.node_name(), &check.id).map(|c| c.status));
+        if changed.is_some() || catalog.is_some_and(|status| status != HealthStatus::Critical) {
             tracing::info!(check = %check.id, "TTL expired");
             record_status(
                 &agent,
