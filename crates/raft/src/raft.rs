@@ -858,26 +858,13 @@ impl Raft {
         if prev_index < self.log.commit {
             // Everything up to our commit matches any leader (§5.4); say so and let the
             // leader continue from there.
-            let index = self.log.commit;
-            self.send(
-                from,
-                Message::AppendResponse {
-                    term,
-                    index,
-                    rejection: None,
-                },
-            );
+            self.acknowledge(from, self.log.commit);
             return;
         }
         if let Some(last_new) = self.log.maybe_append(prev_index, prev_term, entries) {
             self.refresh_voters();
             self.log.commit_to(commit.min(last_new));
-            let reply = Message::AppendResponse {
-                term,
-                index: last_new,
-                rejection: None,
-            };
-            self.send(from, reply);
+            self.acknowledge(from, last_new);
         } else {
             let (hint_index, hint_term) = self
                 .log
@@ -895,19 +882,23 @@ impl Raft {
         }
     }
 
-    fn handle_snapshot(&mut self, from: u64, snapshot: Snapshot) {
+    /// Tells the leader `to` that our log matches its own up to `index`.
+    fn acknowledge(&mut self, to: u64, index: u64) {
         let term = self.term;
+        self.send(
+            to,
+            Message::AppendResponse {
+                term,
+                index,
+                rejection: None,
+            },
+        );
+    }
+
+    fn handle_snapshot(&mut self, from: u64, snapshot: Snapshot) {
         let meta = snapshot.meta;
         if meta.index <= self.log.commit {
-            let index = self.log.commit;
-            self.send(
-                from,
-                Message::AppendResponse {
-                    term,
-                    index,
-                    rejection: None,
-                },
-            );
+            self.acknowledge(from, self.log.commit);
             return;
         }
         if self.log.matches(meta.index, meta.term) {
@@ -918,12 +909,7 @@ impl Raft {
             self.log.install(snapshot);
             self.refresh_voters();
         }
-        let reply = Message::AppendResponse {
-            term,
-            index: meta.index,
-            rejection: None,
-        };
-        self.send(from, reply);
+        self.acknowledge(from, meta.index);
     }
 
     fn handle_append_response(&mut self, from: u64, index: u64, rejection: Option<Rejection>) {
