@@ -119,24 +119,11 @@ pub async fn run(
     }
     let duration = duration_arg(&args.duration, "duration")?;
     let warmup = duration_arg(&args.warmup, "warmup")?;
-    let all = ["put", "get", "health", "wake", "parked", "fsync"];
-    let workloads: Vec<String> = if args.workloads == "all" {
-        all.iter().map(|w| w.to_string()).collect()
-    } else {
-        args.workloads
-            .split(',')
-            .map(|w| w.trim().to_string())
-            .collect()
-    };
-    if let Some(unknown) = workloads.iter().find(|w| !all.contains(&w.as_str())) {
-        bail!("unknown workload {unknown:?}: use {}", all.join(", "));
-    }
-    let put_clients: Vec<usize> = args
-        .put_clients
-        .split(',')
-        .map(|c| c.trim().parse().context("invalid --put-clients"))
-        .collect::<anyhow::Result<_>>()?;
-    raise_fd_limit();
+    let workloads = workload_list(
+        &args.workloads,
+        &["put", "get", "health", "wake", "parked", "fsync"],
+    )?;
+    let put_clients = client_counts(&args.put_clients)?;
     let target = start_target(&args, http_addr).await?;
     let mut results: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
     for run in 1..=args.runs {
@@ -191,6 +178,31 @@ pub async fn run(
     }
     report(&results, json_out);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The workloads `--workloads` names (`all`: every one of `known`).
+///
+/// # Errors
+/// A name not in `known`.
+pub(crate) fn workload_list(text: &str, known: &[&str]) -> anyhow::Result<Vec<String>> {
+    if text == "all" {
+        return Ok(known.iter().map(|w| w.to_string()).collect());
+    }
+    let workloads: Vec<String> = text.split(',').map(|w| w.trim().to_string()).collect();
+    if let Some(unknown) = workloads.iter().find(|w| !known.contains(&w.as_str())) {
+        bail!("unknown workload {unknown:?}: use {}", known.join(", "));
+    }
+    Ok(workloads)
+}
+
+/// The client counts of `--put-clients` (comma-separated).
+///
+/// # Errors
+/// A count that is not a number.
+pub(crate) fn client_counts(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|c| c.trim().parse().context("invalid --put-clients"))
+        .collect()
 }
 
 fn raise_fd_limit() {

@@ -132,25 +132,8 @@ async fn start_etcd(binary: &str) -> anyhow::Result<System> {
 pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::process::ExitCode> {
     let duration = crate::bench::duration_arg(&args.duration, "duration")?;
     let warmup = crate::bench::duration_arg(&args.warmup, "warmup")?;
-    let workloads: Vec<String> = if args.workloads == "all" {
-        WORKLOADS.iter().map(|w| w.to_string()).collect()
-    } else {
-        args.workloads
-            .split(',')
-            .map(|w| w.trim().to_string())
-            .collect()
-    };
-    if let Some(unknown) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-        bail!(
-            "unknown etcd workload {unknown:?}: use {}",
-            WORKLOADS.join(", ")
-        );
-    }
-    let put_clients: Vec<usize> = args
-        .put_clients
-        .split(',')
-        .map(|c| c.trim().parse().context("invalid --put-clients"))
-        .collect::<anyhow::Result<_>>()?;
+    let workloads = crate::bench::workload_list(&args.workloads, &WORKLOADS)?;
+    let put_clients = crate::bench::client_counts(&args.put_clients)?;
     let mut systems = vec![start_colony().await?];
     if args.against_etcd {
         systems.push(start_etcd(&args.etcd_bin).await?);

@@ -112,13 +112,8 @@ pub fn write_error(error: &WriteError) -> Status {
 pub fn agent_error(error: &AgentError) -> Status {
     match error {
         AgentError::Write(write) => write_error(write),
-        AgentError::NotFound(what) | AgentError::Invalid(what) => rejection(
-            match error {
-                AgentError::NotFound(_) => RejectionKind::NotFound,
-                _ => RejectionKind::Invalid,
-            },
-            what,
-        ),
+        AgentError::NotFound(what) => rejection(RejectionKind::NotFound, what),
+        AgentError::Invalid(what) => rejection(RejectionKind::Invalid, what),
     }
 }
 

@@ -473,7 +473,7 @@ impl StateMachine {
                         _ => put.lease,
                     };
                     let flags = prev.as_ref().map_or(0, |old| old.flags);
-                    self.kv_put(ctx, &put.key, &value, flags, lease);
+                    self.kv_upsert(ctx, &put.key, &value, flags, lease);
                     KvOpResult::Put {
                         prev: prev.filter(|_| put.prev_kv),
                     }

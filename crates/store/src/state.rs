@@ -345,19 +345,9 @@ impl StateMachine {
         entry.clone()
     }
 
-    /// Writes a KV entry attached to `lease` (etcd's put), keeping any lock on it.
-    pub(crate) fn kv_put(
-        &mut self,
-        ctx: &mut ApplyCtx,
-        key: &str,
-        value: &[u8],
-        flags: u64,
-        lease: i64,
-    ) {
-        self.kv_upsert(ctx, key, value, flags, lease);
-    }
-
-    fn kv_upsert(
+    /// Writes a KV entry attached to `lease` (etcd's put keeps any Consul lock on it),
+    /// recording the change for history and watchers.
+    pub(crate) fn kv_upsert(
         &mut self,
         ctx: &mut ApplyCtx,
         key: &str,
