@@ -38,6 +38,14 @@ impl ApiError {
         }
     }
 
+    /// 503 Service Unavailable (no cluster leader, or the asked freshness cannot be met).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
     /// 500 Internal Server Error.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -52,6 +60,10 @@ impl From<WriteError> for ApiError {
         let status = match error {
             WriteError::Refused { .. } => StatusCode::INSUFFICIENT_STORAGE,
             WriteError::ShuttingDown | WriteError::Fatal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::Cluster(colony_runtime::ClusterError::Invalid(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            WriteError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,

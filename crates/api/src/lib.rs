@@ -23,7 +23,7 @@ pub mod respond;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, put};
 use colony_runtime::Agent;
 use colony_runtime::metrics::{EndpointLabels, HttpLabels};
@@ -108,6 +108,14 @@ pub fn router(agent: Arc<Agent>, membership: membership::MembershipState) -> Rou
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/status/leader", get(consul::status_leader))
         .route("/v1/status/peers", get(consul::status_peers))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(consul::raft_configuration),
+        )
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(consul::raft_remove_peer),
+        )
         .route("/v1/colony/modes", get(modes))
         .with_state(state.clone())
         .merge(membership::routes(membership))
@@ -174,6 +182,42 @@ fn is_transient_accept_error(error: &std::io::Error) -> bool {
         || error.raw_os_error() == Some(23) // ENFILE
 }
 
+/// The consistency a read of the store asks for (`?stale`, `?consistent`, `?max_stale`), or
+/// `None` for requests that do not read the store.
+fn read_consistency(
+    request: &Request,
+) -> Option<Result<colony_runtime::ReadConsistency, error::ApiError>> {
+    use colony_runtime::ReadConsistency;
+    if request.method() != axum::http::Method::GET {
+        return None;
+    }
+    let path = request.uri().path();
+    let reads_store = ["/v1/kv", "/v1/catalog/", "/v1/health/", "/v1/session/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix));
+    if !reads_store {
+        return None;
+    }
+    let query = query::Query::parse(request.uri().query());
+    let stale = query.has("stale");
+    let consistent = query.has("consistent");
+    Some(match (stale, consistent) {
+        (true, true) => Err(error::ApiError::bad_request(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        )),
+        (false, true) => Ok(ReadConsistency::Consistent),
+        (_, false) => match query.get("max_stale") {
+            Some(text) if !text.is_empty() => colony_base::parse_go_duration_ms(text)
+                .map(|bound| ReadConsistency::Stale {
+                    max_stale_ms: Some(bound),
+                })
+                .map_err(|e| error::ApiError::bad_request(format!("Invalid max_stale: {e}"))),
+            _ if stale => Ok(ReadConsistency::Stale { max_stale_ms: None }),
+            _ => Ok(ReadConsistency::Default),
+        },
+    })
+}
+
 /// Counts and times every request, and makes sure every answer carries evidence (an error
 /// answer speaks for this agent only).
 async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -183,7 +227,21 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().to_string();
-    let mut response = next.run(request).await;
+    let mut response = if let Some(consistency) = read_consistency(&request) {
+        match consistency {
+            Ok(consistency) => match app.agent.prepare_read(consistency).await {
+                Ok(basis) => {
+                    colony_runtime::cluster::READ_BASIS
+                        .scope(basis, next.run(request))
+                        .await
+                }
+                Err(error) => error::ApiError::unavailable(error.to_string()).into_response(),
+            },
+            Err(error) => error.into_response(),
+        }
+    } else {
+        next.run(request).await
+    };
     let code = response.status().as_u16();
     if !response.headers().contains_key(respond::EVIDENCE_HEADER) {
         let evidence = app.agent.local_evidence(format!("http:{endpoint}"));

@@ -40,8 +40,14 @@ impl IntoResponse for StoreAnswer {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static(self.content_type));
         headers.insert("x-consul-index", HeaderValue::from(self.index));
-        headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
-        headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+        let basis = colony_runtime::cluster::current_read_basis();
+        let known_leader = basis.as_ref().is_none_or(|b| b.known_leader);
+        let last_contact_ms = basis.as_ref().map_or(0, |b| b.last_contact_ms);
+        headers.insert(
+            "x-consul-knownleader",
+            HeaderValue::from_static(if known_leader { "true" } else { "false" }),
+        );
+        headers.insert("x-consul-lastcontact", HeaderValue::from(last_contact_ms));
         insert_evidence(&mut headers, &self.evidence);
         (self.status, headers, self.body).into_response()
     }

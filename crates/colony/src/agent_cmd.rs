@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use colony_api::membership::MembershipState;
 use colony_runtime::gossip::{Gossip, GossipConfig};
 use colony_runtime::keyring::{Keyring, load_keyring, parse_key, save_keyring};
-use colony_runtime::{Agent, AgentConfig};
+use colony_runtime::{Agent, AgentConfig, ClusterConfig};
 use colony_swim::Meta;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -81,6 +81,60 @@ pub struct AgentArgs {
     /// disables it).
     #[arg(long, default_value = "127.0.0.1:2379", value_name = "IP:PORT")]
     pub grpc_addr: String,
+    /// Replicate the store with Raft among servers: form a new cluster once this many
+    /// servers see each other through gossip (give every server the same value; a server
+    /// started later, when the cluster exists, is added as a voter by the leader). Without
+    /// it, --server runs a single-node store.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub bootstrap_expect: Option<u64>,
+    /// Address of the internal RPC port (Raft and forwarded requests) of a replicated server;
+    /// default: the gossip bind IP, port 8300 (0 picks a free one).
+    #[arg(long, value_name = "IP:PORT")]
+    pub rpc_addr: Option<String>,
+    /// Raft heartbeat interval of a replicated server.
+    #[arg(long, default_value = "100ms", value_name = "DURATION")]
+    pub raft_heartbeat: String,
+    /// Raft election timeout (lower bound; each timeout is drawn from [T, 2T)).
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub raft_election_timeout: String,
+    /// Remove a server from the voters once membership has seen it failed this long, if the
+    /// rest keep a quorum (Consul's autopilot dead-server cleanup).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub dead_server_cleanup: String,
+}
+
+/// The replication settings, or `None` for a single-node server.
+fn cluster_config(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(expect) = args.bootstrap_expect else {
+        return Ok(None);
+    };
+    if args.dev && expect > 1 {
+        bail!("--dev is a single server; --bootstrap-expect {expect} needs --server");
+    }
+    let (bind, advertise) = gossip_addresses(args, http_ip)?;
+    let rpc_addr = match &args.rpc_addr {
+        None => SocketAddr::new(bind.ip(), 8300),
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("invalid --rpc-addr {text:?}: expected IP:PORT"))?,
+    };
+    let ms = |text: &str, flag: &str| {
+        colony_base::parse_go_duration_ms(text).with_context(|| format!("invalid --{flag}"))
+    };
+    let raft = colony_raft::Config {
+        heartbeat_interval_ms: ms(&args.raft_heartbeat, "raft-heartbeat")?,
+        election_timeout_ms_min: ms(&args.raft_election_timeout, "raft-election-timeout")?,
+        ..colony_raft::Config::default()
+    };
+    raft.validate()
+        .map_err(|e| anyhow::anyhow!("--raft-heartbeat/--raft-election-timeout: {e}"))?;
+    Ok(Some(ClusterConfig {
+        rpc_addr,
+        rpc_advertise: advertise,
+        bootstrap_expect: expect as usize,
+        raft,
+        dead_server_cleanup_ms: ms(&args.dead_server_cleanup, "dead-server-cleanup")?,
+    }))
 }
 
 /// Where gossip binds and what it advertises.
@@ -156,7 +210,7 @@ async fn start_gossip(
     args: &AgentArgs,
     node_name: &str,
     http_ip: IpAddr,
-    server: bool,
+    server: Option<&Agent>,
     data_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Arc<Gossip>> {
     let (bind, advertise) = gossip_addresses(args, http_ip)?;
@@ -165,10 +219,23 @@ async fn start_gossip(
     let retry_ms = colony_base::parse_go_duration_ms(&args.retry_interval)
         .context("invalid --retry-interval")?
         .max(100);
+    let mut tags = std::collections::BTreeMap::new();
+    if let Some(agent) = server
+        && let (Some(id), Some(addr)) = (agent.raft_id(), agent.rpc_addr())
+    {
+        tags.insert(
+            colony_runtime::cluster::TAG_RAFT_ID.to_string(),
+            id.to_string(),
+        );
+        tags.insert(
+            colony_runtime::cluster::TAG_RPC_ADDR.to_string(),
+            addr.to_string(),
+        );
+    }
     let meta = Meta {
-        role: if server { "server" } else { "client" }.to_string(),
+        role: if server.is_some() { "server" } else { "client" }.to_string(),
         zone: args.zone.clone().unwrap_or_default(),
-        tags: Default::default(),
+        tags,
     };
     let swim = colony_swim::Config {
         lifeguard: !args.no_lifeguard,
@@ -218,7 +285,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         &args,
         &node_name,
         http_addr.ip(),
-        false,
+        None,
         args.data_dir.as_deref(),
     )
     .await?;
@@ -309,6 +376,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         snapshot_every_entries: args.snapshot_every.max(1),
         session_ttl_ms_min,
         http_addr: http_addr.to_string(),
+        cluster: cluster_config(&args, http_addr.ip())?,
     };
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -323,15 +391,23 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
             return Err(error);
         }
     };
-    let gossip =
-        match start_gossip(&args, agent.node_name(), advertise, true, Some(&data_dir)).await {
-            Ok(gossip) => gossip,
-            Err(error) => {
-                agent.shutdown();
-                return Err(error);
-            }
-        };
+    let gossip = match start_gossip(
+        &args,
+        agent.node_name(),
+        advertise,
+        Some(&agent),
+        Some(&data_dir),
+    )
+    .await
+    {
+        Ok(gossip) => gossip,
+        Err(error) => {
+            agent.shutdown();
+            return Err(error);
+        }
+    };
     colony_runtime::member_catalog::spawn(agent.clone(), gossip.clone());
+    colony_runtime::cluster::spawn_server_tracking(agent.clone(), gossip.clone());
     let grpc_addr = match grpc_listener {
         Some(listener) => {
             let local = listener.local_addr().context("gRPC listener address")?;
@@ -357,6 +433,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         node = agent.node_name(),
         http = %http_addr,
         grpc = %grpc_addr,
+        rpc = ?agent.rpc_addr(),
         gossip = %gossip.local_addr(),
         data_dir = %data_dir.display(),
         dev = args.dev,

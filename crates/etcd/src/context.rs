@@ -3,7 +3,7 @@
 
 use colony_base::{Evidence, Freshness};
 use colony_etcdpb::etcdserverpb::ResponseHeader;
-use colony_runtime::{Agent, AgentError, WriteError};
+use colony_runtime::{Agent, AgentError, ClusterError, WriteError};
 use colony_store::{RangeError, RejectionKind, reject};
 use std::sync::Arc;
 use tonic::{Code, Response, Status};
@@ -105,6 +105,15 @@ pub fn write_error(error: &WriteError) -> Status {
         }
         WriteError::ShuttingDown => etcd_error(Code::Unavailable, "server stopped"),
         WriteError::Fatal(what) => Status::unavailable(format!("etcdserver: {what}")),
+        WriteError::Cluster(cluster) => match cluster {
+            ClusterError::NoLeader | ClusterError::NotLeader { .. } => {
+                etcd_error(Code::Unavailable, "no leader")
+            }
+            ClusterError::LeadershipLost => etcd_error(Code::Unavailable, "leader changed"),
+            ClusterError::Busy(_) => etcd_error(Code::Unavailable, "too many requests"),
+            ClusterError::Unavailable(_) => etcd_error(Code::Unavailable, "request timed out"),
+            ClusterError::Invalid(what) => Status::invalid_argument(format!("etcdserver: {what}")),
+        },
     }
 }
 

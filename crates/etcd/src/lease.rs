@@ -36,11 +36,11 @@ impl LeaseService {
 }
 
 /// Renews lease `id`; its granted TTL in seconds, or `None` if there is no such lease.
-pub(crate) fn renew(ctx: &EtcdContext, id: i64) -> Option<i64> {
+pub(crate) async fn renew(ctx: &EtcdContext, id: i64) -> Option<i64> {
     let session_id = ctx
         .agent
         .read(|s| s.lease_session(id).map(|session| session.id.clone()))?;
-    let session = ctx.agent.renew_session(&session_id)?;
+    let session = ctx.agent.renew_session(&session_id).await.ok()??;
     Some((session.ttl_ms / 1000) as i64)
 }
 
@@ -147,7 +147,7 @@ impl Lease for LeaseService {
                 };
                 let Ok(Some(request)) = message else { return };
                 // An unknown (expired or revoked) lease is answered with TTL 0, as etcd does.
-                let ttl = renew(&ctx, request.id).unwrap_or(0);
+                let ttl = renew(&ctx, request.id).await.unwrap_or(0);
                 let response = LeaseKeepAliveResponse {
                     header: ctx.current_header(),
                     id: request.id,

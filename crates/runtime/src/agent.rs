@@ -2,8 +2,12 @@
 //! session TTL timers, and offers the API layer one handle to read, write and wait.
 
 use crate::checks::CheckManager;
+use crate::cluster::{ClusterConfig, Replicated, RpcEndpoint, raft_id_from_node_id};
 use crate::log_store::{LogStore, OpenError};
 use crate::metrics::Metrics;
+use crate::raft_node::{RaftNode, RaftStatus};
+use crate::raft_storage::{RAFT_DIR_NAME, RaftStorage};
+use crate::rpc::{Peers, RpcClient, ServerDirectory};
 use crate::watch_hub::{Topic, WatchHub};
 use crate::writer::{Applied, Proposal, QUEUE_PROPOSALS_MAX, StorageMode, WriteError, Writer};
 use colony_base::{Evidence, Freshness, Hlc, HlcTimestamp, Lifetime, SplitMix64};
@@ -37,6 +41,8 @@ pub struct AgentConfig {
     pub session_ttl_ms_min: u64,
     /// The address the HTTP API listens on, for `/v1/agent/self`.
     pub http_addr: String,
+    /// Replicate the store with Raft among servers (`None`: a single-node server).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Why the agent could not start.
@@ -56,6 +62,17 @@ pub enum StartError {
     /// Registering this node in the catalog failed.
     #[error("registering this node failed: {0}")]
     SelfRegistration(String),
+    /// The RPC port could not be bound.
+    #[error("cannot listen on {addr} for RPC: {detail}")]
+    RpcBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        detail: String,
+    },
+    /// The data dir was written in the other mode (single-node vs replicated).
+    #[error("{0}")]
+    WrongMode(String),
 }
 
 /// Why an agent-level operation failed. Nothing was changed unless the variant says so.
@@ -77,7 +94,7 @@ pub struct Agent {
     config: AgentConfig,
     node_id: String,
     state: Arc<RwLock<StateMachine>>,
-    proposals: mpsc::Sender<Proposal>,
+    consensus: Consensus,
     hub: Arc<WatchHub>,
     metrics: Arc<Metrics>,
     storage_mode: Arc<StorageMode>,
@@ -90,6 +107,21 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     started_ms: u64,
     pub(crate) http_client: crate::checks::HttpClient,
+}
+
+/// What both kinds of server share between the agent and its writer.
+struct Shared {
+    state: Arc<RwLock<StateMachine>>,
+    hub: Arc<WatchHub>,
+    metrics: Arc<Metrics>,
+    storage_mode: Arc<StorageMode>,
+    fatal: watch::Receiver<Option<String>>,
+}
+
+/// How writes become durable: one node's log, or Raft among servers.
+enum Consensus {
+    Local(mpsc::Sender<Proposal>),
+    Replicated(Box<Replicated>),
 }
 
 /// Wall-clock milliseconds since the Unix epoch. The runtime is the one place that reads it.
@@ -107,6 +139,10 @@ impl Agent {
     /// # Errors
     /// [`StartError`] naming the file or step that failed.
     pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, StartError> {
+        check_data_dir_mode(&config)?;
+        if config.cluster.is_some() {
+            return Self::start_replicated(config).await;
+        }
         let dir = config.data_dir.clone();
         let (store, recovered) = tokio::task::spawn_blocking(move || LogStore::open(&dir))
             .await
@@ -142,29 +178,176 @@ impl Agent {
             .name("colony-log-writer".into())
             .spawn(move || writer.run(handle, rx))
             .expect("spawning the writer thread");
-        let seed = now ^ (u64::from(std::process::id()) << 32);
-        let agent = Arc::new(Agent {
+        let agent = Arc::new(Agent::assemble(
             config,
             node_id,
-            state,
-            proposals: tx,
-            hub,
-            metrics,
-            storage_mode,
+            Shared {
+                state,
+                hub,
+                metrics,
+                storage_mode,
+                fatal: fatal_rx,
+            },
+            Consensus::Local(tx),
+            now,
+        ));
+        agent.register_self().await?;
+        agent.start_session_timers();
+        crate::checks::spawn_reconciler(agent.clone());
+        Ok(agent)
+    }
+
+    fn assemble(
+        config: AgentConfig,
+        node_id: String,
+        shared: Shared,
+        consensus: Consensus,
+        now: u64,
+    ) -> Agent {
+        let seed = now ^ (u64::from(std::process::id()) << 32);
+        Agent {
+            config,
+            node_id,
+            state: shared.state,
+            consensus,
+            hub: shared.hub,
+            metrics: shared.metrics,
+            storage_mode: shared.storage_mode,
             hlc: Mutex::new(Hlc::default()),
             rng: Mutex::new(SplitMix64::new(seed)),
             sessions: Mutex::new(SessionTtlTracker::new()),
             sessions_changed: Notify::new(),
             checks: CheckManager::default(),
-            fatal: fatal_rx,
+            fatal: shared.fatal,
             shutdown: watch::channel(false).0,
             started_ms: now,
             http_client: crate::checks::http_client(),
+        }
+    }
+
+    /// Starts a replicated server: opens `DATA_DIR/raft`, binds the RPC port, starts the Raft
+    /// node. The cluster forms (or this server joins one) once membership runs; until then
+    /// writes wait for a leader, and this node registers itself once one is there.
+    async fn start_replicated(config: AgentConfig) -> Result<Arc<Agent>, StartError> {
+        let cluster = config
+            .cluster
+            .clone()
+            .expect("replicated servers have a cluster config");
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let node_id = load_or_create_node_id(&config.data_dir)?;
+        let (storage, recovered) = tokio::task::spawn_blocking(move || RaftStorage::open(&dir))
+            .await
+            .expect("store open task panicked")?;
+        let raft_id = raft_id_from_node_id(&node_id);
+        tracing::info!(
+            raft_id,
+            applied_index = recovered.state.applied_index(),
+            entries = recovered.restored.entries.len(),
+            term = recovered.restored.hard_state.term,
+            "raft storage opened"
+        );
+        let listener = tokio::net::TcpListener::bind(cluster.rpc_addr)
+            .await
+            .map_err(|error| StartError::RpcBind {
+                addr: cluster.rpc_addr,
+                detail: error.to_string(),
+            })?;
+        let mut rpc_addr = listener.local_addr().map_err(|error| StartError::RpcBind {
+            addr: cluster.rpc_addr,
+            detail: error.to_string(),
+        })?;
+        if rpc_addr.ip().is_unspecified() {
+            rpc_addr.set_ip(cluster.rpc_advertise);
+        }
+        let metrics = Arc::new(Metrics::new());
+        let now = wall_ms();
+        let storage_mode = Arc::new(StorageMode::new(now));
+        metrics.set_mode("storage", storage_mode.mode());
+        let state = Arc::new(RwLock::new(recovered.state));
+        let hub = Arc::new(WatchHub::new());
+        let (inputs, inputs_rx) = mpsc::channel(QUEUE_PROPOSALS_MAX);
+        let (fatal_tx, fatal_rx) = watch::channel(None);
+        let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+        let directory = Arc::new(ServerDirectory::default());
+        let node = RaftNode {
+            id: raft_id,
+            config: cluster.raft.clone(),
+            seed: now ^ raft_id,
+            storage,
+            restored: recovered.restored,
+            state: state.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            peers: Arc::new(Peers::new(raft_id, directory.clone())),
+            status: status_tx,
+            fatal: fatal_tx,
+            snapshot_every_entries: config.snapshot_every_entries,
+            wall_ms,
+        };
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("colony-raft".into())
+            .spawn(move || node.run(handle, inputs_rx))
+            .expect("spawning the raft thread");
+        let replicated = Replicated {
+            inputs,
+            status: status_rx,
+            directory,
+            rpc: RpcClient::default(),
+            raft_id,
+            rpc_addr,
+            config: cluster,
+        };
+        let agent = Arc::new(Agent::assemble(
+            config,
+            node_id,
+            Shared {
+                state,
+                hub,
+                metrics,
+                storage_mode,
+                fatal: fatal_rx,
+            },
+            Consensus::Replicated(Box::new(replicated)),
+            now,
+        ));
+        tokio::spawn(crate::rpc::serve(
+            listener,
+            Arc::new(RpcEndpoint {
+                agent: Arc::downgrade(&agent),
+            }),
+        ));
+        let registering = agent.clone();
+        tokio::spawn(async move {
+            let mut stop = registering.shutdown_signal();
+            loop {
+                match registering.register_self().await {
+                    Ok(()) => return,
+                    Err(error) => tracing::debug!(%error, "registering this node; retrying"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
         });
-        agent.register_self().await?;
         agent.start_session_timers();
         crate::checks::spawn_reconciler(agent.clone());
         Ok(agent)
+    }
+
+    /// This server's RPC address, on a replicated server.
+    pub fn rpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.replicated().map(|r| r.rpc_addr)
+    }
+
+    /// This server's Raft id, on a replicated server.
+    pub fn raft_id(&self) -> Option<u64> {
+        self.replicated().map(|r| r.raft_id)
     }
 
     async fn register_self(&self) -> Result<(), StartError> {
@@ -273,17 +456,22 @@ impl Agent {
         self.hlc.lock().expect("hlc lock poisoned").now(wall_ms())
     }
 
-    /// Evidence for a read of the store at `index`: this single node is its own leader and
-    /// applies every committed entry before answering, so the read is fresh.
+    /// Evidence for a read of the store at `index`: fresh on a single node (its own leader),
+    /// and as the prepared read says on a replicated server (`?stale` reads on a follower
+    /// are bounded-stale with their age).
     pub fn store_evidence(&self, index: u64, binding: String) -> Evidence {
+        let basis = crate::cluster::current_read_basis();
+        let is_stale = basis
+            .as_ref()
+            .is_some_and(|b| !matches!(b.freshness, Freshness::Fresh));
         Evidence {
             scope: "cluster".to_string(),
-            source: "leader".to_string(),
+            source: if is_stale { "follower" } else { "leader" }.to_string(),
             observed: self.stamp(),
             observed_by: self.config.node_name.clone(),
             lifetime: Lifetime::UntilIndex(index),
             binding,
-            freshness: Freshness::Fresh,
+            freshness: basis.map_or(Freshness::Fresh, |b| b.freshness),
         }
     }
 
@@ -308,12 +496,25 @@ impl Agent {
         if *self.shutdown.borrow() {
             return Err(WriteError::ShuttingDown);
         }
-        let (reply, answer) = oneshot::channel();
-        self.proposals
-            .send(Proposal { command, reply })
-            .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+        match &self.consensus {
+            Consensus::Local(proposals) => {
+                let (reply, answer) = oneshot::channel();
+                proposals
+                    .send(Proposal { command, reply })
+                    .await
+                    .map_err(|_| WriteError::ShuttingDown)?;
+                answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+            }
+            Consensus::Replicated(replicated) => replicated.propose(command).await,
+        }
+    }
+
+    /// The replicated-server half, if this is one.
+    pub(crate) fn replicated(&self) -> Option<&Replicated> {
+        match &self.consensus {
+            Consensus::Local(_) => None,
+            Consensus::Replicated(replicated) => Some(replicated),
+        }
     }
 
     /// Resolves when a fatal storage error stops the agent, with its message.
@@ -361,6 +562,7 @@ impl Agent {
 
     async fn run_session_expiry(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
+        let mut was_leader = false;
         loop {
             if *shutdown.borrow_and_update() {
                 return;
@@ -370,11 +572,27 @@ impl Agent {
                 .lock()
                 .expect("session lock poisoned")
                 .next_deadline_ms();
-            let sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(wall_ms()));
+            let mut sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(wall_ms()));
+            if self.replicated().is_some() {
+                // Leadership comes and goes, and sessions arrive through other servers.
+                sleep_ms = sleep_ms.min(250);
+            }
             tokio::select! {
                 () = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)) => {}
                 () = self.sessions_changed.notified() => continue,
                 _ = shutdown.changed() => return,
+            }
+            if let Some(replicated) = self.replicated() {
+                // Only the leader measures TTLs. A server that has just become leader
+                // grants every session a fresh TTL before expiring any (as Consul does),
+                // and tracks sessions created through other servers.
+                let is_leader = replicated.status.borrow().is_leader;
+                if !is_leader {
+                    was_leader = false;
+                    continue;
+                }
+                self.track_all_sessions(!was_leader);
+                was_leader = true;
             }
             let expired = self
                 .sessions
@@ -393,6 +611,29 @@ impl Agent {
                         .lock()
                         .expect("session lock poisoned")
                         .handle_renew(wall_ms(), &id, 1_000);
+                }
+            }
+        }
+    }
+
+    /// Makes the tracker hold exactly the sessions of the store; with `fresh`, every
+    /// session's TTL restarts now (a new leader cannot know when they were last renewed).
+    fn track_all_sessions(&self, fresh: bool) {
+        let now = wall_ms();
+        let sessions: Vec<(String, u64)> =
+            self.read(|s| s.sessions().map(|x| (x.id.clone(), x.ttl_ms)).collect());
+        let mut tracker = self.sessions.lock().expect("session lock poisoned");
+        for (id, ttl_ms) in &sessions {
+            if fresh || !tracker.is_tracked(id) {
+                tracker.handle_renew(now, id, *ttl_ms);
+            }
+        }
+        if sessions.len() < tracker.len() {
+            let live: std::collections::HashSet<&str> =
+                sessions.iter().map(|(id, _)| id.as_str()).collect();
+            for id in tracker.ids() {
+                if !live.contains(id.as_str()) {
+                    tracker.handle_remove(&id);
                 }
             }
         }
@@ -437,8 +678,23 @@ impl Agent {
             .deadline_ms(id)
     }
 
-    /// Renews a session's TTL; returns the session, or `None` if it does not exist.
-    pub fn renew_session(&self, id: &str) -> Option<Session> {
+    /// Renews a session's TTL; returns the session, or `None` if it does not exist. On a
+    /// replicated server the leader measures TTLs, so a follower forwards the renewal.
+    ///
+    /// # Errors
+    /// [`AgentError::Write`] when there is no leader to renew with.
+    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, AgentError> {
+        if self.replicated().is_some() {
+            return self
+                .renew_on_leader(id)
+                .await
+                .map_err(|e| AgentError::Write(e.into()));
+        }
+        Ok(self.renew_session_here(id))
+    }
+
+    /// Renews a session's TTL in this agent's tracker.
+    pub(crate) fn renew_session_here(&self, id: &str) -> Option<Session> {
         let session = self.read(|s| s.session(id).cloned())?;
         self.sessions
             .lock()
@@ -522,6 +778,30 @@ pub fn outcome_to_result(outcome: Outcome) -> Result<Outcome, AgentError> {
         }),
         other => Ok(other),
     }
+}
+
+/// Refuses a data dir written in the other mode: a single-node log and a replicated
+/// server's Raft log are different histories of different stores.
+fn check_data_dir_mode(config: &AgentConfig) -> Result<(), StartError> {
+    let raft = config.data_dir.join(RAFT_DIR_NAME);
+    let single = config.data_dir.join(crate::log_store::WAL_DIR_NAME);
+    if config.cluster.is_some() && single.exists() {
+        return Err(StartError::WrongMode(format!(
+            "data dir {} holds a single-node server's log ({}); a replicated server \
+             (--bootstrap-expect) needs its own data dir",
+            config.data_dir.display(),
+            single.display()
+        )));
+    }
+    if config.cluster.is_none() && raft.exists() {
+        return Err(StartError::WrongMode(format!(
+            "data dir {} holds a replicated server's Raft log ({}); start it with \
+             --bootstrap-expect (or --join a cluster), or use another data dir",
+            config.data_dir.display(),
+            raft.display()
+        )));
+    }
+    Ok(())
 }
 
 fn load_or_create_node_id(dir: &std::path::Path) -> Result<String, StartError> {

@@ -14,20 +14,29 @@
 //!    node, starts checks and session timers.
 //! 2. Write with [`Agent::propose`]; the answer arrives once the entry is on disk and applied.
 //! 3. Read with [`Agent::read`]; wait for changes with [`Agent::subscribe`].
-//! 4. [`Agent::shutdown`] on SIGINT/SIGTERM; [`Agent::fatal_error`] resolves if storage fails.
+//! 4. A replicated server ([`AgentConfig::cluster`]) runs Raft ([`raft_node`], persisted by
+//!    [`raft_storage`], messages over [`rpc`]); [`cluster`] forwards writes and read
+//!    barriers to the leader and follows membership to form and maintain the cluster.
+//! 5. [`Agent::shutdown`] on SIGINT/SIGTERM; [`Agent::fatal_error`] resolves if storage fails.
 #![deny(missing_docs, unreachable_pub)]
 
 mod agent;
 mod checks;
+pub mod cluster;
 pub mod gossip;
 pub mod keyring;
 pub mod log_store;
 pub mod member_catalog;
 pub mod metrics;
+pub mod raft_node;
+pub mod raft_storage;
+pub mod rpc;
 pub mod watch_hub;
 pub mod writer;
 
 pub use agent::{Agent, AgentConfig, AgentError, StartError, outcome_to_result, wall_ms};
 pub use checks::{CHECK_OUTPUT_BYTES_MAX, CHECK_TIMEOUT_MS_DEFAULT};
+pub use cluster::{ClusterConfig, ReadBasis, ReadConsistency};
+pub use raft_node::{ClusterError, RaftStatus};
 pub use watch_hub::Topic;
 pub use writer::{Applied, WriteError};

@@ -131,6 +131,35 @@ pub struct Recovered {
     pub replayed_count: u64,
 }
 
+/// Called with each record's index and payload while a segment is scanned; an error names
+/// what is wrong with the payload.
+type RecordVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
+
+/// What [`LogStore::open_raw`] found on disk.
+pub struct RawRecovered {
+    /// The snapshot file's index and payload, if there is one.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Every record of the segments, contiguous, in index order.
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+/// Where record `index` starts in a segment whose first record is `first_index`.
+fn record_offset(file: &File, index: u64, first_index: u64) -> std::io::Result<u64> {
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut header = [0u8; RECORD_HEADER_BYTES as usize];
+    for _ in first_index..index {
+        file.read_exact_at(&mut header, offset)?;
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        if len == 0 {
+            return Err(std::io::Error::other(format!(
+                "record {index} is not in the segment"
+            )));
+        }
+        offset += RECORD_HEADER_BYTES + u64::from(len);
+    }
+    Ok(offset)
+}
+
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
     move |source| OpenError::DataDir {
         path: path.to_path_buf(),
@@ -189,12 +218,14 @@ impl LogStore {
                     ),
                 ));
             }
-            let scan = scan_segment(path, *first_index, is_last, &mut |index, entry| {
+            let scan = scan_segment(path, *first_index, is_last, &mut |index, payload| {
                 if index == last_index + 1 {
-                    state.apply(index, entry);
+                    let entry = Entry::decode(payload).map_err(|e| e.to_string())?;
+                    state.apply(index, &entry);
                     last_index = index;
                     replayed_count += 1;
                 }
+                Ok(())
             })?;
             if is_last {
                 active = Some(scan);
@@ -225,6 +256,148 @@ impl LogStore {
                 replayed_count,
             },
         ))
+    }
+
+    /// Opens (or creates) a log whose payloads the caller interprets: nothing is decoded or
+    /// replayed. Returns the snapshot file's index and payload, and every record in the
+    /// segments (which may start at or before the snapshot's index; the caller decides what
+    /// to keep and calls [`LogStore::reset`] to drop the rest).
+    ///
+    /// # Errors
+    /// As [`LogStore::open`].
+    pub fn open_raw(dir: &Path, segment_bytes: u64) -> Result<(LogStore, RawRecovered), OpenError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = take_lock(dir)?;
+        let wal_dir = dir.join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
+        let snapshot = read_snapshot_raw(&snapshot_path)?;
+        let snapshot_index = snapshot.as_ref().map_or(0, |(index, _)| *index);
+        let mut segments = list_segments(&wal_dir)?;
+        if let Some((first, path)) = segments.first()
+            && *first > snapshot_index + 1
+        {
+            return Err(corrupt(
+                path,
+                format!(
+                    "log has a gap: the snapshot ends at {snapshot_index}, the log starts at {first}"
+                ),
+            ));
+        }
+        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut active = None;
+        let segments_count = segments.len();
+        for (position, (first_index, path)) in segments.iter().enumerate() {
+            let is_last = position + 1 == segments_count;
+            if let Some((last, _)) = records.last()
+                && *first_index != last + 1
+            {
+                return Err(corrupt(
+                    path,
+                    format!("log has a gap: expected an entry at index {}", last + 1),
+                ));
+            }
+            let scan = scan_segment(path, *first_index, is_last, &mut |index, payload| {
+                records.push((index, payload.to_vec()));
+                Ok(())
+            })?;
+            if is_last {
+                active = Some(scan);
+            }
+        }
+        let last_index = records.last().map_or(snapshot_index, |(index, _)| *index);
+        let active = match active {
+            Some(segment) => segment,
+            None => create_segment(&wal_dir, snapshot_index + 1, segment_bytes)
+                .map_err(|e| corrupt(&wal_dir, format!("cannot create the first segment: {e}")))?,
+        };
+        segments.pop();
+        let store = LogStore {
+            dir: dir.to_path_buf(),
+            wal_dir,
+            sealed: segments,
+            active,
+            snapshot_index,
+            last_index,
+            segment_bytes,
+            _lock: lock,
+        };
+        Ok((store, RawRecovered { snapshot, records }))
+    }
+
+    /// Durably removes the entries from `index` on, so that the next append writes `index`
+    /// (Raft overwriting a follower's conflicting suffix). Later segments are deleted first
+    /// (newest first), then the tail of the segment holding `index` is zeroed: a crash in
+    /// between leaves a shorter but contiguous log.
+    ///
+    /// # Errors
+    /// As [`LogStore::append`].
+    ///
+    /// # Panics
+    /// If `index` is not after the snapshot.
+    pub fn truncate_from(&mut self, index: u64) -> Result<(), AppendError> {
+        assert!(
+            index > self.snapshot_index,
+            "cannot truncate into the snapshot"
+        );
+        if index > self.last_index {
+            return Ok(());
+        }
+        while self.active.first_index > index {
+            let (first, path) = self.sealed.pop().expect("a segment holds every index");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| classify(&path, e))?;
+            let size_bytes = file.metadata().map_err(|e| classify(&path, e))?.len();
+            let reopened = Segment {
+                path,
+                file,
+                first_index: first,
+                size_bytes,
+                write_offset: SEGMENT_HEADER_BYTES,
+            };
+            let newer = std::mem::replace(&mut self.active, reopened);
+            drop(newer.file);
+            std::fs::remove_file(&newer.path).map_err(|e| classify(&newer.path, e))?;
+            File::open(&self.wal_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| classify(&self.wal_dir, e))?;
+        }
+        let offset = record_offset(&self.active.file, index, self.active.first_index)
+            .map_err(|e| classify(&self.active.path, e))?;
+        let zeros = vec![0u8; (self.active.size_bytes - offset) as usize];
+        self.active
+            .file
+            .write_all_at(&zeros, offset)
+            .and_then(|()| self.active.file.sync_data())
+            .map_err(|e| classify(&self.active.path, e))?;
+        self.active.write_offset = offset;
+        self.last_index = index - 1;
+        Ok(())
+    }
+
+    /// Drops the whole log after a snapshot at `index` was written (Raft installing a
+    /// snapshot from its leader): every segment is deleted, newest first, and an empty one
+    /// starts at `index + 1`.
+    ///
+    /// # Errors
+    /// As [`LogStore::append`].
+    pub fn reset(&mut self, index: u64) -> Result<(), AppendError> {
+        let mut doomed: Vec<PathBuf> = self.sealed.drain(..).map(|(_, path)| path).collect();
+        doomed.push(self.active.path.clone());
+        for path in doomed.iter().rev() {
+            std::fs::remove_file(path).map_err(|e| classify(path, e))?;
+        }
+        File::open(&self.wal_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| classify(&self.wal_dir, e))?;
+        self.active = create_segment(&self.wal_dir, index + 1, self.segment_bytes)
+            .map_err(|e| classify(&self.wal_dir, e))?;
+        self.snapshot_index = index;
+        self.last_index = index;
+        Ok(())
     }
 
     /// The data dir, for messages.
@@ -498,7 +671,7 @@ fn scan_segment(
     path: &Path,
     first_index: u64,
     is_last: bool,
-    visit: &mut dyn FnMut(u64, &Entry),
+    visit: &mut RecordVisitor<'_>,
 ) -> Result<Segment, OpenError> {
     let file = OpenOptions::new()
         .read(true)
@@ -559,9 +732,8 @@ fn scan_segment(
                 format!("record at offset {offset} has index {index}, expected {expected}"),
             ));
         }
-        let entry = Entry::decode(payload)
+        visit(index, payload)
             .map_err(|e| corrupt(path, format!("entry {index} at offset {offset}: {e}")))?;
-        visit(index, &entry);
         expected += 1;
         offset = end;
     };
@@ -590,30 +762,10 @@ fn scan_segment(
 }
 
 fn read_snapshot(path: &Path) -> Result<(u64, StateMachine), OpenError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((0, StateMachine::new()));
-        }
-        Err(error) => return Err(io_error(path)(error)),
+    let Some((index, payload)) = read_snapshot_raw(path)? else {
+        return Ok((0, StateMachine::new()));
     };
-    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt(path, "not a colony snapshot (bad header)".into()));
-    }
-    let index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
-    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
-    if payload.len() as u64 != len {
-        return Err(corrupt(
-            path,
-            format!("holds {} bytes of state, header says {len}", payload.len()),
-        ));
-    }
-    if crc32fast::hash(payload) != crc {
-        return Err(corrupt(path, "state fails its checksum".into()));
-    }
-    let state = StateMachine::from_snapshot(payload).map_err(|e| corrupt(path, e.to_string()))?;
+    let state = StateMachine::from_snapshot(&payload).map_err(|e| corrupt(path, e.to_string()))?;
     if state.applied_index() != index {
         return Err(corrupt(
             path,
@@ -624,6 +776,32 @@ fn read_snapshot(path: &Path) -> Result<(u64, StateMachine), OpenError> {
         ));
     }
     Ok((index, state))
+}
+
+/// Reads and checks a snapshot file: its index and payload, or `None` if there is none.
+fn read_snapshot_raw(path: &Path) -> Result<Option<(u64, Vec<u8>)>, OpenError> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(path, "not a colony snapshot (bad header)".into()));
+    }
+    let index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
+    let payload = bytes.split_off(SNAPSHOT_HEADER_BYTES);
+    if payload.len() as u64 != len {
+        return Err(corrupt(
+            path,
+            format!("holds {} bytes of state, header says {len}", payload.len()),
+        ));
+    }
+    if crc32fast::hash(&payload) != crc {
+        return Err(corrupt(path, "state fails its checksum".into()));
+    }
+    Ok(Some((index, payload)))
 }
 
 #[cfg(test)]
@@ -770,5 +948,82 @@ mod tests {
         std::fs::write(dir.path().join(SNAPSHOT_FILE_NAME), vec![0x5a; 1024]).expect("write");
         let error = open_small(dir.path()).err().expect("corrupt");
         assert!(error.to_string().contains(SNAPSHOT_FILE_NAME), "{error}");
+    }
+
+    fn raw(n: u8) -> Vec<u8> {
+        vec![n; 700]
+    }
+
+    fn raw_indexes(dir: &Path) -> Vec<(u64, u8)> {
+        let (_, recovered) = LogStore::open_raw(dir, 8192).expect("open");
+        recovered
+            .records
+            .iter()
+            .map(|(index, payload)| (*index, payload[0]))
+            .collect()
+    }
+
+    #[test]
+    fn log_store_truncate_from_drops_the_suffix_across_segments_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut store, recovered) = LogStore::open_raw(dir.path(), 8192).expect("open");
+            assert!(recovered.snapshot.is_none() && recovered.records.is_empty());
+            for n in 1..=30u8 {
+                store.append(&[raw(n)]).expect("append");
+            }
+            assert!(
+                !store.sealed.is_empty(),
+                "30 records of 700 bytes span segments"
+            );
+            store.truncate_from(12).expect("truncate");
+            assert_eq!(store.last_index(), 11);
+            store
+                .append(&[raw(112), raw(113)])
+                .expect("append after truncate");
+        }
+        let records = raw_indexes(dir.path());
+        let expected: Vec<(u64, u8)> = (1..=11u64)
+            .map(|i| (i, i as u8))
+            .chain([(12, 112), (13, 113)])
+            .collect();
+        assert_eq!(records, expected);
+    }
+
+    #[test]
+    fn log_store_truncate_at_a_segment_start_keeps_the_earlier_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = LogStore::open_raw(dir.path(), 8192).expect("open");
+        for n in 1..=30u8 {
+            store.append(&[raw(n)]).expect("append");
+        }
+        let boundary = store.active.first_index;
+        store.truncate_from(boundary).expect("truncate");
+        assert_eq!(store.last_index(), boundary - 1);
+        drop(store);
+        let records = raw_indexes(dir.path());
+        assert_eq!(records.len() as u64, boundary - 1);
+    }
+
+    #[test]
+    fn log_store_reset_after_a_snapshot_starts_an_empty_log_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut store, _) = LogStore::open_raw(dir.path(), 8192).expect("open");
+            for n in 1..=20u8 {
+                store.append(&[raw(n)]).expect("append");
+            }
+            store
+                .snapshot_file()
+                .write(b"image at 50", 50)
+                .expect("snapshot");
+            store.reset(50).expect("reset");
+            store.append(&[raw(51)]).expect("append after reset");
+        }
+        let (store, recovered) = LogStore::open_raw(dir.path(), 8192).expect("open");
+        assert_eq!(recovered.snapshot, Some((50, b"image at 50".to_vec())));
+        assert_eq!(recovered.records.len(), 1);
+        assert_eq!(recovered.records[0].0, 51);
+        assert_eq!(store.last_index(), 51);
     }
 }

@@ -41,6 +41,10 @@ pub fn spawn(agent: Arc<Agent>, gossip: Arc<Gossip>) {
 }
 
 async fn reconcile(agent: &Agent, gossip: &Gossip, event: &MemberEvent) -> Result<(), String> {
+    if agent.raft_status().is_some_and(|status| !status.is_leader) {
+        // Among replicated servers, the leader alone mirrors membership (as Consul's does).
+        return Ok(());
+    }
     let command = match event {
         MemberEvent::Alive(name) | MemberEvent::Failed(name) => {
             let view = gossip.view();

@@ -69,6 +69,19 @@ impl WatchHub {
         receiver
     }
 
+    /// Wakes every watcher: the whole state was replaced at `index` (a snapshot installed).
+    pub fn notify_all(&self, index: u64) {
+        let channels = self.channels.lock().expect("hub lock poisoned");
+        let senders = channels
+            .keys
+            .values()
+            .chain(channels.prefixes.values())
+            .chain(channels.tables.values());
+        for sender in senders {
+            sender.send_replace(index);
+        }
+    }
+
     /// Wakes the watchers of every change applied at `index`.
     pub fn notify(&self, changes: &[Change], index: u64) {
         let mut channels = self.channels.lock().expect("hub lock poisoned");

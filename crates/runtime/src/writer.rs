@@ -37,6 +37,9 @@ pub enum WriteError {
         /// What put storage in Floor mode.
         reason: String,
     },
+    /// The replicated cluster could not take the write (no leader, leadership lost).
+    #[error(transparent)]
+    Cluster(#[from] crate::raft_node::ClusterError),
     /// The agent is stopping.
     #[error("agent is shutting down")]
     ShuttingDown,

@@ -286,14 +286,14 @@ pub struct Rejection {
 }
 
 /// One result of a successful transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnResult {
     /// An entry read or written by the operation (written entries omit the value).
     Kv(KvEntry),
 }
 
 /// One failed operation of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnError {
     /// Position of the failed operation.
     pub op_index: usize,
@@ -302,7 +302,7 @@ pub struct TxnError {
 }
 
 /// The outcome of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOutcome {
     /// Every operation succeeded and was applied.
     Committed(Vec<TxnResult>),
@@ -311,7 +311,7 @@ pub enum TxnOutcome {
 }
 
 /// What applying a command produced, for the caller that proposed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Applied; nothing to report.
     Done,

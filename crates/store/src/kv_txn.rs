@@ -66,7 +66,7 @@ pub struct RangeQuery {
 }
 
 /// What a range found.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RangeResult {
     /// The entries, filtered, sorted and limited.
     pub kvs: Vec<KvEntry>,
@@ -203,7 +203,7 @@ impl KvTxn {
 }
 
 /// The result of one operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOpResult {
     /// A range's result.
     Range(RangeResult),
@@ -224,7 +224,7 @@ pub enum KvOpResult {
 }
 
 /// The result of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KvTxnResult {
     /// Whether every compare held (the success branch ran).
     pub succeeded: bool,

@@ -58,6 +58,21 @@ impl SessionTtlTracker {
         self.deadline_by_session.contains_key(session)
     }
 
+    /// How many sessions are tracked.
+    pub fn len(&self) -> usize {
+        self.deadline_by_session.len()
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.deadline_by_session.is_empty()
+    }
+
+    /// The tracked sessions.
+    pub fn ids(&self) -> Vec<String> {
+        self.deadline_by_session.keys().cloned().collect()
+    }
+
     /// Removes and returns every session whose deadline is at or before `now_ms`.
     pub fn take_expired(&mut self, now_ms: u64) -> Vec<String> {
         let later = self.sessions_by_deadline.split_off(&(now_ms + 1));

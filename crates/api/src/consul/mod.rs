@@ -12,7 +12,7 @@ use crate::blocking;
 use crate::error::{ApiError, ApiResult};
 use crate::query::Query;
 use crate::respond::{StoreAnswer, evidence_json};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use colony_base::{Evidence, Freshness, HlcTimestamp, Lifetime};
 use colony_runtime::{Agent, Topic, outcome_to_result};
@@ -107,14 +107,89 @@ pub(crate) async fn table_answer<T: serde::Serialize>(
 
 pub(crate) async fn status_leader(State(app): State<AppState>) -> Response {
     let agent = &app.agent;
-    let leader = format!("{}:8300", agent.config().advertise_addr);
+    let leader = match agent.raft_status() {
+        None => format!("{}:8300", agent.config().advertise_addr),
+        Some(status) => status
+            .leader
+            .and_then(|id| agent.server_rpc_addr(id))
+            .map_or_else(String::new, |addr| addr.to_string()),
+    };
     let index = agent.read(|s| s.applied_index());
     StoreAnswer::json(&leader, index, agent.local_evidence("raft:leader".into())).into_response()
 }
 
 pub(crate) async fn status_peers(State(app): State<AppState>) -> Response {
     let agent = &app.agent;
-    let peers = vec![format!("{}:8300", agent.config().advertise_addr)];
+    let peers: Vec<String> = match agent.raft_status() {
+        None => vec![format!("{}:8300", agent.config().advertise_addr)],
+        Some(status) => status
+            .voters
+            .iter()
+            .filter_map(|&id| agent.server_rpc_addr(id))
+            .map(|addr| addr.to_string())
+            .collect(),
+    };
     let index = agent.read(|s| s.applied_index());
     StoreAnswer::json(&peers, index, agent.local_evidence("raft:peers".into())).into_response()
+}
+
+/// `GET /v1/operator/raft/configuration`: the voters, as Consul lists them.
+pub(crate) async fn raft_configuration(State(app): State<AppState>) -> Response {
+    let agent = &app.agent;
+    let index = agent.read(|s| s.applied_index());
+    let servers: Vec<serde_json::Value> = match agent.raft_status() {
+        None => vec![serde_json::json!({
+            "ID": agent.node_id(),
+            "Node": agent.node_name(),
+            "Address": format!("{}:8300", agent.config().advertise_addr),
+            "Leader": true,
+            "ProtocolVersion": "3",
+            "Voter": true,
+            "LastIndex": index,
+        })],
+        Some(status) => {
+            let known = agent.known_servers();
+            status
+                .voters
+                .iter()
+                .map(|&id| {
+                    let info = known.iter().find(|(k, _)| *k == id).map(|(_, info)| info);
+                    serde_json::json!({
+                        "ID": format!("{id:016x}"),
+                        "Node": info.map_or("", |i| i.name.as_str()),
+                        "Address": info.map_or_else(String::new, |i| i.rpc_addr.to_string()),
+                        "Leader": status.leader == Some(id),
+                        "ProtocolVersion": "3",
+                        "Voter": true,
+                        "LastIndex": status.last_index,
+                    })
+                })
+                .collect()
+        }
+    };
+    let body = serde_json::json!({ "Servers": servers, "Index": index });
+    StoreAnswer::json(
+        &body,
+        index,
+        agent.local_evidence("raft:configuration".into()),
+    )
+    .into_response()
+}
+
+/// `DELETE /v1/operator/raft/peer?id=...` (or `?address=...`): removes a voter.
+pub(crate) async fn raft_remove_peer(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let peer = query
+        .get("id")
+        .or_else(|| query.get("address"))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove"))?;
+    match app.agent.remove_peer(peer).await {
+        Ok(_) => Ok(axum::http::StatusCode::OK.into_response()),
+        Err(colony_runtime::ClusterError::Invalid(message)) => Err(ApiError::bad_request(message)),
+        Err(error) => Err(ApiError::unavailable(error.to_string())),
+    }
 }

@@ -122,6 +122,7 @@ pub(crate) async fn renew(
     let agent = &app.agent;
     let session = agent
         .renew_session(&id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("Session id '{id}' not found")))?;
     let index = agent.read(|s| s.table_index(Table::Sessions).max(1));
     let evidence = agent.store_evidence(index, format!("session:{id}"));

@@ -10,6 +10,7 @@ mod etcd_watch;
 mod etcdctl;
 mod health;
 mod membership;
+mod replication;
 mod startup;
 mod support;
 mod tidy;

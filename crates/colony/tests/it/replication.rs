@@ -1,0 +1,359 @@
+//! Replicated servers as real processes on loopback: a cluster forms through gossip with
+//! `--bootstrap-expect`, writes sent to any server are replicated, the leader's SIGKILL is
+//! survived, a restarted server catches up, a new server is added and a dead one removed.
+
+use crate::support::{colony_bin, free_addr, http, wait_until};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The election timeout the servers of these tests use (etcd's and colony's default).
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One server process; killed on drop.
+struct Server {
+    name: String,
+    http: SocketAddr,
+    gossip: SocketAddr,
+    rpc: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn new(dir: &Path, name: &str) -> Server {
+        Server {
+            name: name.to_string(),
+            http: free_addr(),
+            gossip: free_addr(),
+            rpc: free_addr(),
+            data_dir: dir.join(name),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    fn start(&mut self, expect: usize, join: Option<SocketAddr>, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut command = Command::new(colony_bin());
+        command
+            .args(["agent", "--server", "--node", &self.name])
+            .args(["--bootstrap-expect", &expect.to_string()])
+            .args(["--http-addr", &self.http.to_string()])
+            .args(["--bind", &self.gossip.to_string()])
+            .args(["--rpc-addr", &self.rpc.to_string()])
+            .args(["--grpc-addr", "off"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra);
+        if let Some(seed) = join {
+            command
+                .args(["--retry-join", &seed.to_string()])
+                .args(["--retry-interval", "200ms"]);
+        }
+        let child = command
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn colony agent");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get_text(&self, path: &str) -> Option<(u16, String)> {
+        http(self.http, "GET", path, b"")
+            .ok()
+            .map(|r| (r.status, r.text()))
+    }
+
+    /// The leader's RPC address as this server reports it ("" if none).
+    fn leader(&self) -> Option<String> {
+        let (status, text) = self.get_text("/v1/status/leader")?;
+        (status == 200).then(|| text.trim_matches('"').to_string())
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.get_text("/v1/status/peers")
+            .and_then(|(_, text)| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    fn put(&self, key: &str, value: &str) -> Option<u16> {
+        http(self.http, "PUT", &format!("/v1/kv/{key}"), value.as_bytes())
+            .ok()
+            .map(|r| r.status)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` servers that bootstrap together, and waits until all agree on a leader.
+    fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut servers: Vec<Server> = (1..=n)
+            .map(|i| Server::new(dir.path(), &format!("s{i}")))
+            .collect();
+        let seed = servers[0].gossip;
+        for (i, server) in servers.iter_mut().enumerate() {
+            server.start(n, (i > 0).then_some(seed), extra);
+        }
+        let cluster = Cluster { servers, _dir: dir };
+        cluster.wait_for_leader(&[], Duration::from_secs(30));
+        cluster
+    }
+
+    fn dump_logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("--- {} ---\n{}", s.name, s.log_text()))
+            .collect()
+    }
+
+    /// Waits until every running server except `skip` names the same leader, which is one of
+    /// them; returns its position.
+    fn wait_for_leader(&self, skip: &[usize], deadline: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            let running: Vec<&Server> = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| !skip.contains(i) && s.child.is_some())
+                .map(|(_, s)| s)
+                .collect();
+            let leaders: Vec<Option<String>> = running.iter().map(|s| s.leader()).collect();
+            if let Some(Some(leader)) = leaders.first()
+                && !leader.is_empty()
+                && leaders.iter().all(|l| l.as_deref() == Some(leader))
+                && let Some(position) = self
+                    .servers
+                    .iter()
+                    .position(|s| s.rpc.to_string() == *leader && s.child.is_some())
+            {
+                return position;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "no agreed leader after {deadline:?}: {leaders:?}\n{}",
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn replication_three_servers_agree_on_a_leader_and_serve_writes_from_any_server() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    for server in &cluster.servers {
+        let mut peers = server.peers();
+        peers.sort();
+        let mut expected: Vec<String> = cluster.servers.iter().map(|s| s.rpc.to_string()).collect();
+        expected.sort();
+        assert_eq!(peers, expected, "peers as {} sees them", server.name);
+    }
+    // Every server takes writes (followers forward them) and every server reads them back.
+    for (i, server) in cluster.servers.iter().enumerate() {
+        assert_eq!(
+            server.put(&format!("from/{i}"), &format!("v{i}")),
+            Some(200)
+        );
+    }
+    for server in &cluster.servers {
+        for i in 0..3 {
+            let (status, text) = server
+                .get_text(&format!("/v1/kv/from/{i}?raw&consistent"))
+                .expect("read");
+            assert_eq!(
+                (status, text.as_str()),
+                (200, format!("v{i}").as_str()),
+                "{}",
+                server.name
+            );
+        }
+    }
+    // A follower's stale read says it is stale and how long since it heard the leader.
+    let follower = &cluster.servers[(leader + 1) % 3];
+    let response = http(follower.http, "GET", "/v1/kv/from/0?stale", b"").expect("stale read");
+    assert_eq!(response.status, 200);
+    assert!(response.header("x-consul-lastcontact").is_some());
+    let evidence = response
+        .header("x-colony-evidence")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        evidence.contains("freshness=\"bounded-stale\""),
+        "{evidence}"
+    );
+    let response = http(follower.http, "GET", "/v1/kv/from/0?stale&consistent", b"").expect("read");
+    assert_eq!(response.status, 400, "{}", response.text());
+    // The leader's catalog knows every server (each registered itself through the leader).
+    wait_until("three catalog nodes", Duration::from_secs(10), || {
+        cluster.servers[leader]
+            .get_text("/v1/catalog/nodes")
+            .is_some_and(|(_, text)| (1..=3).all(|i| text.contains(&format!("\"s{i}\""))))
+    });
+    let (_, config) = cluster.servers[leader]
+        .get_text("/v1/operator/raft/configuration")
+        .expect("configuration");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("json");
+    let servers = config["Servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 3);
+    assert_eq!(servers.iter().filter(|s| s["Leader"] == true).count(), 1);
+}
+
+#[test]
+fn replication_leader_sigkill_writes_resume_within_two_election_timeouts() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let survivor = (leader + 1) % 3;
+    assert_eq!(cluster.servers[survivor].put("before", "1"), Some(200));
+    cluster.servers[leader].kill();
+    let killed = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if cluster.servers[survivor].put("after", "2") == Some(200) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no write succeeded after the leader died\n{}",
+            cluster.dump_logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let failover = killed.elapsed();
+    assert!(
+        failover < 2 * ELECTION_TIMEOUT,
+        "the first write after the leader's SIGKILL took {failover:?} ({attempts} attempts)\n{}",
+        cluster.dump_logs()
+    );
+    let new_leader = cluster.wait_for_leader(&[leader], Duration::from_secs(5));
+    assert_ne!(new_leader, leader);
+    for (i, server) in cluster.servers.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        let (_, text) = server
+            .get_text("/v1/kv/before?raw&consistent")
+            .expect("read");
+        assert_eq!(
+            text, "1",
+            "an acknowledged write survives the failover on {}",
+            server.name
+        );
+    }
+    // The old leader restarts, rejoins as a follower and catches up.
+    let seed = cluster.servers[new_leader].gossip;
+    cluster.servers[leader].start(3, Some(seed), &[]);
+    wait_until("the old leader catches up", Duration::from_secs(20), || {
+        cluster.servers[leader]
+            .get_text("/v1/kv/after?raw&stale")
+            .is_some_and(|(status, text)| status == 200 && text == "2")
+    });
+}
+
+#[test]
+fn replication_new_server_is_added_and_dead_server_is_removed() {
+    let extra = ["--dead-server-cleanup", "2s"];
+    let mut cluster = Cluster::start(3, &extra);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    for i in 0..20 {
+        assert_eq!(
+            cluster.servers[leader].put(&format!("k/{i}"), "v"),
+            Some(200)
+        );
+    }
+    // A fourth server with the same --bootstrap-expect sees four servers: it does not
+    // bootstrap, and the leader adds it as a voter; it receives the whole log.
+    let dir = cluster._dir.path().to_path_buf();
+    let mut fourth = Server::new(&dir, "s4");
+    fourth.start(3, Some(cluster.servers[leader].gossip), &extra);
+    cluster.servers.push(fourth);
+    wait_until("four voters", Duration::from_secs(20), || {
+        cluster.servers[leader].peers().len() == 4
+    });
+    wait_until(
+        "the new server has the data",
+        Duration::from_secs(20),
+        || {
+            cluster.servers[3]
+                .get_text("/v1/kv/k/19?raw&stale")
+                .is_some_and(|(status, _)| status == 200)
+        },
+    );
+    // It dies; after the cleanup time the leader removes it (three remain, a quorum).
+    cluster.servers[3].kill();
+    wait_until(
+        "the dead server is removed",
+        Duration::from_secs(30),
+        || cluster.servers[leader].peers().len() == 3,
+    );
+    assert_eq!(cluster.servers[leader].put("after-cleanup", "v"), Some(200));
+}
+
+#[test]
+fn replication_without_quorum_consistent_reads_fail_and_stale_reads_answer() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    assert_eq!(cluster.servers[leader].put("k", "v"), Some(200));
+    let survivor = (leader + 1) % 3;
+    wait_until(
+        "the survivor has the write",
+        Duration::from_secs(10),
+        || {
+            cluster.servers[survivor]
+                .get_text("/v1/kv/k?raw&stale")
+                .is_some_and(|(status, _)| status == 200)
+        },
+    );
+    for (i, server) in cluster.servers.iter_mut().enumerate() {
+        if i != survivor {
+            server.kill();
+        }
+    }
+    let server = &cluster.servers[survivor];
+    let (status, text) = server.get_text("/v1/kv/k?consistent").expect("answer");
+    assert_eq!(status, 503, "a consistent read without quorum: {text}");
+    let response = http(server.http, "GET", "/v1/kv/k?raw&stale", b"").expect("stale read");
+    assert_eq!((response.status, response.text().as_str()), (200, "v"));
+    let last_contact: u64 = response
+        .header("x-consul-lastcontact")
+        .and_then(|v| v.parse().ok())
+        .expect("last contact header");
+    assert!(
+        last_contact >= 1_000,
+        "the leader was lost over 10 s ago: {last_contact}"
+    );
+    let (status, _) = server.get_text("/v1/kv/k?max_stale=500ms").expect("answer");
+    assert_eq!(status, 503, "a read older than max_stale cannot be served");
+}

@@ -1,0 +1,691 @@
+//! A replicated server's side of the agent: how writes reach the leader, how reads meet the
+//! consistency they ask for, how servers find each other through membership, and what only
+//! the leader does (adding servers, removing dead ones, expiring sessions).
+
+use crate::agent::Agent;
+use crate::gossip::Gossip;
+use crate::raft_node::{ClusterError, RaftInput, RaftStatus};
+use crate::rpc::{
+    CallError, RpcClient, RpcHandler, RpcRequest, RpcResponse, ServerDirectory, ServerInfo,
+};
+use crate::writer::{Applied, Proposal, WriteError};
+use colony_base::Freshness;
+use colony_raft::ConfChange;
+use colony_store::Command;
+use colony_swim::State;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// Membership tag carrying a server's Raft id.
+pub const TAG_RAFT_ID: &str = "raft_id";
+/// Membership tag carrying a server's RPC address.
+pub const TAG_RPC_ADDR: &str = "rpc_addr";
+/// How long a write waits for a leader (and for its commit) before it fails.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the leader's housekeeping runs at least.
+const LEADER_DUTY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How a server joins a replicated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where the RPC port listens.
+    pub rpc_addr: SocketAddr,
+    /// The IP other servers reach the RPC port at when it listens on an unspecified IP.
+    pub rpc_advertise: std::net::IpAddr,
+    /// Form a new cluster once this many servers see each other (0: only join one).
+    pub bootstrap_expect: usize,
+    /// Raft timing and limits.
+    pub raft: colony_raft::Config,
+    /// A server that membership says has failed for this long is removed from the voters,
+    /// if the remaining voters keep a quorum (Consul's autopilot dead-server cleanup).
+    pub dead_server_cleanup_ms: u64,
+}
+
+/// How fresh a read must be, as Consul's query parameters say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// The leader answers from its state (no parameter): a follower first asks the leader
+    /// for its commit index and waits to apply it.
+    #[default]
+    Default,
+    /// `?consistent`: the leader confirms its leadership with a quorum first (ReadIndex).
+    Consistent,
+    /// `?stale`: any server answers from what it has; `max_stale_ms` bounds its lag behind
+    /// the leader (beyond it, the read is served as `Default`).
+    Stale {
+        /// `?max_stale`, if given.
+        max_stale_ms: Option<u64>,
+    },
+}
+
+/// What a read is based on: its freshness and the headers Consul sends with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBasis {
+    /// Freshness for the evidence.
+    pub freshness: Freshness,
+    /// `X-Consul-KnownLeader`.
+    pub known_leader: bool,
+    /// `X-Consul-LastContact`: ms since this server last heard from the leader (0 on it).
+    pub last_contact_ms: u64,
+}
+
+tokio::task_local! {
+    /// What the read being served is based on, set by the API around a request that
+    /// [`Agent::prepare_read`] prepared; evidence and Consul's headers read it.
+    pub static READ_BASIS: ReadBasis;
+}
+
+/// The basis of the read this task serves, if the API prepared one.
+pub fn current_read_basis() -> Option<ReadBasis> {
+    READ_BASIS.try_with(Clone::clone).ok()
+}
+
+/// The replicated-server half of an [`Agent`].
+pub(crate) struct Replicated {
+    pub(crate) inputs: mpsc::Sender<RaftInput>,
+    pub(crate) status: watch::Receiver<RaftStatus>,
+    pub(crate) directory: Arc<ServerDirectory>,
+    pub(crate) rpc: RpcClient,
+    pub(crate) raft_id: u64,
+    pub(crate) rpc_addr: SocketAddr,
+    pub(crate) config: ClusterConfig,
+}
+
+/// A stable Raft id for a node, from its persistent UUID.
+pub fn raft_id_from_node_id(node_id: &str) -> u64 {
+    let hex: String = node_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    u64::from_str_radix(&hex, 16).unwrap_or(0).max(1)
+}
+
+impl Replicated {
+    fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The leader's RPC address, if a leader is known and reachable by name.
+    fn leader_addr(&self, status: &RaftStatus) -> Option<SocketAddr> {
+        let leader = status.leader?;
+        if leader == self.raft_id {
+            return Some(self.rpc_addr);
+        }
+        self.directory.get(leader).map(|info| info.rpc_addr)
+    }
+
+    /// Waits until the status changes or `deadline` passes; `false` at the deadline.
+    async fn wait_for_change(&self, deadline: Instant) -> bool {
+        let mut status = self.status.clone();
+        // Poll at least every 50 ms: a directory update (learning the leader's address)
+        // does not change the Raft status.
+        let until = deadline.min(Instant::now() + Duration::from_millis(50));
+        let _ = tokio::time::timeout_at(until, status.changed()).await;
+        Instant::now() < deadline
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let mut status = self.status.clone();
+        match tokio::time::timeout_at(deadline, status.wait_for(|s| s.applied_index >= index)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ClusterError::Unavailable("the server is stopping".into())),
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "timed out applying up to index {index}"
+            ))),
+        }
+    }
+
+    /// Proposes on this node, which must lead; never forwards.
+    async fn propose_here(&self, command: Command) -> Result<Applied, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(RaftInput::Propose(Box::new(Proposal { command, reply })))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Proposes through whichever server leads, waiting for a leader if there is none, and
+    /// returns once this server has applied the entry too (so its own reads see it).
+    pub(crate) async fn propose(&self, command: Command) -> Result<Applied, WriteError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let status = self.status();
+            let retry = if status.is_leader {
+                match self.propose_here(command.clone()).await {
+                    Err(WriteError::Cluster(ClusterError::NotLeader { .. })) => true,
+                    Err(WriteError::Cluster(ClusterError::Busy(_))) => true,
+                    other => return other,
+                }
+            } else if let Some(addr) = self.leader_addr(&status) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .rpc
+                    .call(
+                        addr,
+                        RpcRequest::Propose(Box::new(command.clone())),
+                        remaining,
+                    )
+                    .await
+                {
+                    Ok(RpcResponse::Applied { index, outcome }) => {
+                        self.wait_applied(index, deadline).await?;
+                        return Ok(Applied { index, outcome });
+                    }
+                    Ok(other) => {
+                        return Err(ClusterError::Unavailable(format!(
+                            "leader answered a write with {other:?}"
+                        ))
+                        .into());
+                    }
+                    Err(CallError::Unreachable { .. })
+                    | Err(CallError::Remote(ClusterError::NotLeader { .. }))
+                    | Err(CallError::Remote(ClusterError::NoLeader))
+                    | Err(CallError::Remote(ClusterError::Busy(_))) => true,
+                    Err(CallError::Lost(_)) => return Err(ClusterError::LeadershipLost.into()),
+                    Err(CallError::Remote(error)) => return Err(error.into()),
+                }
+            } else {
+                true
+            };
+            if retry && !self.wait_for_change(deadline).await {
+                return Err(ClusterError::NoLeader.into());
+            }
+        }
+    }
+
+    /// Asks the leader (this node or another) for a read barrier and waits to apply it.
+    async fn read_index(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let status = self.status();
+            let answer = if status.is_leader {
+                let (reply, answer) = oneshot::channel();
+                self.inputs
+                    .send(RaftInput::ReadIndex(reply))
+                    .await
+                    .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
+                answer.await.unwrap_or(Err(ClusterError::Unavailable(
+                    "the server is stopping".into(),
+                )))
+            } else if let Some(addr) = self.leader_addr(&status) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self.rpc.call(addr, RpcRequest::ReadIndex, remaining).await {
+                    Ok(RpcResponse::ReadIndex(index)) => Ok(index),
+                    Ok(other) => Err(ClusterError::Unavailable(format!(
+                        "leader answered a read barrier with {other:?}"
+                    ))),
+                    Err(CallError::Remote(error)) => Err(error),
+                    Err(_) => Err(ClusterError::NoLeader),
+                }
+            } else {
+                Err(ClusterError::NoLeader)
+            };
+            match answer {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(
+                    ClusterError::NotLeader { .. } | ClusterError::NoLeader | ClusterError::Busy(_),
+                ) => {
+                    if !self.wait_for_change(deadline).await {
+                        return Err(ClusterError::NoLeader);
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Makes a read meet `consistency`, or says why it cannot.
+    pub(crate) async fn prepare_read(
+        &self,
+        consistency: ReadConsistency,
+        now_wall_ms: u64,
+    ) -> Result<ReadBasis, ClusterError> {
+        let status = self.status();
+        let last_contact_ms = if status.is_leader {
+            0
+        } else {
+            now_wall_ms.saturating_sub(status.last_contact_wall_ms)
+        };
+        let known_leader = status.leader.is_some();
+        let fresh = |last_contact_ms| ReadBasis {
+            freshness: Freshness::Fresh,
+            known_leader: true,
+            last_contact_ms,
+        };
+        match consistency {
+            ReadConsistency::Stale { max_stale_ms } => {
+                let within = max_stale_ms.is_none_or(|bound| last_contact_ms <= bound);
+                if within && status.is_member {
+                    return Ok(ReadBasis {
+                        freshness: if status.is_leader {
+                            Freshness::Fresh
+                        } else {
+                            Freshness::BoundedStale {
+                                age_ms: last_contact_ms,
+                                bound_ms: max_stale_ms.unwrap_or(0),
+                            }
+                        },
+                        known_leader,
+                        last_contact_ms,
+                    });
+                }
+                self.read_index().await?;
+                Ok(fresh(0))
+            }
+            ReadConsistency::Default if status.is_leader => Ok(fresh(0)),
+            ReadConsistency::Default | ReadConsistency::Consistent => {
+                self.read_index().await?;
+                Ok(fresh(0))
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Makes a read of the store meet `consistency`: a no-op on a single-node server.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the cluster cannot give the asked freshness (no leader).
+    pub async fn prepare_read(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<ReadBasis, ClusterError> {
+        match self.replicated() {
+            None => Ok(ReadBasis {
+                freshness: Freshness::Fresh,
+                known_leader: true,
+                last_contact_ms: 0,
+            }),
+            Some(replicated) => replicated.prepare_read(consistency, self.now_ms()).await,
+        }
+    }
+
+    /// The Raft state, on a replicated server.
+    pub fn raft_status(&self) -> Option<RaftStatus> {
+        self.replicated().map(Replicated::status)
+    }
+
+    /// The RPC address of server `id` (this one included), on a replicated server.
+    pub fn server_rpc_addr(&self, id: u64) -> Option<SocketAddr> {
+        let replicated = self.replicated()?;
+        if id == replicated.raft_id {
+            return Some(replicated.rpc_addr);
+        }
+        replicated.directory.get(id).map(|info| info.rpc_addr)
+    }
+
+    /// The servers membership has announced, by Raft id (this one included).
+    pub fn known_servers(&self) -> Vec<(u64, ServerInfo)> {
+        let Some(replicated) = self.replicated() else {
+            return Vec::new();
+        };
+        let mut all = replicated.directory.all();
+        if !all.iter().any(|(id, _)| *id == replicated.raft_id) {
+            all.push((
+                replicated.raft_id,
+                ServerInfo {
+                    name: self.node_name().to_string(),
+                    rpc_addr: replicated.rpc_addr,
+                    alive: true,
+                },
+            ));
+            all.sort_by_key(|(id, _)| *id);
+        }
+        all
+    }
+
+    /// Removes a server from the voters (`colony operator raft remove-peer`), by Raft id,
+    /// node name or RPC address, through the leader.
+    ///
+    /// # Errors
+    /// [`ClusterError`]: not a replicated server, unknown peer, or the leader refused.
+    pub async fn remove_peer(&self, peer: &str) -> Result<u64, ClusterError> {
+        let Some(replicated) = self.replicated() else {
+            return Err(ClusterError::Invalid(
+                "this agent is not a replicated server".into(),
+            ));
+        };
+        let id = self
+            .known_servers()
+            .into_iter()
+            .find(|(id, info)| {
+                id.to_string() == peer || info.name == peer || info.rpc_addr.to_string() == peer
+            })
+            .map(|(id, _)| id)
+            .or_else(|| peer.parse().ok())
+            .ok_or_else(|| ClusterError::Invalid(format!("unknown peer {peer:?}")))?;
+        let status = replicated.status();
+        if !status.is_leader {
+            return Err(ClusterError::NotLeader {
+                leader: status.leader,
+            });
+        }
+        if id == replicated.raft_id {
+            return Err(ClusterError::Invalid(
+                "the leader cannot remove itself; transfer leadership first".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        replicated
+            .inputs
+            .send(RaftInput::ConfChange(ConfChange::RemoveVoter(id), reply))
+            .await
+            .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
+        answer.await.unwrap_or(Err(ClusterError::Unavailable(
+            "the server is stopping".into(),
+        )))
+    }
+
+    /// Hands leadership to server `id` (`colony operator raft transfer-leader`); this
+    /// server must lead.
+    ///
+    /// # Errors
+    /// [`ClusterError`]: not the leader, or `id` is not another voter.
+    pub async fn transfer_leadership(&self, id: u64) -> Result<(), ClusterError> {
+        let Some(replicated) = self.replicated() else {
+            return Err(ClusterError::Invalid(
+                "this agent is not a replicated server".into(),
+            ));
+        };
+        let (reply, answer) = oneshot::channel();
+        replicated
+            .inputs
+            .send(RaftInput::Transfer(id, reply))
+            .await
+            .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
+        answer.await.unwrap_or(Err(ClusterError::Unavailable(
+            "the server is stopping".into(),
+        )))
+    }
+
+    /// Renews a session through the leader, which measures TTLs.
+    pub(crate) async fn renew_on_leader(
+        &self,
+        id: &str,
+    ) -> Result<Option<colony_store::Session>, ClusterError> {
+        let replicated = self
+            .replicated()
+            .expect("only replicated servers forward renewals");
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let status = replicated.status();
+            if status.is_leader {
+                return Ok(self.renew_session_here(id));
+            }
+            if let Some(addr) = replicated.leader_addr(&status) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match replicated
+                    .rpc
+                    .call(addr, RpcRequest::RenewSession(id.to_string()), remaining)
+                    .await
+                {
+                    Ok(RpcResponse::Renewed(session)) => return Ok(session),
+                    Ok(_) | Err(CallError::Lost(_)) => {}
+                    Err(
+                        CallError::Remote(ClusterError::NotLeader { .. })
+                        | CallError::Unreachable { .. },
+                    ) => {}
+                    Err(CallError::Remote(error)) => return Err(error),
+                }
+            }
+            if !replicated.wait_for_change(deadline).await {
+                return Err(ClusterError::NoLeader);
+            }
+        }
+    }
+}
+
+/// Serves what other servers send on the RPC port.
+pub(crate) struct RpcEndpoint {
+    pub(crate) agent: std::sync::Weak<Agent>,
+}
+
+impl RpcHandler for RpcEndpoint {
+    fn handle_raft(&self, from: u64, to: u64, message: colony_raft::Message) {
+        let Some(agent) = self.agent.upgrade() else {
+            return;
+        };
+        let Some(replicated) = agent.replicated() else {
+            return;
+        };
+        if to != replicated.raft_id {
+            tracing::warn!(from, to, "raft message for another server; dropped");
+            return;
+        }
+        // A full queue drops the message: Raft retransmits.
+        let _ = replicated.inputs.try_send(RaftInput::Message {
+            from,
+            message: Box::new(message),
+        });
+    }
+
+    async fn handle_request(
+        self: Arc<Self>,
+        request: RpcRequest,
+    ) -> Result<RpcResponse, ClusterError> {
+        let agent = self
+            .agent
+            .upgrade()
+            .ok_or_else(|| ClusterError::Unavailable("the server is stopping".into()))?;
+        let replicated = agent
+            .replicated()
+            .ok_or_else(|| ClusterError::Unavailable("not a replicated server".into()))?;
+        let status = replicated.status();
+        if let RpcRequest::Membership = request {
+            return Ok(RpcResponse::Membership {
+                is_member: status.is_member,
+            });
+        }
+        if !status.is_leader {
+            return Err(ClusterError::NotLeader {
+                leader: status.leader,
+            });
+        }
+        match request {
+            RpcRequest::Membership => unreachable!("answered above"),
+            RpcRequest::Propose(command) => match replicated.propose_here(*command).await {
+                Ok(applied) => Ok(RpcResponse::Applied {
+                    index: applied.index,
+                    outcome: applied.outcome,
+                }),
+                Err(WriteError::Cluster(error)) => Err(error),
+                Err(other) => Err(ClusterError::Unavailable(other.to_string())),
+            },
+            RpcRequest::ReadIndex => {
+                let (reply, answer) = oneshot::channel();
+                replicated
+                    .inputs
+                    .send(RaftInput::ReadIndex(reply))
+                    .await
+                    .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
+                answer
+                    .await
+                    .unwrap_or(Err(ClusterError::Unavailable(
+                        "the server is stopping".into(),
+                    )))
+                    .map(RpcResponse::ReadIndex)
+            }
+            RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(agent.renew_session_here(&id))),
+        }
+    }
+}
+
+/// Follows membership: records every server's Raft id and RPC address, bootstraps the
+/// cluster once `bootstrap_expect` servers see each other, and, on the leader, adds new
+/// servers as voters and removes servers dead for longer than the cleanup time.
+pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
+    let Some(replicated) = agent.replicated() else {
+        return;
+    };
+    let raft_id = replicated.raft_id;
+    let bootstrap_expect = replicated.config.bootstrap_expect;
+    let cleanup_ms = replicated.config.dead_server_cleanup_ms;
+    tokio::spawn(async move {
+        let mut changes = gossip.changes();
+        let mut stop = agent.shutdown_signal();
+        let mut failed_since: HashMap<u64, u64> = HashMap::new();
+        let mut warned_extra = false;
+        loop {
+            let Some(replicated) = agent.replicated() else {
+                return;
+            };
+            let view = gossip.view();
+            let mut alive_servers = vec![raft_id];
+            for member in &view.members {
+                if member.meta.role != "server" {
+                    continue;
+                }
+                let id = member
+                    .meta
+                    .tags
+                    .get(TAG_RAFT_ID)
+                    .and_then(|v| v.parse::<u64>().ok());
+                let addr = member
+                    .meta
+                    .tags
+                    .get(TAG_RPC_ADDR)
+                    .and_then(|v| v.parse::<SocketAddr>().ok());
+                let (Some(id), Some(addr)) = (id, addr) else {
+                    continue;
+                };
+                let alive = matches!(member.state, State::Alive | State::Suspect);
+                replicated.directory.upsert(
+                    id,
+                    ServerInfo {
+                        name: member.name.clone(),
+                        rpc_addr: addr,
+                        alive,
+                    },
+                );
+                if alive {
+                    alive_servers.push(id);
+                    failed_since.remove(&id);
+                } else if member.state != State::Left {
+                    failed_since.entry(id).or_insert_with(crate::agent::wall_ms);
+                } else {
+                    // A server that left gracefully goes at once, as in Consul.
+                    failed_since.entry(id).or_insert(0);
+                }
+            }
+            let status = replicated.status();
+            if !status.is_member && bootstrap_expect > 0 {
+                alive_servers.sort_unstable();
+                alive_servers.dedup();
+                if alive_servers.len() == bootstrap_expect
+                    && none_is_member(replicated, &alive_servers).await
+                {
+                    let _ = replicated
+                        .inputs
+                        .send(RaftInput::Bootstrap(alive_servers.clone()))
+                        .await;
+                } else if alive_servers.len() > bootstrap_expect && !warned_extra {
+                    warned_extra = true;
+                    tracing::warn!(
+                        seen = alive_servers.len(),
+                        bootstrap_expect,
+                        "more servers than --bootstrap-expect see each other; not bootstrapping \
+                         (join an existing cluster, or restart with the right count)"
+                    );
+                }
+            }
+            if status.is_leader {
+                leader_duties(
+                    replicated,
+                    &status,
+                    &alive_servers,
+                    &failed_since,
+                    cleanup_ms,
+                )
+                .await;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(LEADER_DUTY_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+/// Whether every other server of `ids` answers that it is not part of a cluster yet: a
+/// server that sees only part of an existing cluster must join it, never bootstrap its own
+/// (two logs with different entries at the same index and term would break Raft).
+async fn none_is_member(replicated: &Replicated, ids: &[u64]) -> bool {
+    for &id in ids {
+        if id == replicated.raft_id {
+            continue;
+        }
+        let Some(info) = replicated.directory.get(id) else {
+            return false;
+        };
+        match replicated
+            .rpc
+            .call(
+                info.rpc_addr,
+                RpcRequest::Membership,
+                Duration::from_secs(2),
+            )
+            .await
+        {
+            Ok(RpcResponse::Membership { is_member: false }) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// One change at a time: add a live server that is not a voter, or remove one that has
+/// been dead for `cleanup_ms` when the rest keep a quorum.
+async fn leader_duties(
+    replicated: &Replicated,
+    status: &RaftStatus,
+    alive_servers: &[u64],
+    failed_since: &HashMap<u64, u64>,
+    cleanup_ms: u64,
+) {
+    let change = if let Some(&new) = alive_servers.iter().find(|id| !status.voters.contains(id)) {
+        Some(ConfChange::AddVoter(new))
+    } else {
+        let now = crate::agent::wall_ms();
+        let dead: Vec<u64> = status
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| {
+                failed_since
+                    .get(id)
+                    .is_some_and(|&since| now.saturating_sub(since) >= cleanup_ms)
+            })
+            .collect();
+        let healthy = status.voters.len() - dead.len();
+        // After removing one, the healthy voters must still be a majority of the rest.
+        dead.first()
+            .filter(|_| healthy > (status.voters.len() - 1) / 2)
+            .map(|&id| ConfChange::RemoveVoter(id))
+    };
+    let Some(change) = change else {
+        return;
+    };
+    let (reply, answer) = oneshot::channel();
+    if replicated
+        .inputs
+        .send(RaftInput::ConfChange(change, reply))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match answer.await {
+        Ok(Ok(index)) => tracing::info!(?change, index, "changing the voters"),
+        Ok(Err(ClusterError::Busy(_))) => {}
+        Ok(Err(error)) => tracing::debug!(?change, %error, "voter change refused"),
+        Err(_) => {}
+    }
+}

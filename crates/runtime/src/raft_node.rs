@@ -1,0 +1,527 @@
+//! The Raft node of a replicated server: one thread that drives the sans-IO core
+//! (`colony-raft`) with the monotonic clock, persists what each `Ready` says through
+//! [`RaftStorage`], sends messages through the peer transport, applies committed entries to
+//! the state machine, and answers proposers and readers. It replaces the single-node writer
+//! when the agent runs as a replicated server.
+
+use crate::log_store::AppendError;
+use crate::metrics::Metrics;
+use crate::raft_storage::RaftStorage;
+use crate::rpc::Peers;
+use crate::watch_hub::WatchHub;
+use crate::writer::{Applied, Proposal, WriteError};
+use colony_raft::{
+    ConfChange, Config, Entry as RaftEntry, EntryKind, ProposeError, Raft, ReadState, RequestError,
+    Restored, Role, Snapshot, SnapshotMeta,
+};
+use colony_store::{Command, Entry, StateMachine};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How many inputs the node handles before it persists and sends (one fsync covers them).
+const INPUTS_PER_ROUND_MAX: usize = 1024;
+
+/// What the rest of the agent asks of the Raft node.
+pub(crate) enum RaftInput {
+    /// Append a command (this node must lead).
+    Propose(Box<Proposal>),
+    /// A message from another server.
+    Message {
+        from: u64,
+        message: Box<colony_raft::Message>,
+    },
+    /// A linearizable read barrier: answers the index to wait for (this node must lead).
+    ReadIndex(oneshot::Sender<Result<u64, ClusterError>>),
+    /// Form the cluster with these voters (only a fresh node acts on it).
+    Bootstrap(Vec<u64>),
+    /// Add or remove a voter (this node must lead).
+    ConfChange(ConfChange, oneshot::Sender<Result<u64, ClusterError>>),
+    /// Hand leadership to another voter (this node must lead).
+    Transfer(u64, oneshot::Sender<Result<(), ClusterError>>),
+}
+
+/// Why a cluster operation was not done. Nothing changed unless the variant says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum ClusterError {
+    /// This server does not lead; `leader` is the one it knows of.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader's Raft id, if known.
+        leader: Option<u64>,
+    },
+    /// There is no leader now (an election is under way, or quorum is lost).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// The leader lost its leadership before the write committed: it may or may not apply.
+    #[error("leadership lost while committing log: the write may or may not have been applied")]
+    LeadershipLost,
+    /// The leader is busy; try again shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// The request makes no sense (e.g. adding a voter twice).
+    #[error("{0}")]
+    Invalid(String),
+    /// The server is stopping or its storage failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The Raft state other parts of the agent read (status endpoints, forwarding, evidence).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This server's Raft id.
+    pub id: u64,
+    /// Whether the server has a cluster configuration (bootstrapped or joined).
+    pub is_member: bool,
+    /// The current term.
+    pub term: u64,
+    /// Whether this server leads.
+    pub is_leader: bool,
+    /// The leader this server knows of.
+    pub leader: Option<u64>,
+    /// Voters, sorted.
+    pub voters: Vec<u64>,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Wall ms at which this server last heard from a leader (a leader: now).
+    pub last_contact_wall_ms: u64,
+}
+
+/// What the node is built from.
+pub(crate) struct RaftNode {
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) seed: u64,
+    pub(crate) storage: RaftStorage,
+    pub(crate) restored: Restored,
+    pub(crate) state: Arc<RwLock<StateMachine>>,
+    pub(crate) hub: Arc<WatchHub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) status: watch::Sender<RaftStatus>,
+    pub(crate) fatal: watch::Sender<Option<String>>,
+    pub(crate) snapshot_every_entries: u64,
+    pub(crate) wall_ms: fn() -> u64,
+}
+
+struct Pending {
+    term: u64,
+    reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+struct Driver {
+    raft: Raft,
+    storage: RaftStorage,
+    state: Arc<RwLock<StateMachine>>,
+    hub: Arc<WatchHub>,
+    metrics: Arc<Metrics>,
+    peers: Arc<Peers>,
+    status: watch::Sender<RaftStatus>,
+    fatal: watch::Sender<Option<String>>,
+    snapshot_every_entries: u64,
+    wall_ms: fn() -> u64,
+    started: Instant,
+    config: Config,
+    seed: u64,
+    /// Proposals appended here as leader, by index.
+    pending: BTreeMap<u64, Pending>,
+    /// ReadIndex requests by context.
+    reads: HashMap<u64, oneshot::Sender<Result<u64, ClusterError>>>,
+    next_read_ctx: u64,
+    last_contact_wall_ms: u64,
+}
+
+impl RaftNode {
+    /// Runs until every input sender is gone or storage fails.
+    pub(crate) fn run(self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<RaftInput>) {
+        let _context = runtime.enter();
+        let raft = Raft::new(self.id, &[], self.config.clone(), self.seed, self.restored);
+        let mut driver = Driver {
+            raft,
+            storage: self.storage,
+            state: self.state,
+            hub: self.hub,
+            metrics: self.metrics,
+            peers: self.peers,
+            status: self.status,
+            fatal: self.fatal,
+            snapshot_every_entries: self.snapshot_every_entries,
+            wall_ms: self.wall_ms,
+            started: Instant::now(),
+            config: self.config,
+            seed: self.seed,
+            pending: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_ctx: 1,
+            last_contact_wall_ms: 0,
+        };
+        driver.publish_status();
+        loop {
+            let now = driver.now_ms();
+            let wait_ms = driver
+                .raft
+                .next_deadline_ms()
+                .map_or(0, |at| at.saturating_sub(now))
+                .min(1_000);
+            let first = match runtime.block_on(tokio::time::timeout(
+                Duration::from_millis(wait_ms),
+                rx.recv(),
+            )) {
+                Ok(Some(input)) => Some(input),
+                Ok(None) => return,
+                Err(_) => None,
+            };
+            if let Some(input) = first {
+                driver.handle(input);
+                for _ in 1..INPUTS_PER_ROUND_MAX {
+                    match rx.try_recv() {
+                        Ok(input) => driver.handle(input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let now = driver.now_ms();
+            driver.raft.handle_tick(now);
+            if driver.process_ready().is_err() {
+                driver.fail_all("the server's storage failed");
+                return;
+            }
+            driver.publish_status();
+        }
+    }
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn handle(&mut self, input: RaftInput) {
+        let now = self.now_ms();
+        match input {
+            RaftInput::Propose(proposal) => {
+                let entry = Entry {
+                    time_ms: (self.wall_ms)(),
+                    command: proposal.command,
+                };
+                match self.raft.propose(entry.encode()) {
+                    Ok(index) => {
+                        let term = self.raft.term();
+                        self.pending.insert(
+                            index,
+                            Pending {
+                                term,
+                                reply: proposal.reply,
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        let _ = proposal.reply.send(Err(propose_error(error).into()));
+                    }
+                }
+            }
+            RaftInput::Message { from, message } => {
+                if message.is_from_leader() && message.term() >= self.raft.term() {
+                    self.last_contact_wall_ms = (self.wall_ms)();
+                }
+                self.raft.handle_message(now, from, *message);
+            }
+            RaftInput::ReadIndex(reply) => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                match self.raft.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(request_error(error)));
+                    }
+                }
+            }
+            RaftInput::Bootstrap(voters) => self.bootstrap(voters),
+            RaftInput::ConfChange(change, reply) => {
+                let _ = reply.send(self.raft.propose_conf_change(change).map_err(propose_error));
+            }
+            RaftInput::Transfer(target, reply) => {
+                let _ = reply.send(
+                    self.raft
+                        .transfer_leadership(now, target)
+                        .map_err(request_error),
+                );
+            }
+        }
+    }
+
+    /// Forms a new cluster: every bootstrapping server writes the same first entries (one
+    /// `AddVoter` per voter, term 1, committed), as etcd does, so that servers added later
+    /// learn the initial voters from the log itself.
+    fn bootstrap(&mut self, mut voters: Vec<u64>) {
+        if !self.storage.is_fresh() || !self.raft.voters().is_empty() {
+            return;
+        }
+        voters.sort_unstable();
+        voters.dedup();
+        if !voters.contains(&self.raft.id()) {
+            return;
+        }
+        let entries: Vec<RaftEntry> = voters
+            .iter()
+            .enumerate()
+            .map(|(offset, &id)| RaftEntry {
+                index: offset as u64 + 1,
+                term: 1,
+                kind: EntryKind::ConfChange,
+                data: ConfChange::AddVoter(id).encode(),
+            })
+            .collect();
+        let hard_state = colony_raft::HardState {
+            term: 1,
+            voted_for: None,
+            commit: entries.len() as u64,
+        };
+        if let Err(error) = self.storage.persist(None, &entries, Some(hard_state)) {
+            self.report_fatal(&error);
+            return;
+        }
+        tracing::info!(?voters, "bootstrapped the cluster");
+        let restored = Restored {
+            hard_state,
+            snapshot: None,
+            entries,
+        };
+        self.raft = Raft::new(
+            self.raft.id(),
+            &[],
+            self.config.clone(),
+            self.seed,
+            restored,
+        );
+    }
+
+    /// Persists, sends, applies and acknowledges until the core has nothing more.
+    fn process_ready(&mut self) -> Result<(), ()> {
+        let was_leader = self.raft.is_leader();
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            for envelope in ready.leader_messages {
+                self.peers.send(envelope.to, envelope.message);
+            }
+            let started = Instant::now();
+            if let Err(error) =
+                self.storage
+                    .persist(ready.snapshot.as_ref(), &ready.entries, ready.hard_state)
+            {
+                self.report_fatal(&error);
+                return Err(());
+            }
+            if !ready.entries.is_empty() {
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .commit_batch_entries
+                    .observe(ready.entries.len() as f64);
+            }
+            for envelope in ready.messages {
+                self.peers.send(envelope.to, envelope.message);
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.install(snapshot);
+            }
+            self.apply(&ready.committed_entries);
+            self.answer_reads(&ready.read_states);
+            self.raft.advance();
+            self.maybe_compact()?;
+        }
+        if was_leader && !self.raft.is_leader() {
+            // Entries appended as leader may still commit under the next leader, or be
+            // overwritten: the outcome is unknown, and the proposers must be told so.
+            for (_, pending) in std::mem::take(&mut self.pending) {
+                let _ = pending.reply.send(Err(ClusterError::LeadershipLost.into()));
+            }
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(ClusterError::NotLeader {
+                    leader: self.raft.leader(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, snapshot: &Snapshot) {
+        match StateMachine::from_snapshot(&snapshot.data) {
+            Ok(state) => {
+                *self.state.write().expect("state lock poisoned") = state;
+                self.hub.notify_all(snapshot.meta.index);
+                tracing::info!(
+                    index = snapshot.meta.index,
+                    "installed a snapshot from the leader"
+                );
+            }
+            Err(error) => {
+                // The leader encoded it with the same code: this is a bug or a version skew.
+                panic!("snapshot from the leader does not decode: {error}");
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: &[RaftEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut results = Vec::with_capacity(entries.len());
+        {
+            let mut state = self.state.write().expect("state lock poisoned");
+            for entry in entries {
+                let decoded = match entry.kind {
+                    EntryKind::Normal => Entry::decode(&entry.data).unwrap_or_else(|e| {
+                        panic!("committed entry {} does not decode: {e}", entry.index)
+                    }),
+                    EntryKind::Empty | EntryKind::ConfChange => Entry {
+                        time_ms: 0,
+                        command: Command::Noop,
+                    },
+                };
+                let (outcome, changes) = state.apply(entry.index, &decoded);
+                results.push((entry.index, entry.term, outcome, changes));
+            }
+        }
+        self.metrics.applied_entries.inc_by(results.len() as u64);
+        for (index, term, outcome, changes) in results {
+            self.hub.notify(&changes, index);
+            if let Some(pending) = self.pending.remove(&index) {
+                let answer = if pending.term == term {
+                    Ok(Applied { index, outcome })
+                } else {
+                    Err(ClusterError::LeadershipLost.into())
+                };
+                let _ = pending.reply.send(answer);
+            }
+        }
+        // Anything pending at or below the applied index was overwritten by another leader.
+        let applied = self
+            .raft
+            .applied_index()
+            .max(entries.last().map_or(0, |e| e.index));
+        while let Some((&index, _)) = self.pending.first_key_value() {
+            if index > applied {
+                break;
+            }
+            let (_, pending) = self.pending.pop_first().expect("first exists");
+            let _ = pending.reply.send(Err(ClusterError::LeadershipLost.into()));
+        }
+    }
+
+    fn answer_reads(&mut self, read_states: &[ReadState]) {
+        for read in read_states {
+            if let Some(reply) = self.reads.remove(&read.ctx) {
+                let _ = reply.send(Ok(read.index));
+            }
+        }
+    }
+
+    /// Snapshots the state machine every `snapshot_every_entries` applied entries, saves
+    /// it, and lets the core drop the log it covers.
+    fn maybe_compact(&mut self) -> Result<(), ()> {
+        let applied = self.raft.applied_index();
+        if applied < self.raft.snapshot_meta().index + self.snapshot_every_entries {
+            return Ok(());
+        }
+        let Some(term) = self.raft.term_at(applied) else {
+            return Ok(());
+        };
+        let data = {
+            let state = self.state.read().expect("state lock poisoned");
+            if state.applied_index() != applied {
+                return Ok(());
+            }
+            state.to_snapshot()
+        };
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: applied,
+                term,
+            },
+            voters: self.raft.voters().to_vec(),
+            data,
+        };
+        if let Err(error) = self.storage.save_snapshot(&snapshot) {
+            self.report_fatal(&error);
+            return Err(());
+        }
+        self.raft.compact(applied, snapshot.data);
+        self.metrics.snapshots.inc();
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let status = self.raft.status();
+        let is_leader = status.role == Role::Leader;
+        if is_leader {
+            self.last_contact_wall_ms = (self.wall_ms)();
+        }
+        let next = RaftStatus {
+            id: status.id,
+            is_member: !status.voters.is_empty(),
+            term: status.term,
+            is_leader,
+            leader: status.leader,
+            voters: status.voters,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            last_index: status.last_index,
+            last_contact_wall_ms: self.last_contact_wall_ms,
+        };
+        self.status.send_if_modified(|current| {
+            // The contact time alone changes on every heartbeat; publish it without waking
+            // watchers only when something else changed too.
+            let changed = RaftStatus {
+                last_contact_wall_ms: current.last_contact_wall_ms,
+                ..next.clone()
+            } != *current;
+            *current = next;
+            changed
+        });
+    }
+
+    fn report_fatal(&self, error: &AppendError) {
+        let message = error.to_string();
+        tracing::error!(%message, "unrecoverable storage error: stopping the server");
+        let _ = self.fatal.send(Some(message));
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            let _ = pending.reply.send(Err(WriteError::Fatal(why.to_string())));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(ClusterError::Unavailable(why.to_string())));
+        }
+    }
+}
+
+fn propose_error(error: ProposeError) -> ClusterError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => ClusterError::NotLeader {
+            leader: leader_hint,
+        },
+        ProposeError::InvalidConfChange => ClusterError::Invalid(error.to_string()),
+        other => ClusterError::Busy(other.to_string()),
+    }
+}
+
+fn request_error(error: RequestError) -> ClusterError {
+    match error {
+        RequestError::NotLeader { leader_hint } => ClusterError::NotLeader {
+            leader: leader_hint,
+        },
+        RequestError::BadTarget => ClusterError::Invalid(error.to_string()),
+        other => ClusterError::Busy(other.to_string()),
+    }
+}

@@ -1,0 +1,577 @@
+//! The internal RPC port of a server (`--rpc-addr`, Consul's 8300): Raft messages between
+//! servers, and requests other servers forward to the leader (writes, read barriers,
+//! session renewals).
+//!
+//! Every frame is a `u32` little-endian length, then a version byte and the postcard encoding
+//! of an [`RpcFrame`]. A connection carries one of two conversations, chosen by its first
+//! frame:
+//! - `RaftHello { from, to }`, then Raft messages from `from`, one way. Each server keeps one
+//!   such connection to each peer and drops messages while it is down (Raft retransmits).
+//! - `Request` frames, each answered by a `Response` with the same id, in any order.
+//!
+//! A garbage, oversized or truncated frame closes its connection with a log line; nothing
+//! else is affected.
+
+use crate::raft_node::ClusterError;
+use colony_raft::Message;
+use colony_store::{Command, Outcome, Session};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// The largest frame accepted (a snapshot of a large state travels in one frame).
+pub const RPC_FRAME_BYTES_MAX: usize = 256 << 20;
+const RPC_FORMAT_VERSION: u8 = 1;
+/// Raft messages queued per peer at most; more are dropped (Raft retransmits).
+const PEER_QUEUE_MAX: usize = 4_096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// One frame on the RPC port.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum RpcFrame {
+    /// Opens a stream of Raft messages from `from` to `to`.
+    RaftHello { from: u64, to: u64 },
+    /// One Raft message on such a stream.
+    Raft(Message),
+    /// A request to the receiving server.
+    Request { id: u64, request: RpcRequest },
+    /// The answer to the request with the same id.
+    Response {
+        id: u64,
+        response: Result<RpcResponse, ClusterError>,
+    },
+}
+
+/// What one server asks another (in practice: its leader).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Propose a command and answer once it is committed and applied.
+    Propose(Box<Command>),
+    /// Confirm leadership and answer the commit index a linearizable read must wait for.
+    ReadIndex,
+    /// Restart a session's TTL (the leader measures TTLs).
+    RenewSession(String),
+    /// Whether the receiver is already part of a cluster (asked before bootstrapping).
+    Membership,
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// The command was applied at `index` with this outcome.
+    Applied {
+        /// Log index.
+        index: u64,
+        /// What the state machine said.
+        outcome: Outcome,
+    },
+    /// The index to wait for.
+    ReadIndex(u64),
+    /// The renewed session, or `None` if it does not exist.
+    Renewed(Option<Session>),
+    /// Whether the server has a cluster configuration.
+    Membership {
+        /// See the variant.
+        is_member: bool,
+    },
+}
+
+/// Why a forwarded request has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The request never left: the target could not be reached. Safe to retry.
+    #[error("cannot reach server {addr}: {detail}")]
+    Unreachable {
+        /// The target.
+        addr: SocketAddr,
+        /// What failed.
+        detail: String,
+    },
+    /// The connection failed after the request was sent: it may or may not have been done.
+    #[error(
+        "lost the connection to server {0} before it answered; the request may or may not have been done"
+    )]
+    Lost(SocketAddr),
+    /// The target answered with an error.
+    #[error(transparent)]
+    Remote(#[from] ClusterError),
+}
+
+fn encode_frame(frame: &RpcFrame) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 0, RPC_FORMAT_VERSION];
+    let mut out =
+        postcard::to_extend(frame, std::mem::take(&mut out)).expect("encoding into a Vec");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
+async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<RpcFrame>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > RPC_FRAME_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes (1 to {RPC_FRAME_BYTES_MAX} allowed)"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    if body[0] != RPC_FORMAT_VERSION {
+        return Err(std::io::Error::other(format!(
+            "unknown frame version {}",
+            body[0]
+        )));
+    }
+    let (frame, rest) = postcard::take_from_bytes::<RpcFrame>(&body[1..])
+        .map_err(|e| std::io::Error::other(format!("malformed frame: {e}")))?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{} trailing bytes after a frame",
+            rest.len()
+        )));
+    }
+    Ok(Some(frame))
+}
+
+/// Where each server's RPC port is, by Raft id: learned from membership.
+#[derive(Debug, Default)]
+pub struct ServerDirectory {
+    servers: RwLock<HashMap<u64, ServerInfo>>,
+}
+
+/// One server as membership announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Node name.
+    pub name: String,
+    /// RPC address.
+    pub rpc_addr: SocketAddr,
+    /// Whether membership says it is alive.
+    pub alive: bool,
+}
+
+impl ServerDirectory {
+    /// Records (or updates) a server.
+    pub fn upsert(&self, id: u64, info: ServerInfo) {
+        self.servers
+            .write()
+            .expect("directory lock poisoned")
+            .insert(id, info);
+    }
+
+    /// The server with this id.
+    pub fn get(&self, id: u64) -> Option<ServerInfo> {
+        self.servers
+            .read()
+            .expect("directory lock poisoned")
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every known server, by id.
+    pub fn all(&self) -> Vec<(u64, ServerInfo)> {
+        let mut all: Vec<(u64, ServerInfo)> = self
+            .servers
+            .read()
+            .expect("directory lock poisoned")
+            .iter()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+}
+
+/// Outbound Raft message streams, one per peer.
+pub(crate) struct Peers {
+    local_id: u64,
+    directory: Arc<ServerDirectory>,
+    queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    runtime: tokio::runtime::Handle,
+    dropped: AtomicU64,
+}
+
+impl Peers {
+    pub(crate) fn new(local_id: u64, directory: Arc<ServerDirectory>) -> Self {
+        Peers {
+            local_id,
+            directory,
+            queues: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `message` for `to`; drops it if the queue is full.
+    pub(crate) fn send(&self, to: u64, message: Message) {
+        let mut queues = self.queues.lock().expect("peers lock poisoned");
+        let queue = queues.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let directory = self.directory.clone();
+            let from = self.local_id;
+            self.runtime
+                .spawn(async move { run_peer_stream(from, to, directory, rx).await });
+            tx
+        });
+        if queue.try_send(message).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Keeps a connection to peer `to` and writes its queued messages; while the peer is
+/// unreachable, queued messages are dropped.
+async fn run_peer_stream(
+    from: u64,
+    to: u64,
+    directory: Arc<ServerDirectory>,
+    mut queue: mpsc::Receiver<Message>,
+) {
+    loop {
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let Some(addr) = directory.get(to).map(|info| info.rpc_addr) else {
+            continue;
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                while queue.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut writer = BufWriter::new(stream);
+        let result = async {
+            writer
+                .write_all(&encode_frame(&RpcFrame::RaftHello { from, to }))
+                .await?;
+            writer
+                .write_all(&encode_frame(&RpcFrame::Raft(first)))
+                .await?;
+            loop {
+                while let Ok(message) = queue.try_recv() {
+                    writer
+                        .write_all(&encode_frame(&RpcFrame::Raft(message)))
+                        .await?;
+                }
+                writer.flush().await?;
+                match queue.recv().await {
+                    Some(message) => {
+                        writer
+                            .write_all(&encode_frame(&RpcFrame::Raft(message)))
+                            .await?;
+                    }
+                    None => return Ok::<(), std::io::Error>(()),
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::debug!(peer = to, %addr, %error, "raft stream to peer broke; reconnecting");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+/// What a server does with what arrives on its RPC port.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// A Raft message from server `from`, meant for server `to`.
+    fn handle_raft(&self, from: u64, to: u64, message: Message);
+    /// A request; answered when the future resolves.
+    fn handle_request(
+        self: Arc<Self>,
+        request: RpcRequest,
+    ) -> impl std::future::Future<Output = Result<RpcResponse, ClusterError>> + Send;
+}
+
+/// Accepts RPC connections until the process stops.
+pub async fn serve<H: RpcHandler>(listener: TcpListener, handler: Arc<H>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "rpc accept failed");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(stream, handler).await {
+                tracing::warn!(%peer, %error, "closing rpc connection");
+            }
+        });
+    }
+}
+
+async fn serve_connection<H: RpcHandler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+) -> std::io::Result<()> {
+    let (mut reader, writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(&mut reader);
+    let Some(first) = read_frame(&mut reader).await? else {
+        return Ok(());
+    };
+    match first {
+        RpcFrame::RaftHello { from, to } => {
+            while let Some(frame) = read_frame(&mut reader).await? {
+                match frame {
+                    RpcFrame::Raft(message) => handler.handle_raft(from, to, message),
+                    other => {
+                        return Err(std::io::Error::other(format!(
+                            "unexpected frame on a raft stream: {}",
+                            frame_name(&other)
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        }
+        RpcFrame::Request { id, request } => {
+            let (answers, mut outbox) = mpsc::channel::<RpcFrame>(1024);
+            let writing = tokio::spawn(async move {
+                let mut writer = BufWriter::new(writer);
+                while let Some(frame) = outbox.recv().await {
+                    writer.write_all(&encode_frame(&frame)).await?;
+                    while let Ok(frame) = outbox.try_recv() {
+                        writer.write_all(&encode_frame(&frame)).await?;
+                    }
+                    writer.flush().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            });
+            let spawn_request = |id: u64, request: RpcRequest| {
+                let handler = handler.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let response = handler.handle_request(request).await;
+                    let _ = answers.send(RpcFrame::Response { id, response }).await;
+                });
+            };
+            spawn_request(id, request);
+            let result = loop {
+                match read_frame(&mut reader).await {
+                    Ok(Some(RpcFrame::Request { id, request })) => spawn_request(id, request),
+                    Ok(Some(other)) => {
+                        break Err(std::io::Error::other(format!(
+                            "unexpected frame on a request connection: {}",
+                            frame_name(&other)
+                        )));
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
+            };
+            drop(answers);
+            // Answer what is in flight before closing.
+            let _ = writing.await;
+            result
+        }
+        other => Err(std::io::Error::other(format!(
+            "unexpected first frame: {}",
+            frame_name(&other)
+        ))),
+    }
+}
+
+fn frame_name(frame: &RpcFrame) -> &'static str {
+    match frame {
+        RpcFrame::RaftHello { .. } => "RaftHello",
+        RpcFrame::Raft(_) => "Raft",
+        RpcFrame::Request { .. } => "Request",
+        RpcFrame::Response { .. } => "Response",
+    }
+}
+
+type Waiter = oneshot::Sender<Result<RpcResponse, ClusterError>>;
+
+/// Callers waiting on one connection; `closed` once its reader stopped (no answer will come).
+#[derive(Default)]
+struct WaiterState {
+    closed: bool,
+    waiting: HashMap<u64, Waiter>,
+}
+
+type Waiters = Arc<Mutex<WaiterState>>;
+
+struct Connection {
+    outbox: mpsc::Sender<Vec<u8>>,
+    waiters: Waiters,
+}
+
+/// Sends requests to other servers over pooled connections (one per address).
+#[derive(Default)]
+pub struct RpcClient {
+    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
+    next_id: AtomicU64,
+}
+
+impl RpcClient {
+    /// Sends `request` to the server at `addr` and waits for its answer.
+    ///
+    /// # Errors
+    /// [`CallError`]: whether the request may have been done is in the variant.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        request: RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, CallError> {
+        let connection = self.connection(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = connection.waiters.lock().expect("waiters lock poisoned");
+            if waiters.closed {
+                drop(waiters);
+                self.forget(addr, &connection);
+                return Err(CallError::Unreachable {
+                    addr,
+                    detail: "connection closed".into(),
+                });
+            }
+            waiters.waiting.insert(id, tx);
+        }
+        let frame = encode_frame(&RpcFrame::Request { id, request });
+        if connection.outbox.send(frame).await.is_err() {
+            self.forget(addr, &connection);
+            return Err(CallError::Unreachable {
+                addr,
+                detail: "connection closed".into(),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(error))) => Err(CallError::Remote(error)),
+            Ok(Err(_)) => {
+                self.forget(addr, &connection);
+                Err(CallError::Lost(addr))
+            }
+            Err(_) => {
+                connection
+                    .waiters
+                    .lock()
+                    .expect("waiters lock poisoned")
+                    .waiting
+                    .remove(&id);
+                Err(CallError::Lost(addr))
+            }
+        }
+    }
+
+    fn forget(&self, addr: SocketAddr, connection: &Arc<Connection>) {
+        let mut connections = self.connections.lock().expect("connections lock poisoned");
+        if connections
+            .get(&addr)
+            .is_some_and(|c| Arc::ptr_eq(c, connection))
+        {
+            connections.remove(&addr);
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<Arc<Connection>, CallError> {
+        if let Some(connection) = self
+            .connections
+            .lock()
+            .expect("connections lock poisoned")
+            .get(&addr)
+            .filter(|c| {
+                !c.outbox.is_closed() && !c.waiters.lock().expect("waiters lock poisoned").closed
+            })
+        {
+            return Ok(connection.clone());
+        }
+        let unreachable = |detail: String| CallError::Unreachable { addr, detail };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, writer) = stream.into_split();
+        let (outbox, mut frames) = mpsc::channel::<Vec<u8>>(1024);
+        let waiters: Waiters = Arc::default();
+        tokio::spawn(async move {
+            let mut writer = BufWriter::new(writer);
+            while let Some(frame) = frames.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+                while let Ok(frame) = frames.try_recv() {
+                    if writer.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reading = waiters.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut reader);
+            while let Ok(Some(RpcFrame::Response { id, response })) = read_frame(&mut reader).await
+            {
+                let waiter = reading
+                    .lock()
+                    .expect("waiters lock poisoned")
+                    .waiting
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(response);
+                }
+            }
+            // Dropping the waiters tells every caller still waiting that the answer is lost.
+            let mut state = reading.lock().expect("waiters lock poisoned");
+            state.closed = true;
+            state.waiting.clear();
+        });
+        let connection = Arc::new(Connection { outbox, waiters });
+        self.connections
+            .lock()
+            .expect("connections lock poisoned")
+            .insert(addr, connection.clone());
+        Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rpc_frames_round_trip_and_garbage_is_an_error() {
+        let frame = encode_frame(&RpcFrame::RaftHello { from: 3, to: 9 });
+        let decoded = read_frame(&mut frame.as_slice()).await.expect("read");
+        assert!(matches!(
+            decoded,
+            Some(RpcFrame::RaftHello { from: 3, to: 9 })
+        ));
+        let mut garbage: &[u8] = &[5, 0, 0, 0, RPC_FORMAT_VERSION, 200, 200, 200, 200];
+        assert!(read_frame(&mut garbage).await.is_err());
+        let mut oversized: &[u8] = &[255, 255, 255, 255];
+        let error = read_frame(&mut oversized).await.expect_err("refused");
+        assert!(error.to_string().contains("bytes"), "{error}");
+        let mut truncated = &frame[..frame.len() - 1];
+        assert!(read_frame(&mut truncated).await.is_err());
+    }
+}
