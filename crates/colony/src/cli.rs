@@ -84,6 +84,31 @@ enum Command {
     /// Run a scenario on the deterministic simulator (the real protocol code on virtual time).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Operate the cluster's servers.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Inspect and change the Raft voters of a replicated cluster.
+    #[command(subcommand)]
+    Raft(RaftCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RaftCommand {
+    /// List the voters, their addresses and which one leads.
+    ListPeers,
+    /// Remove a voter (a server that is gone for good); ask the leader's agent.
+    RemovePeer {
+        /// The server's ID (as list-peers shows it), node name, or RPC address.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// The server's RPC address (IP:PORT).
+        #[arg(long, value_name = "IP:PORT")]
+        address: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => return lock(&client, &prefix, &ttl, command).await,
         Command::Watch(command) => watch(&client, command, json).await?,
+        Command::Operator(OperatorCommand::Raft(command)) => raft(&client, command, json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -350,6 +376,53 @@ fn services_in_file(document: Value) -> Option<Vec<Value>> {
         (None, None) if !map.is_empty() => Some(vec![Value::Object(map)]),
         _ => None,
     }
+}
+
+async fn raft(client: &ApiClient, command: RaftCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        RaftCommand::ListPeers => {
+            let config = client
+                .get("/v1/operator/raft/configuration")
+                .await?
+                .ok()?
+                .json()?;
+            if json {
+                print_json(&config);
+                return Ok(());
+            }
+            println!("Node\tID\tAddress\tState\tVoter");
+            for server in config["Servers"].as_array().into_iter().flatten() {
+                let state = if server["Leader"] == true {
+                    "leader"
+                } else {
+                    "follower"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    server["Node"].as_str().unwrap_or_default(),
+                    server["ID"].as_str().unwrap_or_default(),
+                    server["Address"].as_str().unwrap_or_default(),
+                    state,
+                    server["Voter"]
+                );
+            }
+        }
+        RaftCommand::RemovePeer { id, address } => {
+            let query = match (id, address) {
+                (Some(id), None) => format!("id={}", crate::client::encode_key(&id)),
+                (None, Some(address)) => format!("address={}", crate::client::encode_key(&address)),
+                _ => anyhow::bail!("give exactly one of --id and --address"),
+            };
+            client
+                .delete(&format!("/v1/operator/raft/peer?{query}"))
+                .await?
+                .ok()?;
+            if !json {
+                println!("Removed peer");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn catalog(client: &ApiClient, command: CatalogCommand, json: bool) -> anyhow::Result<()> {

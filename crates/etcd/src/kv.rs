@@ -13,6 +13,7 @@ use colony_etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, k_v_server::KV, response_op,
 };
+use colony_runtime::{ReadConsistency, WriteError};
 use colony_store::{Command, KvOp, KvTxn, KvTxnResult, Outcome};
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
@@ -77,6 +78,17 @@ pub(crate) fn read_freshness(asked: u64, current: u64, serializable: bool) -> Fr
     }
 }
 
+/// Makes a linearizable read linearizable on a replicated server: a ReadIndex round through
+/// the leader (as etcd does for every linearizable read), then waiting to apply it. A no-op
+/// on a single server.
+async fn linearizable_barrier(ctx: &EtcdContext) -> Result<(), Status> {
+    ctx.agent
+        .prepare_read(ReadConsistency::Consistent)
+        .await
+        .map(|_| ())
+        .map_err(|error| crate::context::write_error(&WriteError::Cluster(error)))
+}
+
 #[tonic::async_trait]
 impl KV for KvService {
     async fn range(
@@ -85,6 +97,9 @@ impl KV for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
         let query = range_query(&request)?;
+        if !request.serializable {
+            linearizable_barrier(&self.ctx).await?;
+        }
         let (result, current) = self
             .ctx
             .agent
@@ -147,6 +162,7 @@ impl KV for KvService {
         check_size(&request)?;
         let txn = kv_txn(request)?;
         if is_read_only(&txn) {
+            linearizable_barrier(&self.ctx).await?;
             let (result, current) = self
                 .ctx
                 .agent

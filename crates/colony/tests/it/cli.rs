@@ -26,6 +26,10 @@ fn cli_every_command_has_help() {
         &["sim", "overload"],
         &["keygen"],
         &["keyring"],
+        &["operator"],
+        &["operator", "raft"],
+        &["operator", "raft", "list-peers"],
+        &["operator", "raft", "remove-peer"],
     ];
     for command in commands {
         let output = Command::new(colony_bin())

@@ -2,7 +2,7 @@
 //! `--bootstrap-expect`, writes sent to any server are replicated, the leader's SIGKILL is
 //! survived, a restarted server catches up, a new server is added and a dead one removed.
 
-use crate::support::{colony_bin, free_addr, http, wait_until};
+use crate::support::{cli, colony_bin, free_addr, http, wait_until};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +17,7 @@ struct Server {
     http: SocketAddr,
     gossip: SocketAddr,
     rpc: SocketAddr,
+    grpc: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -29,6 +30,7 @@ impl Server {
             http: free_addr(),
             gossip: free_addr(),
             rpc: free_addr(),
+            grpc: free_addr(),
             data_dir: dir.join(name),
             log: dir.join(format!("{name}.log")),
             child: None,
@@ -48,7 +50,7 @@ impl Server {
             .args(["--http-addr", &self.http.to_string()])
             .args(["--bind", &self.gossip.to_string()])
             .args(["--rpc-addr", &self.rpc.to_string()])
-            .args(["--grpc-addr", "off"])
+            .args(["--grpc-addr", &self.grpc.to_string()])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(extra);
@@ -171,7 +173,7 @@ impl Cluster {
 
 #[test]
 fn replication_three_servers_agree_on_a_leader_and_serve_writes_from_any_server() {
-    let cluster = Cluster::start(3, &[]);
+    let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
     for server in &cluster.servers {
         let mut peers = server.peers();
@@ -228,6 +230,37 @@ fn replication_three_servers_agree_on_a_leader_and_serve_writes_from_any_server(
     let servers = config["Servers"].as_array().expect("servers");
     assert_eq!(servers.len(), 3);
     assert_eq!(servers.iter().filter(|s| s["Leader"] == true).count(), 1);
+    // The operator CLI lists the same voters, and removes one through the leader's agent.
+    let (code, out, err) = cli(
+        cluster.servers[leader].http,
+        &["operator", "raft", "list-peers"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("\tleader\t")).count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 4, "a header and three voters: {out}");
+    // remove-peer is for servers that are gone (a live one would be added back).
+    let removed_at = (leader + 2) % 3;
+    cluster.servers[removed_at].kill();
+    let removed = &cluster.servers[removed_at];
+    let (code, _, err) = cli(
+        cluster.servers[leader].http,
+        &[
+            "operator",
+            "raft",
+            "remove-peer",
+            "--address",
+            &removed.rpc.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_until("two voters", Duration::from_secs(10), || {
+        cluster.servers[leader].peers().len() == 2
+    });
+    assert_eq!(cluster.servers[leader].put("with-two", "v"), Some(200));
 }
 
 #[test]
@@ -356,4 +389,34 @@ fn replication_without_quorum_consistent_reads_fail_and_stale_reads_answer() {
     );
     let (status, _) = server.get_text("/v1/kv/k?max_stale=500ms").expect("answer");
     assert_eq!(status, 503, "a read older than max_stale cannot be served");
+}
+
+#[test]
+fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let (a, b) = (
+        &cluster.servers[(leader + 1) % 3],
+        &cluster.servers[(leader + 2) % 3],
+    );
+    let etcdctl = |server: &Server, args: &[&str]| {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://{}", server.grpc))
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (scripts/test installs etcd-client)");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    for i in 0..10 {
+        let (ok, _) = etcdctl(a, &["put", &format!("e/{i}"), &format!("v{i}")]);
+        assert!(ok, "put on a follower");
+        // Linearizable: the other follower sees the acknowledged write at once.
+        let (ok, out) = etcdctl(b, &["get", &format!("e/{i}"), "--print-value-only"]);
+        assert!(ok);
+        assert_eq!(out.trim(), format!("v{i}"));
+    }
 }
