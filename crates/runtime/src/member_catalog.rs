@@ -11,15 +11,30 @@ use colony_store::{CatalogRegistration, Command, NODE_HEALTH_CHECK_ID, Node};
 
 use crate::agent::{Agent, node_health_check};
 use crate::gossip::{Gossip, MemberEvent};
+use colony_swim::State;
 
 /// Spawns the task that mirrors membership events into the catalog of `agent`.
 pub fn spawn(agent: Arc<Agent>, gossip: Arc<Gossip>) {
     let mut events = gossip.subscribe();
     tokio::spawn(async move {
         let mut stop = agent.shutdown_signal();
+        let mut was_leader = false;
+        let mut tick = tokio::time::interval(FULL_RECONCILE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
+                _ = tick.tick() => {
+                    // A replicated leader also compares the whole membership with the catalog:
+                    // at once when it takes over (events seen while another server led, or
+                    // during the election, were not mirrored), then periodically.
+                    let is_leader = agent.raft_status().is_some_and(|s| s.is_leader);
+                    if is_leader {
+                        reconcile_all(&agent, &gossip, !was_leader).await;
+                    }
+                    was_leader = is_leader;
+                    continue;
+                }
                 _ = stop.changed() => return,
             };
             let event = match event {
@@ -38,6 +53,31 @@ pub fn spawn(agent: Arc<Agent>, gossip: Arc<Gossip>) {
             }
         }
     });
+}
+
+/// How often a replicated leader checks that the catalog matches membership.
+const FULL_RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Mirrors every member's current state (`took_over`: log that the pass follows a change of
+/// leader).
+async fn reconcile_all(agent: &Agent, gossip: &Gossip, took_over: bool) {
+    let view = gossip.view();
+    if took_over {
+        tracing::info!(
+            members = view.members.len(),
+            "leader: reconciling membership into the catalog"
+        );
+    }
+    for member in &view.members {
+        let event = match member.state {
+            State::Alive | State::Suspect => MemberEvent::Alive(member.name.clone()),
+            State::Dead => MemberEvent::Failed(member.name.clone()),
+            State::Left => MemberEvent::Left(member.name.clone()),
+        };
+        if let Err(error) = reconcile(agent, gossip, &event).await {
+            tracing::warn!(?event, %error, "catalog reconciliation failed");
+        }
+    }
 }
 
 async fn reconcile(agent: &Agent, gossip: &Gossip, event: &MemberEvent) -> Result<(), String> {

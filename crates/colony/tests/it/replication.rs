@@ -305,6 +305,17 @@ fn replication_leader_sigkill_writes_resume_within_two_election_timeouts() {
             server.name
         );
     }
+    // The new leader mirrors membership: the dead server's node check goes critical.
+    let dead_name = cluster.servers[leader].name.clone();
+    wait_until(
+        "the dead server's node check is critical",
+        Duration::from_secs(30),
+        || {
+            cluster.servers[new_leader]
+                .get_text(&format!("/v1/health/node/{dead_name}"))
+                .is_some_and(|(_, text)| text.contains("serfHealth") && text.contains("critical"))
+        },
+    );
     // The old leader restarts, rejoins as a follower and catches up.
     let seed = cluster.servers[new_leader].gossip;
     cluster.servers[leader].start(3, Some(seed), &[]);
@@ -313,6 +324,15 @@ fn replication_leader_sigkill_writes_resume_within_two_election_timeouts() {
             .get_text("/v1/kv/after?raw&stale")
             .is_some_and(|(status, text)| status == 200 && text == "2")
     });
+    wait_until(
+        "the restarted server's node check passes",
+        Duration::from_secs(30),
+        || {
+            cluster.servers[new_leader]
+                .get_text(&format!("/v1/health/node/{dead_name}?consistent"))
+                .is_some_and(|(_, text)| text.contains("serfHealth") && text.contains("passing"))
+        },
+    );
 }
 
 #[test]
