@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use colony_runtime::{AgentError, WriteError};
+use colony_runtime::{AgentError, ClusterError, WriteError};
 
 /// An error answer. The body says exactly what is wrong.
 #[derive(Debug)]
@@ -38,14 +38,6 @@ impl ApiError {
         }
     }
 
-    /// 503 Service Unavailable (no cluster leader, or the asked freshness cannot be met).
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-        }
-    }
-
     /// 500 Internal Server Error.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -55,14 +47,19 @@ impl ApiError {
     }
 }
 
+impl From<ClusterError> for ApiError {
+    /// A request the cluster refused (400) or could not serve now (503, no leader).
+    fn from(error: ClusterError) -> Self {
+        WriteError::Cluster(error).into()
+    }
+}
+
 impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> Self {
         let status = match error {
             WriteError::Refused { .. } => StatusCode::INSUFFICIENT_STORAGE,
             WriteError::ShuttingDown | WriteError::Fatal(_) => StatusCode::SERVICE_UNAVAILABLE,
-            WriteError::Cluster(colony_runtime::ClusterError::Invalid(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            WriteError::Cluster(ClusterError::Invalid(_)) => StatusCode::BAD_REQUEST,
             WriteError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {

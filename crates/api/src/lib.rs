@@ -235,7 +235,7 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
                         .scope(basis, next.run(request))
                         .await
                 }
-                Err(error) => error::ApiError::unavailable(error.to_string()).into_response(),
+                Err(error) => error::ApiError::from(error).into_response(),
             },
             Err(error) => error.into_response(),
         }

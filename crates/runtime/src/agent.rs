@@ -13,7 +13,7 @@ use crate::writer::{Applied, Proposal, QUEUE_PROPOSALS_MAX, StorageMode, WriteEr
 use colony_base::{Evidence, Freshness, Hlc, HlcTimestamp, Lifetime, SplitMix64};
 use colony_store::{
     CatalogRegistration, Check, CheckDefinition, Command, HealthStatus, NODE_HEALTH_CHECK_ID, Node,
-    Outcome, Session, SessionTtlTracker, StateMachine,
+    Outcome, Session, SessionTtlTracker, StateMachine, Table,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -505,7 +505,7 @@ impl Agent {
                     .map_err(|_| WriteError::ShuttingDown)?;
                 answer.await.unwrap_or(Err(WriteError::ShuttingDown))
             }
-            Consensus::Replicated(replicated) => replicated.propose(command).await,
+            Consensus::Replicated(replicated) => self.propose_replicated(replicated, command).await,
         }
     }
 
@@ -563,6 +563,8 @@ impl Agent {
     async fn run_session_expiry(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
         let mut was_leader = false;
+        // The sessions table's index when the tracker was last matched with the store.
+        let mut tracked_index = None;
         loop {
             if *shutdown.borrow_and_update() {
                 return;
@@ -591,7 +593,11 @@ impl Agent {
                     was_leader = false;
                     continue;
                 }
-                self.track_all_sessions(!was_leader);
+                let index = self.read(|s| s.table_index(Table::Sessions));
+                if !was_leader || tracked_index != Some(index) {
+                    self.track_all_sessions(!was_leader);
+                    tracked_index = Some(index);
+                }
                 was_leader = true;
             }
             let expired = self
@@ -616,8 +622,9 @@ impl Agent {
         }
     }
 
-    /// Makes the tracker hold exactly the sessions of the store; with `fresh`, every
-    /// session's TTL restarts now (a new leader cannot know when they were last renewed).
+    /// Makes the tracker hold exactly the sessions of the store (run by the leader when the
+    /// sessions table changed); with `fresh`, every session's TTL restarts now (a new leader
+    /// cannot know when they were last renewed).
     fn track_all_sessions(&self, fresh: bool) {
         let now = wall_ms();
         let sessions: Vec<(String, u64)> =
@@ -628,13 +635,11 @@ impl Agent {
                 tracker.handle_renew(now, id, *ttl_ms);
             }
         }
-        if sessions.len() < tracker.len() {
-            let live: std::collections::HashSet<&str> =
-                sessions.iter().map(|(id, _)| id.as_str()).collect();
-            for id in tracker.ids() {
-                if !live.contains(id.as_str()) {
-                    tracker.handle_remove(&id);
-                }
+        let live: std::collections::HashSet<&str> =
+            sessions.iter().map(|(id, _)| id.as_str()).collect();
+        for id in tracker.ids() {
+            if !live.contains(id.as_str()) {
+                tracker.handle_remove(&id);
             }
         }
     }

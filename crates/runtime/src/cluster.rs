@@ -105,6 +105,26 @@ pub fn raft_id_from_node_id(node_id: &str) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or(0).max(1)
 }
 
+/// How a server's Raft id is shown to operators (`/v1/operator/raft/configuration`, `colony
+/// operator raft list-peers`) and accepted back (`remove-peer --id`): 16 hex digits, the
+/// start of its node UUID.
+pub fn server_id_text(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The error of a request to a Raft node whose thread has stopped.
+fn stopping() -> ClusterError {
+    ClusterError::Unavailable("the server is stopping".into())
+}
+
+/// A failed write as the RPC port reports it.
+fn to_cluster_error(error: WriteError) -> ClusterError {
+    match error {
+        WriteError::Cluster(error) => error,
+        other => ClusterError::Unavailable(other.to_string()),
+    }
+}
+
 impl Replicated {
     fn status(&self) -> RaftStatus {
         self.status.borrow().clone()
@@ -129,16 +149,17 @@ impl Replicated {
         Instant::now() < deadline
     }
 
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
-        let mut status = self.status.clone();
-        match tokio::time::timeout_at(deadline, status.wait_for(|s| s.applied_index >= index)).await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ClusterError::Unavailable("the server is stopping".into())),
-            Err(_) => Err(ClusterError::Unavailable(format!(
-                "timed out applying up to index {index}"
-            ))),
-        }
+    /// Hands the Raft node an input that answers through `reply`, and waits for the answer.
+    async fn ask<T>(
+        &self,
+        input: impl FnOnce(oneshot::Sender<Result<T, ClusterError>>) -> RaftInput,
+    ) -> Result<T, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(input(reply))
+            .await
+            .map_err(|_| stopping())?;
+        answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 
     /// Proposes on this node, which must lead; never forwards.
@@ -150,114 +171,146 @@ impl Replicated {
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.unwrap_or(Err(WriteError::ShuttingDown))
     }
+}
 
-    /// Proposes through whichever server leads, waiting for a leader if there is none, and
-    /// returns once this server has applied the entry too (so its own reads see it).
-    pub(crate) async fn propose(&self, command: Command) -> Result<Applied, WriteError> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        loop {
-            let status = self.status();
-            let retry = if status.is_leader {
-                match self.propose_here(command.clone()).await {
-                    Err(WriteError::Cluster(ClusterError::NotLeader { .. })) => true,
-                    Err(WriteError::Cluster(ClusterError::Busy(_))) => true,
-                    other => return other,
-                }
-            } else if let Some(addr) = self.leader_addr(&status) {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match self
-                    .rpc
-                    .call(
-                        addr,
-                        RpcRequest::Propose(Box::new(command.clone())),
-                        remaining,
-                    )
-                    .await
-                {
-                    Ok(RpcResponse::Applied { index, outcome }) => {
-                        self.wait_applied(index, deadline).await?;
-                        return Ok(Applied { index, outcome });
-                    }
-                    Ok(other) => {
-                        return Err(ClusterError::Unavailable(format!(
-                            "leader answered a write with {other:?}"
-                        ))
-                        .into());
-                    }
-                    Err(CallError::Unreachable { .. })
-                    | Err(CallError::Remote(ClusterError::NotLeader { .. }))
-                    | Err(CallError::Remote(ClusterError::NoLeader))
-                    | Err(CallError::Remote(ClusterError::Busy(_))) => true,
-                    Err(CallError::Lost(_)) => return Err(ClusterError::LeadershipLost.into()),
-                    Err(CallError::Remote(error)) => return Err(error.into()),
-                }
-            } else {
-                true
-            };
-            if retry && !self.wait_for_change(deadline).await {
-                return Err(ClusterError::NoLeader.into());
+impl Agent {
+    /// Serves `request` on this server, which must lead: what the RPC port does for other
+    /// servers and what this server does for itself when it leads.
+    async fn serve_as_leader(
+        &self,
+        replicated: &Replicated,
+        request: RpcRequest,
+    ) -> Result<RpcResponse, WriteError> {
+        match request {
+            RpcRequest::Propose(command) => {
+                let applied = replicated.propose_here(*command).await?;
+                Ok(RpcResponse::Applied {
+                    index: applied.index,
+                    outcome: applied.outcome,
+                })
             }
+            RpcRequest::ReadIndex => Ok(RpcResponse::ReadIndex(
+                replicated.ask(RaftInput::ReadIndex).await?,
+            )),
+            RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(self.renew_session_here(&id))),
+            RpcRequest::Membership => Ok(RpcResponse::Membership {
+                is_member: replicated.status().is_member,
+            }),
         }
     }
 
-    /// Asks the leader (this node or another) for a read barrier and waits to apply it.
-    async fn read_index(&self) -> Result<(), ClusterError> {
+    /// Serves `request` on the leader, here or forwarded over the RPC port, waiting (up to
+    /// [`WRITE_TIMEOUT`]) while there is no leader or the leader changes. A request whose
+    /// connection broke after it was sent is sent again only if it is `idempotent`;
+    /// otherwise its outcome is unknown and the answer says so.
+    async fn on_leader(
+        &self,
+        replicated: &Replicated,
+        request: RpcRequest,
+        idempotent: bool,
+    ) -> Result<RpcResponse, WriteError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
-            let status = self.status();
-            let answer = if status.is_leader {
-                let (reply, answer) = oneshot::channel();
-                self.inputs
-                    .send(RaftInput::ReadIndex(reply))
-                    .await
-                    .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
-                answer.await.unwrap_or(Err(ClusterError::Unavailable(
-                    "the server is stopping".into(),
-                )))
-            } else if let Some(addr) = self.leader_addr(&status) {
+            let status = replicated.status();
+            let result = if status.is_leader {
+                self.serve_as_leader(replicated, request.clone()).await
+            } else if let Some(addr) = replicated.leader_addr(&status) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                match self.rpc.call(addr, RpcRequest::ReadIndex, remaining).await {
-                    Ok(RpcResponse::ReadIndex(index)) => Ok(index),
-                    Ok(other) => Err(ClusterError::Unavailable(format!(
-                        "leader answered a read barrier with {other:?}"
-                    ))),
-                    Err(CallError::Remote(error)) => Err(error),
-                    Err(_) => Err(ClusterError::NoLeader),
+                match replicated.rpc.call(addr, request.clone(), remaining).await {
+                    Ok(response) => Ok(response),
+                    Err(CallError::Remote(error)) => Err(error.into()),
+                    Err(CallError::Unreachable { .. }) => Err(ClusterError::NoLeader.into()),
+                    Err(CallError::Lost(_)) if idempotent => Err(ClusterError::NoLeader.into()),
+                    Err(CallError::Lost(_)) => Err(ClusterError::LeadershipLost.into()),
                 }
             } else {
-                Err(ClusterError::NoLeader)
+                Err(ClusterError::NoLeader.into())
             };
-            match answer {
-                Ok(index) => return self.wait_applied(index, deadline).await,
-                Err(
+            match result {
+                Err(WriteError::Cluster(
                     ClusterError::NotLeader { .. } | ClusterError::NoLeader | ClusterError::Busy(_),
-                ) => {
-                    if !self.wait_for_change(deadline).await {
-                        return Err(ClusterError::NoLeader);
+                )) => {
+                    if !replicated.wait_for_change(deadline).await {
+                        return Err(ClusterError::NoLeader.into());
                     }
                 }
-                Err(other) => return Err(other),
+                other => return other,
             }
         }
     }
 
-    /// Makes a read meet `consistency`, or says why it cannot.
-    pub(crate) async fn prepare_read(
+    /// Waits until this server has applied `index`.
+    async fn wait_applied(&self, replicated: &Replicated, index: u64) -> Result<(), ClusterError> {
+        if self.read(|s| s.applied_index()) >= index {
+            return Ok(());
+        }
+        let mut status = replicated.status.clone();
+        let applied = status.wait_for(|s| s.applied_index >= index);
+        match tokio::time::timeout(WRITE_TIMEOUT, applied).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(stopping()),
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "timed out applying up to index {index}"
+            ))),
+        }
+    }
+
+    /// Proposes through whichever server leads, and returns once this server has applied
+    /// the entry too (so that its own reads see it).
+    pub(crate) async fn propose_replicated(
+        &self,
+        replicated: &Replicated,
+        command: Command,
+    ) -> Result<Applied, WriteError> {
+        let request = RpcRequest::Propose(Box::new(command));
+        match self.on_leader(replicated, request, false).await? {
+            RpcResponse::Applied { index, outcome } => {
+                self.wait_applied(replicated, index).await?;
+                Ok(Applied { index, outcome })
+            }
+            other => Err(ClusterError::Unavailable(format!(
+                "leader answered a write with {other:?}"
+            ))
+            .into()),
+        }
+    }
+
+    /// A linearizable read barrier: the leader's commit index, confirmed by a quorum, applied
+    /// here.
+    async fn read_index(&self, replicated: &Replicated) -> Result<(), ClusterError> {
+        match self
+            .on_leader(replicated, RpcRequest::ReadIndex, true)
+            .await
+            .map_err(to_cluster_error)?
+        {
+            RpcResponse::ReadIndex(index) => self.wait_applied(replicated, index).await,
+            other => Err(ClusterError::Unavailable(format!(
+                "leader answered a read barrier with {other:?}"
+            ))),
+        }
+    }
+
+    /// Makes a read of the store meet `consistency`: a no-op on a single-node server.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the cluster cannot give the asked freshness (no leader).
+    pub async fn prepare_read(
         &self,
         consistency: ReadConsistency,
-        now_wall_ms: u64,
     ) -> Result<ReadBasis, ClusterError> {
-        let status = self.status();
+        let fresh = ReadBasis {
+            freshness: Freshness::Fresh,
+            known_leader: true,
+            last_contact_ms: 0,
+        };
+        let Some(replicated) = self.replicated() else {
+            return Ok(fresh);
+        };
+        let status = replicated.status();
         let last_contact_ms = if status.is_leader {
             0
         } else {
-            now_wall_ms.saturating_sub(status.last_contact_wall_ms)
-        };
-        let known_leader = status.leader.is_some();
-        let fresh = |last_contact_ms| ReadBasis {
-            freshness: Freshness::Fresh,
-            known_leader: true,
-            last_contact_ms,
+            self.now_ms().saturating_sub(status.last_contact_wall_ms)
         };
         match consistency {
             ReadConsistency::Stale { max_stale_ms } => {
@@ -272,39 +325,16 @@ impl Replicated {
                                 bound_ms: max_stale_ms.unwrap_or(0),
                             }
                         },
-                        known_leader,
+                        known_leader: status.leader.is_some(),
                         last_contact_ms,
                     });
                 }
-                self.read_index().await?;
-                Ok(fresh(0))
             }
-            ReadConsistency::Default if status.is_leader => Ok(fresh(0)),
-            ReadConsistency::Default | ReadConsistency::Consistent => {
-                self.read_index().await?;
-                Ok(fresh(0))
-            }
+            ReadConsistency::Default if status.is_leader => return Ok(fresh),
+            ReadConsistency::Default | ReadConsistency::Consistent => {}
         }
-    }
-}
-
-impl Agent {
-    /// Makes a read of the store meet `consistency`: a no-op on a single-node server.
-    ///
-    /// # Errors
-    /// [`ClusterError`] when the cluster cannot give the asked freshness (no leader).
-    pub async fn prepare_read(
-        &self,
-        consistency: ReadConsistency,
-    ) -> Result<ReadBasis, ClusterError> {
-        match self.replicated() {
-            None => Ok(ReadBasis {
-                freshness: Freshness::Fresh,
-                known_leader: true,
-                last_contact_ms: 0,
-            }),
-            Some(replicated) => replicated.prepare_read(consistency, self.now_ms()).await,
-        }
+        self.read_index(replicated).await?;
+        Ok(fresh)
     }
 
     /// The Raft state, on a replicated server.
@@ -341,8 +371,8 @@ impl Agent {
         all
     }
 
-    /// Removes a server from the voters (`colony operator raft remove-peer`), by Raft id,
-    /// node name or RPC address, through the leader.
+    /// Removes a server from the voters (`colony operator raft remove-peer`), by ID (see
+    /// [`server_id_text`]), node name or RPC address; this server must lead.
     ///
     /// # Errors
     /// [`ClusterError`]: not a replicated server, unknown peer, or the leader refused.
@@ -356,10 +386,13 @@ impl Agent {
             .known_servers()
             .into_iter()
             .find(|(id, info)| {
-                id.to_string() == peer || info.name == peer || info.rpc_addr.to_string() == peer
+                server_id_text(*id) == peer
+                    || info.name == peer
+                    || info.rpc_addr.to_string() == peer
             })
             .map(|(id, _)| id)
-            .or_else(|| peer.parse().ok())
+            // A server membership has forgotten can still be named by its ID.
+            .or_else(|| u64::from_str_radix(peer, 16).ok())
             .ok_or_else(|| ClusterError::Invalid(format!("unknown peer {peer:?}")))?;
         let status = replicated.status();
         if !status.is_leader {
@@ -372,15 +405,9 @@ impl Agent {
                 "the leader cannot remove itself; transfer leadership first".into(),
             ));
         }
-        let (reply, answer) = oneshot::channel();
         replicated
-            .inputs
-            .send(RaftInput::ConfChange(ConfChange::RemoveVoter(id), reply))
+            .ask(|reply| RaftInput::ConfChange(ConfChange::RemoveVoter(id), reply))
             .await
-            .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
-        answer.await.unwrap_or(Err(ClusterError::Unavailable(
-            "the server is stopping".into(),
-        )))
     }
 
     /// Hands leadership to server `id` (`colony operator raft transfer-leader`); this
@@ -394,15 +421,7 @@ impl Agent {
                 "this agent is not a replicated server".into(),
             ));
         };
-        let (reply, answer) = oneshot::channel();
-        replicated
-            .inputs
-            .send(RaftInput::Transfer(id, reply))
-            .await
-            .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
-        answer.await.unwrap_or(Err(ClusterError::Unavailable(
-            "the server is stopping".into(),
-        )))
+        replicated.ask(|reply| RaftInput::Transfer(id, reply)).await
     }
 
     /// Renews a session through the leader, which measures TTLs.
@@ -413,31 +432,16 @@ impl Agent {
         let replicated = self
             .replicated()
             .expect("only replicated servers forward renewals");
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        loop {
-            let status = replicated.status();
-            if status.is_leader {
-                return Ok(self.renew_session_here(id));
-            }
-            if let Some(addr) = replicated.leader_addr(&status) {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match replicated
-                    .rpc
-                    .call(addr, RpcRequest::RenewSession(id.to_string()), remaining)
-                    .await
-                {
-                    Ok(RpcResponse::Renewed(session)) => return Ok(session),
-                    Ok(_) | Err(CallError::Lost(_)) => {}
-                    Err(
-                        CallError::Remote(ClusterError::NotLeader { .. })
-                        | CallError::Unreachable { .. },
-                    ) => {}
-                    Err(CallError::Remote(error)) => return Err(error),
-                }
-            }
-            if !replicated.wait_for_change(deadline).await {
-                return Err(ClusterError::NoLeader);
-            }
+        let request = RpcRequest::RenewSession(id.to_string());
+        match self
+            .on_leader(replicated, request, true)
+            .await
+            .map_err(to_cluster_error)?
+        {
+            RpcResponse::Renewed(session) => Ok(session),
+            other => Err(ClusterError::Unavailable(format!(
+                "leader answered a renewal with {other:?}"
+            ))),
         }
     }
 }
@@ -470,50 +474,21 @@ impl RpcHandler for RpcEndpoint {
         self: Arc<Self>,
         request: RpcRequest,
     ) -> Result<RpcResponse, ClusterError> {
-        let agent = self
-            .agent
-            .upgrade()
-            .ok_or_else(|| ClusterError::Unavailable("the server is stopping".into()))?;
+        let agent = self.agent.upgrade().ok_or_else(stopping)?;
         let replicated = agent
             .replicated()
             .ok_or_else(|| ClusterError::Unavailable("not a replicated server".into()))?;
         let status = replicated.status();
-        if let RpcRequest::Membership = request {
-            return Ok(RpcResponse::Membership {
-                is_member: status.is_member,
-            });
-        }
-        if !status.is_leader {
+        // Anyone may ask whether this server is a member; the rest is the leader's work.
+        if !status.is_leader && !matches!(request, RpcRequest::Membership) {
             return Err(ClusterError::NotLeader {
                 leader: status.leader,
             });
         }
-        match request {
-            RpcRequest::Membership => unreachable!("answered above"),
-            RpcRequest::Propose(command) => match replicated.propose_here(*command).await {
-                Ok(applied) => Ok(RpcResponse::Applied {
-                    index: applied.index,
-                    outcome: applied.outcome,
-                }),
-                Err(WriteError::Cluster(error)) => Err(error),
-                Err(other) => Err(ClusterError::Unavailable(other.to_string())),
-            },
-            RpcRequest::ReadIndex => {
-                let (reply, answer) = oneshot::channel();
-                replicated
-                    .inputs
-                    .send(RaftInput::ReadIndex(reply))
-                    .await
-                    .map_err(|_| ClusterError::Unavailable("the server is stopping".into()))?;
-                answer
-                    .await
-                    .unwrap_or(Err(ClusterError::Unavailable(
-                        "the server is stopping".into(),
-                    )))
-                    .map(RpcResponse::ReadIndex)
-            }
-            RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(agent.renew_session_here(&id))),
-        }
+        agent
+            .serve_as_leader(replicated, request)
+            .await
+            .map_err(to_cluster_error)
     }
 }
 
@@ -673,19 +648,12 @@ async fn leader_duties(
     let Some(change) = change else {
         return;
     };
-    let (reply, answer) = oneshot::channel();
-    if replicated
-        .inputs
-        .send(RaftInput::ConfChange(change, reply))
+    match replicated
+        .ask(|reply| RaftInput::ConfChange(change, reply))
         .await
-        .is_err()
     {
-        return;
-    }
-    match answer.await {
-        Ok(Ok(index)) => tracing::info!(?change, index, "changing the voters"),
-        Ok(Err(ClusterError::Busy(_))) => {}
-        Ok(Err(error)) => tracing::debug!(?change, %error, "voter change refused"),
-        Err(_) => {}
+        Ok(index) => tracing::info!(?change, index, "changing the voters"),
+        Err(ClusterError::Busy(_)) => {}
+        Err(error) => tracing::debug!(?change, %error, "voter change refused"),
     }
 }

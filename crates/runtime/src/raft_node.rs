@@ -404,18 +404,6 @@ impl Driver {
                 let _ = pending.reply.send(answer);
             }
         }
-        // Anything pending at or below the applied index was overwritten by another leader.
-        let applied = self
-            .raft
-            .applied_index()
-            .max(entries.last().map_or(0, |e| e.index));
-        while let Some((&index, _)) = self.pending.first_key_value() {
-            if index > applied {
-                break;
-            }
-            let (_, pending) = self.pending.pop_first().expect("first exists");
-            let _ = pending.reply.send(Err(ClusterError::LeadershipLost.into()));
-        }
     }
 
     fn answer_reads(&mut self, read_states: &[ReadState]) {

@@ -105,9 +105,8 @@ pub enum CallError {
 }
 
 fn encode_frame(frame: &RpcFrame) -> Vec<u8> {
-    let mut out = vec![0, 0, 0, 0, RPC_FORMAT_VERSION];
-    let mut out =
-        postcard::to_extend(frame, std::mem::take(&mut out)).expect("encoding into a Vec");
+    let mut out = postcard::to_extend(frame, vec![0, 0, 0, 0, RPC_FORMAT_VERSION])
+        .expect("encoding into a Vec cannot fail");
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
     out

@@ -58,16 +58,6 @@ impl SessionTtlTracker {
         self.deadline_by_session.contains_key(session)
     }
 
-    /// How many sessions are tracked.
-    pub fn len(&self) -> usize {
-        self.deadline_by_session.len()
-    }
-
-    /// Whether no session is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.deadline_by_session.is_empty()
-    }
-
     /// The tracked sessions.
     pub fn ids(&self) -> Vec<String> {
         self.deadline_by_session.keys().cloned().collect()

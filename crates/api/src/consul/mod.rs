@@ -155,7 +155,7 @@ pub(crate) async fn raft_configuration(State(app): State<AppState>) -> Response 
                 .map(|&id| {
                     let info = known.iter().find(|(k, _)| *k == id).map(|(_, info)| info);
                     serde_json::json!({
-                        "ID": format!("{id:016x}"),
+                        "ID": colony_runtime::cluster::server_id_text(id),
                         "Node": info.map_or("", |i| i.name.as_str()),
                         "Address": info.map_or_else(String::new, |i| i.rpc_addr.to_string()),
                         "Leader": status.leader == Some(id),
@@ -187,9 +187,6 @@ pub(crate) async fn raft_remove_peer(
         .or_else(|| query.get("address"))
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::bad_request("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove"))?;
-    match app.agent.remove_peer(peer).await {
-        Ok(_) => Ok(axum::http::StatusCode::OK.into_response()),
-        Err(colony_runtime::ClusterError::Invalid(message)) => Err(ApiError::bad_request(message)),
-        Err(error) => Err(ApiError::unavailable(error.to_string())),
-    }
+    app.agent.remove_peer(peer).await?;
+    Ok(axum::http::StatusCode::OK.into_response())
 }

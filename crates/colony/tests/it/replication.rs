@@ -246,15 +246,16 @@ fn replication_three_servers_agree_on_a_leader_and_serve_writes_from_any_server(
     let removed_at = (leader + 2) % 3;
     cluster.servers[removed_at].kill();
     let removed = &cluster.servers[removed_at];
+    // By the ID list-peers shows (columns: node, ID, address, state, voter).
+    let removed_id = out
+        .lines()
+        .find(|line| line.contains(&removed.rpc.to_string()))
+        .and_then(|line| line.split('\t').nth(1))
+        .unwrap_or_else(|| panic!("{} in {out}", removed.rpc))
+        .to_string();
     let (code, _, err) = cli(
         cluster.servers[leader].http,
-        &[
-            "operator",
-            "raft",
-            "remove-peer",
-            "--address",
-            &removed.rpc.to_string(),
-        ],
+        &["operator", "raft", "remove-peer", "--id", &removed_id],
     );
     assert_eq!(code, 0, "{err}");
     wait_until("two voters", Duration::from_secs(10), || {
