@@ -197,13 +197,48 @@ impl LogStore {
         );
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let lock = take_lock(dir)?;
+        let (snapshot_index, mut state) = read_snapshot(&dir.join(SNAPSHOT_FILE_NAME))?;
+        let mut replayed_count = 0;
+        let store = Self::open_segments(
+            dir,
+            segment_bytes,
+            lock,
+            snapshot_index,
+            &mut |index, payload| {
+                // Records the snapshot covers are skipped; the rest continue the state.
+                if index == state.applied_index() + 1 {
+                    let entry = Entry::decode(payload).map_err(|e| e.to_string())?;
+                    state.apply(index, &entry);
+                    replayed_count += 1;
+                }
+                Ok(())
+            },
+        )?;
+        state.check_invariants();
+        assert_eq!(state.applied_index(), store.last_index);
+        Ok((
+            store,
+            Recovered {
+                state,
+                replayed_count,
+            },
+        ))
+    }
+
+    /// Scans the segments of `dir` (whose lock is held and whose snapshot covers up to
+    /// `snapshot_index`), calling `visit` with each record, and returns the store positioned
+    /// after the last record. A segment that starts beyond the records before it (and the
+    /// snapshot) is a gap: an error naming it.
+    fn open_segments(
+        dir: &Path,
+        segment_bytes: u64,
+        lock: File,
+        snapshot_index: u64,
+        visit: &mut RecordVisitor<'_>,
+    ) -> Result<LogStore, OpenError> {
         let wal_dir = dir.join(WAL_DIR_NAME);
         std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
-
-        let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
-        let (snapshot_index, mut state) = read_snapshot(&snapshot_path)?;
         let mut segments = list_segments(&wal_dir)?;
-        let mut replayed_count = 0;
         let mut last_index = snapshot_index;
         let mut active = None;
         let segments_count = segments.len();
@@ -219,12 +254,8 @@ impl LogStore {
                 ));
             }
             let scan = scan_segment(path, *first_index, is_last, &mut |index, payload| {
-                if index == last_index + 1 {
-                    let entry = Entry::decode(payload).map_err(|e| e.to_string())?;
-                    state.apply(index, &entry);
-                    last_index = index;
-                    replayed_count += 1;
-                }
+                visit(index, payload)?;
+                last_index = last_index.max(index);
                 Ok(())
             })?;
             if is_last {
@@ -237,9 +268,7 @@ impl LogStore {
                 .map_err(|e| corrupt(&wal_dir, format!("cannot create the first segment: {e}")))?,
         };
         segments.pop();
-        state.check_invariants();
-        assert_eq!(state.applied_index(), last_index);
-        let store = LogStore {
+        Ok(LogStore {
             dir: dir.to_path_buf(),
             wal_dir,
             sealed: segments,
@@ -248,14 +277,7 @@ impl LogStore {
             last_index,
             segment_bytes,
             _lock: lock,
-        };
-        Ok((
-            store,
-            Recovered {
-                state,
-                replayed_count,
-            },
-        ))
+        })
     }
 
     /// Opens (or creates) a log whose payloads the caller interprets: nothing is decoded or
@@ -268,60 +290,24 @@ impl LogStore {
     pub fn open_raw(dir: &Path, segment_bytes: u64) -> Result<(LogStore, RawRecovered), OpenError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let lock = take_lock(dir)?;
-        let wal_dir = dir.join(WAL_DIR_NAME);
-        std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
-        let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
-        let snapshot = read_snapshot_raw(&snapshot_path)?;
+        let snapshot = read_snapshot_raw(&dir.join(SNAPSHOT_FILE_NAME))?;
         let snapshot_index = snapshot.as_ref().map_or(0, |(index, _)| *index);
-        let mut segments = list_segments(&wal_dir)?;
-        if let Some((first, path)) = segments.first()
-            && *first > snapshot_index + 1
-        {
-            return Err(corrupt(
-                path,
-                format!(
-                    "log has a gap: the snapshot ends at {snapshot_index}, the log starts at {first}"
-                ),
-            ));
-        }
         let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut active = None;
-        let segments_count = segments.len();
-        for (position, (first_index, path)) in segments.iter().enumerate() {
-            let is_last = position + 1 == segments_count;
-            if let Some((last, _)) = records.last()
-                && *first_index != last + 1
-            {
-                return Err(corrupt(
-                    path,
-                    format!("log has a gap: expected an entry at index {}", last + 1),
-                ));
-            }
-            let scan = scan_segment(path, *first_index, is_last, &mut |index, payload| {
+        let store = Self::open_segments(
+            dir,
+            segment_bytes,
+            lock,
+            snapshot_index,
+            &mut |index, payload| {
+                if let Some((last, _)) = records.last()
+                    && index != last + 1
+                {
+                    return Err(format!("does not follow entry {last}"));
+                }
                 records.push((index, payload.to_vec()));
                 Ok(())
-            })?;
-            if is_last {
-                active = Some(scan);
-            }
-        }
-        let last_index = records.last().map_or(snapshot_index, |(index, _)| *index);
-        let active = match active {
-            Some(segment) => segment,
-            None => create_segment(&wal_dir, snapshot_index + 1, segment_bytes)
-                .map_err(|e| corrupt(&wal_dir, format!("cannot create the first segment: {e}")))?,
-        };
-        segments.pop();
-        let store = LogStore {
-            dir: dir.to_path_buf(),
-            wal_dir,
-            sealed: segments,
-            active,
-            snapshot_index,
-            last_index,
-            segment_bytes,
-            _lock: lock,
-        };
+            },
+        )?;
         Ok((store, RawRecovered { snapshot, records }))
     }
 
