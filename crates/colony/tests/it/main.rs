@@ -8,6 +8,7 @@ mod durability;
 mod etcd_bad_input;
 mod etcd_watch;
 mod etcdctl;
+mod faults;
 mod health;
 mod membership;
 mod replication;
