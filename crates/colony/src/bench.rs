@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// etcd-grpc: leases in the lease workload, one key each, never kept alive.
     #[arg(long, default_value_t = 8)]
     pub(crate) leases: usize,
+    /// etcd-grpc: servers per system: 1 (a single node) or 3/5 (colony servers with
+    /// --bootstrap-expect, and with --against-etcd an etcd cluster of as many members), with
+    /// the clients spread over all of them; adds the `failover` workload.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub(crate) servers: u8,
     /// etcd-grpc: TTL of those leases, seconds.
     #[arg(long, default_value_t = 2)]
     pub(crate) lease_ttl_s: i64,
@@ -359,7 +364,7 @@ async fn closed_loop(
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
-    let pid = target.pid.map(|p| p.to_string());
+    let pids: Vec<String> = target.pid.iter().map(u32::to_string).collect();
     let batches_before = metric(client, "colony_store_commit_batch_entries_count").await;
     let entries_before = metric(client, "colony_store_commit_batch_entries_sum").await;
     let mut tasks = Vec::with_capacity(clients);
@@ -403,7 +408,7 @@ async fn closed_loop(
             (latencies_us, errors)
         }));
     }
-    let mut figures = measure_window(pid, tasks, measure_from, stop_at, duration).await?;
+    let mut figures = measure_window(pids, tasks, measure_from, stop_at, duration).await?;
     if kind == "put" {
         let batches =
             metric(client, "colony_store_commit_batch_entries_count").await - batches_before;
@@ -414,21 +419,24 @@ async fn closed_loop(
     Ok(figures)
 }
 
-/// Awaits a closed-loop window: samples the server's (`pid`) and this process's CPU over the
+/// Awaits a closed-loop window: samples the servers' (`pids`, summed) and this process's CPU over the
 /// measured part only, gathers each worker's (latencies in µs, errors), and computes
 /// throughput, latency percentiles and CPU per operation.
 pub(crate) async fn measure_window(
-    pid: Option<String>,
+    pids: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<(Vec<f64>, u64)>>,
     measure_from: Instant,
     stop_at: Instant,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
     tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let cpu_start = pid.as_deref().map(cpu_seconds);
+    let servers_cpu = || -> Option<f64> {
+        (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_seconds(p)).sum())
+    };
+    let cpu_start = servers_cpu();
     let client_cpu_start = cpu_seconds("self");
     tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)).await;
-    let cpu_end = pid.as_deref().map(cpu_seconds);
+    let cpu_end = servers_cpu();
     let client_cpu_end = cpu_seconds("self");
     let mut latencies = Vec::new();
     let mut errors = 0;

@@ -20,22 +20,128 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-/// The workloads of the etcd dialect.
-pub const WORKLOADS: [&str; 6] = ["put", "get", "getser", "keepalive", "watch", "lease"];
+/// The workloads of the etcd dialect (`failover` only with several servers).
+pub const WORKLOADS: [&str; 7] = [
+    "put",
+    "get",
+    "getser",
+    "keepalive",
+    "watch",
+    "lease",
+    "failover",
+];
 
-/// A system under test: a process serving the etcd API on `endpoint`.
+/// One server process of a system under test, restartable with the same arguments.
+struct Member {
+    endpoint: String,
+    program: std::path::PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A system under test: one or more processes serving the etcd API.
 struct System {
     name: &'static str,
-    endpoint: String,
-    pid: u32,
-    child: Child,
+    members: Vec<Member>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for System {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for member in &mut self.members {
+            member.kill();
+        }
+    }
+}
+
+impl System {
+    /// The endpoint single-stream workloads (watch writer, leases) use.
+    fn endpoint(&self) -> &str {
+        &self.members[0].endpoint
+    }
+
+    /// The endpoint the watchers use: another member than the writer's when there is one.
+    fn watch_endpoint(&self) -> &str {
+        &self.members[self.members.len() - 1].endpoint
+    }
+
+    fn pids(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(|c| c.id().to_string()))
+            .collect()
+    }
+
+    /// The position of the member every running member names as leader (through the
+    /// Maintenance `Status` call: its `leader` is the leader's member ID), if they agree.
+    async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut agreed = None;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let channel = connect(&member.endpoint).await.ok()?;
+            let status = tokio::time::timeout(
+                Duration::from_millis(500),
+                MaintenanceClient::new(channel).status(StatusRequest {}),
+            )
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+            ids.push(status.header.map_or(0, |h| h.member_id));
+            if status.leader == 0 || agreed.is_some_and(|l| l != status.leader) {
+                return None;
+            }
+            agreed = Some(status.leader);
+        }
+        let leader = agreed?;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect();
+        ids.iter()
+            .position(|&id| id == leader)
+            .map(|position| running[position])
+    }
+
+    /// Waits until every member serves and all agree on a leader.
+    async fn wait_ready(&mut self) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            for member in &mut self.members {
+                if let Some(child) = member.child.as_mut()
+                    && let Some(status) = child.try_wait()?
+                {
+                    bail!("{} ({}) exited with {status}", self.name, member.endpoint);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{} did not elect a leader within 60 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -52,79 +158,104 @@ async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
         .await?)
 }
 
-async fn wait_serving(system: &mut System) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = connect(&system.endpoint).await
-            && MaintenanceClient::new(channel)
-                .status(StatusRequest {})
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        if let Some(status) = system.child.try_wait()? {
-            bail!("{} exited with {status} before serving", system.name);
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("{} did not serve within 30 s", system.name);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn start_colony() -> anyhow::Result<System> {
+/// `servers` colony agents: a `--dev` node, or servers that bootstrap together.
+async fn start_colony(servers: usize) -> anyhow::Result<System> {
     let dir = tempfile::Builder::new().prefix("colony-bench-").tempdir()?;
-    let endpoint = format!("127.0.0.1:{}", free_port()?);
-    let http = format!("127.0.0.1:{}", free_port()?);
     let exe = std::env::current_exe().context("locating the colony binary")?;
-    let child = Command::new(exe)
-        .args(["agent", "--dev", "--node", "bench", "--log-level", "warn"])
-        .args(["--http-addr", &http, "--grpc-addr", &endpoint])
-        .args(["--bind", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the colony agent")?;
+    let mut gossip = Vec::new();
+    for _ in 0..servers {
+        gossip.push(format!("127.0.0.1:{}", free_port()?));
+    }
+    let mut members = Vec::new();
+    for (i, bind) in gossip.iter().enumerate() {
+        let endpoint = format!("127.0.0.1:{}", free_port()?);
+        let mut args: Vec<String> = vec!["agent".into(), "--node".into(), format!("bench{i}")];
+        if servers == 1 {
+            args.push("--dev".into());
+        } else {
+            args.extend(["--server".into(), "--bootstrap-expect".into(), servers.to_string()]);
+            args.extend(["--rpc-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
+            args.extend(["--retry-interval".into(), "200ms".into()]);
+            for other in gossip.iter().filter(|g| *g != bind) {
+                args.extend(["--retry-join".into(), other.clone()]);
+            }
+        }
+        args.extend(["--log-level".into(), "warn".into(), "--bind".into(), bind.clone()]);
+        args.extend(["--http-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
+        args.extend(["--grpc-addr".into(), endpoint.clone()]);
+        let data_dir = dir.path().join(format!("agent{i}"));
+        args.extend(["--data-dir".into(), data_dir.display().to_string()]);
+        let mut member = Member {
+            endpoint,
+            program: exe.clone(),
+            args,
+            child: None,
+        };
+        member.spawn()?;
+        members.push(member);
+    }
     let mut system = System {
         name: "colony",
-        endpoint,
-        pid: child.id(),
-        child,
+        members,
         _dir: dir,
     };
-    wait_serving(&mut system).await?;
+    system.wait_ready().await?;
     Ok(system)
 }
 
-async fn start_etcd(binary: &str) -> anyhow::Result<System> {
+/// `servers` etcd members (fsync on every commit, heartbeat 100 ms, election 1 s: the defaults).
+async fn start_etcd(binary: &str, servers: usize) -> anyhow::Result<System> {
     let dir = tempfile::Builder::new().prefix("etcd-bench-").tempdir()?;
-    let endpoint = format!("127.0.0.1:{}", free_port()?);
-    let peer = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new(binary)
-        .args(["--name", "bench", "--log-level", "warn"])
-        .arg("--data-dir")
-        .arg(dir.path().join("etcd"))
-        .args(["--listen-client-urls", &format!("http://{endpoint}")])
-        .args(["--advertise-client-urls", &format!("http://{endpoint}")])
-        .args(["--listen-peer-urls", &format!("http://{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
-        .args(["--initial-cluster", &format!("bench=http://{peer}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {binary} (Debian: apt-get install etcd-server)"))?;
+    let mut ports = Vec::new();
+    for _ in 0..servers {
+        ports.push((free_port()?, free_port()?));
+    }
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let endpoint = format!("127.0.0.1:{client}");
+        let data_dir = dir.path().join(format!("etcd{i}"));
+        let args = vec![
+            "--name".into(),
+            format!("m{i}"),
+            "--log-level".into(),
+            "warn".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://{endpoint}"),
+            "--advertise-client-urls".into(),
+            format!("http://{endpoint}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster".into(),
+            cluster.join(","),
+            "--initial-cluster-state".into(),
+            "new".into(),
+        ];
+        let mut member = Member {
+            endpoint,
+            program: binary.into(),
+            args,
+            child: None,
+        };
+        member
+            .spawn()
+            .context("starting etcd (Debian: apt-get install etcd-server)")?;
+        members.push(member);
+    }
     let mut system = System {
         name: "etcd",
-        endpoint,
-        pid: child.id(),
-        child,
+        members,
         _dir: dir,
     };
-    wait_serving(&mut system).await?;
+    system.wait_ready().await?;
     Ok(system)
 }
 
@@ -132,21 +263,31 @@ async fn start_etcd(binary: &str) -> anyhow::Result<System> {
 pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::process::ExitCode> {
     let duration = crate::bench::duration_arg(&args.duration, "duration")?;
     let warmup = crate::bench::duration_arg(&args.warmup, "warmup")?;
-    let workloads = crate::bench::workload_list(&args.workloads, &WORKLOADS)?;
+    let servers = usize::from(args.servers);
+    let mut workloads = crate::bench::workload_list(&args.workloads, &WORKLOADS)?;
+    if servers == 1 {
+        if args.workloads != "all" && workloads.iter().any(|w| w == "failover") {
+            bail!("the failover workload needs --servers 3 (or more)");
+        }
+        workloads.retain(|w| w != "failover");
+    }
     let put_clients = crate::bench::client_counts(&args.put_clients)?;
-    let mut systems = vec![start_colony().await?];
+    let mut systems = vec![start_colony(servers).await?];
     if args.against_etcd {
-        systems.push(start_etcd(&args.etcd_bin).await?);
+        systems.push(start_etcd(&args.etcd_bin, servers).await?);
     }
     for system in &systems {
+        let endpoints: Vec<&str> = system.members.iter().map(|m| m.endpoint.as_str()).collect();
         eprintln!(
-            "{}: pid {}, gRPC {}",
-            system.name, system.pid, system.endpoint
+            "{}: pids {}, gRPC {}",
+            system.name,
+            system.pids().join(","),
+            endpoints.join(",")
         );
     }
     let mut results: BTreeMap<(String, String), Vec<Figures>> = BTreeMap::new();
     for run in 1..=args.runs {
-        for system in &systems {
+        for system in &mut systems {
             for workload in &workloads {
                 let configs: Vec<usize> = match workload.as_str() {
                     "put" => put_clients.clone(),
@@ -162,6 +303,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
                     eprintln!("[run {run}/{}] {} {label} ...", args.runs, system.name);
                     let figures = match workload.as_str() {
                         "watch" => watch_latency(system, args.watchers, args.watch_events).await?,
+                        "failover" => failover(system).await?,
                         "lease" => lease_lateness(system, args.leases, args.lease_ttl_s).await?,
                         "keepalive" => {
                             keepalive_loop(system, clients, args.conns, warmup, duration).await?
@@ -189,10 +331,7 @@ async fn closed_loop(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    let mut channels = Vec::new();
-    for _ in 0..args.conns.max(1) {
-        channels.push(connect(&system.endpoint).await?);
-    }
+    let channels = spread_channels(system, args.conns).await?;
     let mut kv = KVClient::new(channels[0].clone());
     let value = vec![b'v'; args.value_bytes];
     kv.put(PutRequest {
@@ -244,8 +383,78 @@ async fn closed_loop(
             (latencies_us, errors)
         }));
     }
-    let pid = Some(system.pid.to_string());
-    crate::bench::measure_window(pid, tasks, measure_from, stop_at, duration).await
+    crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
+}
+
+/// `conns` gRPC connections per member (at least one), so closed-loop clients, taking them
+/// in turn, spread over every member as a client given all endpoints would.
+async fn spread_channels(system: &System, conns: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..conns.max(1) {
+        for member in &system.members {
+            channels.push(connect(&member.endpoint).await?);
+        }
+    }
+    Ok(channels)
+}
+
+/// Leader SIGKILL: time from the kill to the first acknowledged put on a survivor (8 clients
+/// keep trying, each attempt cut off after 250 ms), and to every survivor naming a new leader;
+/// then the killed member restarts on its data and the cluster must agree on a leader again.
+async fn failover(system: &mut System) -> anyhow::Result<Figures> {
+    let leader = system.wait_ready().await?;
+    let mut survivors = Vec::new();
+    for (i, member) in system.members.iter().enumerate() {
+        if i != leader {
+            survivors.push(connect(&member.endpoint).await?);
+        }
+    }
+    let killed_at = Instant::now();
+    system.members[leader].kill();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Duration>(8);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for worker in 0..8 {
+        let mut kv = KVClient::new(survivors[worker % survivors.len()].clone());
+        let done_tx = done_tx.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let put = kv.put(PutRequest {
+                    key: format!("bench/failover/{worker}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..PutRequest::default()
+                });
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(250), put).await {
+                    let _ = done_tx.send(killed_at.elapsed()).await;
+                    return;
+                }
+            }
+        });
+    }
+    let first_put = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+        .await
+        .ok()
+        .flatten();
+    stop.store(true, Ordering::Relaxed);
+    let Some(first_put) = first_put else {
+        bail!("{}: no put succeeded within 30 s of the leader's SIGKILL", system.name);
+    };
+    let mut new_leader = None;
+    while new_leader.is_none() && killed_at.elapsed() < Duration::from_secs(30) {
+        new_leader = system.leader().await.map(|_| killed_at.elapsed());
+        if new_leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    system.members[leader].spawn()?;
+    system.wait_ready().await?;
+    let mut figures = Figures::new();
+    figures.insert("first_put_ms".into(), first_put.as_secs_f64() * 1000.0);
+    figures.insert(
+        "new_leader_ms".into(),
+        new_leader.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+    );
+    Ok(figures)
 }
 
 /// Closed-loop lease keep-alives: each client holds one lease and renews it over its own
@@ -258,10 +467,7 @@ async fn keepalive_loop(
     duration: Duration,
 ) -> anyhow::Result<Figures> {
     use colony_etcdpb::etcdserverpb::LeaseKeepAliveRequest;
-    let mut channels = Vec::new();
-    for _ in 0..conns.max(1) {
-        channels.push(connect(&system.endpoint).await?);
-    }
+    let channels = spread_channels(system, conns).await?;
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
@@ -300,8 +506,7 @@ async fn keepalive_loop(
             (latencies_us, errors)
         }));
     }
-    let pid = Some(system.pid.to_string());
-    crate::bench::measure_window(pid, tasks, measure_from, stop_at, duration).await
+    crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
 }
 
 /// Opens a watch stream with `creates` queued before the stream is awaited (etcd sends the
@@ -341,7 +546,7 @@ async fn watch_latency(system: &System, watchers: usize, events: usize) -> anyho
     let mut tasks = Vec::new();
     for stream in 0..streams {
         let count = PER_STREAM.min(watchers - stream * PER_STREAM);
-        let channel = connect(&system.endpoint).await?;
+        let channel = connect(system.watch_endpoint()).await?;
         let create = WatchCreateRequest {
             key: key.clone().into_bytes(),
             ..WatchCreateRequest::default()
@@ -393,7 +598,7 @@ async fn watch_latency(system: &System, watchers: usize, events: usize) -> anyho
             .await
             .context("watchers were not created")??;
     }
-    let mut kv = KVClient::new(connect(&system.endpoint).await?);
+    let mut kv = KVClient::new(connect(system.endpoint()).await?);
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     for (i, sent) in sent_ns.iter().enumerate() {
         ticker.tick().await;
@@ -424,7 +629,7 @@ async fn watch_latency(system: &System, watchers: usize, events: usize) -> anyho
 /// `leases` leases of `ttl_s` seconds with one key each, never kept alive; lateness is the time
 /// from (grant request sent + TTL) to the key's delete event. Negative would mean early.
 async fn lease_lateness(system: &System, leases: usize, ttl_s: i64) -> anyhow::Result<Figures> {
-    let channel = connect(&system.endpoint).await?;
+    let channel = connect(system.endpoint()).await?;
     let mut kv = KVClient::new(channel.clone());
     let mut lease = LeaseClient::new(channel.clone());
     let prefix = format!("bench/lease/{}/", std::process::id());

@@ -106,13 +106,19 @@ impl Maintenance for MaintenanceService {
             .iter()
             .map(|_| format!("storage: {}", self.ctx.agent.storage_mode().reason()))
             .collect();
+        // A replicated server reports the Raft view (leader 0: none known); the single-node
+        // log is its own leader in term 1.
+        let (leader, raft_index, raft_term) = match self.ctx.agent.raft_status() {
+            Some(raft) => (raft.leader.unwrap_or(0), raft.commit_index, raft.term),
+            None => (self.ctx.member_id, applied, 1),
+        };
         Ok(Response::new(StatusResponse {
             header: self.ctx.header(applied),
             version: API_VERSION.into(),
             db_size: size,
-            leader: self.ctx.member_id,
-            raft_index: applied,
-            raft_term: 1,
+            leader,
+            raft_index,
+            raft_term,
             raft_applied_index: applied,
             errors,
             db_size_in_use: size,

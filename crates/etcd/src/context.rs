@@ -24,7 +24,8 @@ pub struct EtcdContext {
     pub agent: Arc<Agent>,
     /// The cluster ID reported in headers (derived from the datacenter name).
     pub cluster_id: u64,
-    /// This member's ID (derived from the node ID).
+    /// This member's ID: its Raft ID on a replicated server (so `Status.leader` names a member),
+    /// else derived from the node ID.
     pub member_id: u64,
     /// The URL clients reach this member's gRPC API at.
     pub client_url: String,
@@ -33,7 +34,9 @@ pub struct EtcdContext {
 impl EtcdContext {
     /// A context for `agent`, serving clients at `client_url`.
     pub fn new(agent: Arc<Agent>, datacenter: &str, client_url: String) -> Arc<Self> {
-        let member_id = fnv64(agent.node_id().as_bytes());
+        let member_id = agent
+            .raft_id()
+            .unwrap_or_else(|| fnv64(agent.node_id().as_bytes()));
         Arc::new(EtcdContext {
             cluster_id: fnv64(datacenter.as_bytes()),
             member_id,
