@@ -430,9 +430,8 @@ pub(crate) async fn measure_window(
     duration: Duration,
 ) -> anyhow::Result<Figures> {
     tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-    let servers_cpu = || -> Option<f64> {
-        (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_seconds(p)).sum())
-    };
+    let servers_cpu =
+        || -> Option<f64> { (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_seconds(p)).sum()) };
     let cpu_start = servers_cpu();
     let client_cpu_start = cpu_seconds("self");
     tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)).await;

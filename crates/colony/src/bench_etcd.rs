@@ -173,14 +173,23 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
         if servers == 1 {
             args.push("--dev".into());
         } else {
-            args.extend(["--server".into(), "--bootstrap-expect".into(), servers.to_string()]);
+            args.extend([
+                "--server".into(),
+                "--bootstrap-expect".into(),
+                servers.to_string(),
+            ]);
             args.extend(["--rpc-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
             args.extend(["--retry-interval".into(), "200ms".into()]);
             for other in gossip.iter().filter(|g| *g != bind) {
                 args.extend(["--retry-join".into(), other.clone()]);
             }
         }
-        args.extend(["--log-level".into(), "warn".into(), "--bind".into(), bind.clone()]);
+        args.extend([
+            "--log-level".into(),
+            "warn".into(),
+            "--bind".into(),
+            bind.clone(),
+        ]);
         args.extend(["--http-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
         args.extend(["--grpc-addr".into(), endpoint.clone()]);
         let data_dir = dir.path().join(format!("agent{i}"));
@@ -437,7 +446,10 @@ async fn failover(system: &mut System) -> anyhow::Result<Figures> {
         .flatten();
     stop.store(true, Ordering::Relaxed);
     let Some(first_put) = first_put else {
-        bail!("{}: no put succeeded within 30 s of the leader's SIGKILL", system.name);
+        bail!(
+            "{}: no put succeeded within 30 s of the leader's SIGKILL",
+            system.name
+        );
     };
     let mut new_leader = None;
     while new_leader.is_none() && killed_at.elapsed() < Duration::from_secs(30) {

@@ -673,6 +673,37 @@ impl Raft {
         self.check_invariants_in_tests();
     }
 
+    /// Evidence from outside the protocol that `leader` is gone (the runtime saw its stream
+    /// close and its port refuse connections): a follower of it gives up the leader's lease
+    /// and campaigns after one heartbeat interval (plus two per follower with a lower ID)
+    /// instead of a whole election timeout. Only followers with the same evidence, or whose lease ran out,
+    /// grant the pre-vote, so one wrong report costs a rejected pre-vote, never a deposed
+    /// live leader. Ignored unless `leader` is this node's leader.
+    pub fn handle_leader_unreachable(&mut self, now_ms: u64, leader: u64) {
+        self.observe_time(now_ms);
+        if self.role != Role::Follower || self.leader != Some(leader) {
+            return;
+        }
+        self.leader = None;
+        self.leader_contact_ms = None;
+        // Followers take turns by ID, two heartbeat intervals apart, so they do not split the
+        // vote; the first waits one interval, so the others' reports (their own probes of the
+        // dead leader) land before its pre-vote asks them.
+        let interval = self.config.heartbeat_interval_ms.max(1);
+        let rank = self
+            .voters()
+            .iter()
+            .filter(|&&v| v != leader && v < self.id)
+            .count() as u64;
+        let deadline =
+            self.now_ms + interval * (1 + 2 * rank) + self.rng.below((interval / 2).max(1));
+        self.election_deadline_ms = Some(
+            self.election_deadline_ms
+                .map_or(deadline, |armed| armed.min(deadline)),
+        );
+        self.check_invariants_in_tests();
+    }
+
     fn observe_time(&mut self, now_ms: u64) {
         // Time never goes back; a caller passing an older `now` is clamped rather than trusted.
         self.now_ms = self.now_ms.max(now_ms);

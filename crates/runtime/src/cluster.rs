@@ -470,6 +470,45 @@ impl RpcHandler for RpcEndpoint {
         });
     }
 
+    /// When the stream from the current leader ends, connection attempts to its RPC port tell
+    /// a dead process (refused: nothing listens on a live host) from a broken link or a
+    /// paused process (timeout, or accepted): only a refusal starts an early election.
+    fn raft_stream_closed(&self, from: u64) {
+        let Some(agent) = self.agent.upgrade() else {
+            return;
+        };
+        let Some(replicated) = agent.replicated() else {
+            return;
+        };
+        if replicated.status().leader != Some(from) {
+            return;
+        }
+        let Some(addr) = replicated.directory.get(from).map(|info| info.rpc_addr) else {
+            return;
+        };
+        let inputs = replicated.inputs.clone();
+        tokio::spawn(async move {
+            // A dying process may close its streams before its listener: probe three times,
+            // 30 ms apart, and act on the first refusal; a timeout ends the probe.
+            for attempt in 0..3u64 {
+                tokio::time::sleep(std::time::Duration::from_millis(30 * attempt)).await;
+                let probe = tokio::time::timeout(
+                    std::time::Duration::from_millis(250),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await;
+                match probe {
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        let _ = inputs.try_send(RaftInput::PeerDown(from));
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        });
+    }
+
     async fn handle_request(
         self: Arc<Self>,
         request: RpcRequest,

@@ -40,6 +40,9 @@ pub(crate) enum RaftInput {
     ConfChange(ConfChange, oneshot::Sender<Result<u64, ClusterError>>),
     /// Hand leadership to another voter (this node must lead).
     Transfer(u64, oneshot::Sender<Result<(), ClusterError>>),
+    /// Server `id`'s stream closed and its RPC port refuses connections: if it leads, elect
+    /// another leader now rather than after an election timeout.
+    PeerDown(u64),
 }
 
 /// Why a cluster operation was not done. Nothing changed unless the variant says so.
@@ -254,6 +257,15 @@ impl Driver {
                         .transfer_leadership(now, target)
                         .map_err(request_error),
                 );
+            }
+            RaftInput::PeerDown(id) => {
+                if self.raft.leader() == Some(id) {
+                    tracing::info!(
+                        leader = %crate::cluster::server_id_text(id),
+                        "the leader's port refuses connections; starting an election now"
+                    );
+                }
+                self.raft.handle_leader_unreachable(now, id);
             }
         }
     }

@@ -294,6 +294,8 @@ async fn run_peer_stream(
 pub trait RpcHandler: Send + Sync + 'static {
     /// A Raft message from server `from`, meant for server `to`.
     fn handle_raft(&self, from: u64, to: u64, message: Message);
+    /// The Raft stream from server `from` ended (its process may have died).
+    fn raft_stream_closed(&self, from: u64);
     /// A request; answered when the future resolves.
     fn handle_request(
         self: Arc<Self>,
@@ -333,18 +335,23 @@ async fn serve_connection<H: RpcHandler>(
     };
     match first {
         RpcFrame::RaftHello { from, to } => {
-            while let Some(frame) = read_frame(&mut reader).await? {
-                match frame {
-                    RpcFrame::Raft(message) => handler.handle_raft(from, to, message),
-                    other => {
-                        return Err(std::io::Error::other(format!(
-                            "unexpected frame on a raft stream: {}",
-                            frame_name(&other)
-                        )));
+            let result = async {
+                while let Some(frame) = read_frame(&mut reader).await? {
+                    match frame {
+                        RpcFrame::Raft(message) => handler.handle_raft(from, to, message),
+                        other => {
+                            return Err(std::io::Error::other(format!(
+                                "unexpected frame on a raft stream: {}",
+                                frame_name(&other)
+                            )));
+                        }
                     }
                 }
+                Ok(())
             }
-            Ok(())
+            .await;
+            handler.raft_stream_closed(from);
+            result
         }
         RpcFrame::Request { id, request } => {
             let (answers, mut outbox) = mpsc::channel::<RpcFrame>(1024);

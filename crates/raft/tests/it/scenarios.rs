@@ -733,3 +733,70 @@ fn status_reports_leader_progress() {
     assert!(follower.peers.is_empty());
     assert_eq!(follower.leader, Some(leader));
 }
+
+/// A crashed leader reported unreachable to every follower is replaced within a few heartbeat
+/// intervals instead of an election timeout.
+#[test]
+fn leader_unreachable_everywhere_elects_a_new_leader_fast() {
+    let mut cluster = quiet_cluster(3, 11);
+    let old = elect(&mut cluster);
+    cluster.crash(old);
+    let reported_at = cluster.now_ms;
+    for id in cluster.live_ids() {
+        let now = cluster.now_ms;
+        cluster
+            .node_mut(id)
+            .expect("up")
+            .handle_leader_unreachable(now, old);
+    }
+    cluster.run_until(ELECTION_MS, "a new leader", |c| {
+        c.leader().is_some_and(|leader| leader != old)
+    });
+    // The first follower in ID order campaigns after 1–1.5 heartbeat intervals; plus round trips.
+    assert!(
+        cluster.now_ms - reported_at < 100,
+        "took {} ms",
+        cluster.now_ms - reported_at
+    );
+}
+
+/// A single follower wrongly told that a live leader is gone does not depose it: the other
+/// follower is still in the leader's lease and refuses the pre-vote.
+#[test]
+fn leader_unreachable_reported_once_does_not_depose_a_live_leader() {
+    let mut cluster = quiet_cluster(3, 12);
+    let leader = elect(&mut cluster);
+    let term = cluster.node(leader).expect("up").term();
+    let follower = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let now = cluster.now_ms;
+    cluster
+        .node_mut(follower)
+        .expect("up")
+        .handle_leader_unreachable(now, leader);
+    cluster.run_for(3 * ELECTION_MS);
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(
+        cluster.node(leader).expect("up").term(),
+        term,
+        "no election happened"
+    );
+    // Reports about a node that is not the leader are ignored.
+    let other = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|&id| id != leader && id != follower)
+        .expect("another follower");
+    let now = cluster.now_ms;
+    cluster
+        .node_mut(follower)
+        .expect("up")
+        .handle_leader_unreachable(now, other);
+    cluster.run_for(ELECTION_MS);
+    assert_eq!(cluster.node(leader).expect("up").term(), term);
+}
