@@ -213,36 +213,12 @@ impl Bed {
                 .collect();
             run("ip", &words).unwrap_or_else(|e| panic!("{e}"));
         };
-        let _ = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "nft",
-                "add",
-                "table",
-                "inet",
-                FAULT_TABLE,
-            ],
-        );
-        for hook in ["input", "output"] {
-            let name = if hook == "input" { "in" } else { "out" };
-            let _ = run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &ns,
-                    "nft",
-                    "add",
-                    "chain",
-                    "inet",
-                    FAULT_TABLE,
-                    name,
-                    &format!("{{ type filter hook {hook} priority 0; }}"),
-                ],
-            );
+        // `add` is idempotent: the first rule on a host also makes the table and chains.
+        nft(&format!("add table inet {FAULT_TABLE}"));
+        for (name, hook) in [("in", "input"), ("out", "output")] {
+            nft(&format!(
+                "add chain inet {FAULT_TABLE} {name} {{ type filter hook {hook} priority 0 ; }}"
+            ));
         }
         nft(&format!(
             "add rule inet {FAULT_TABLE} {chain} {matcher} drop"

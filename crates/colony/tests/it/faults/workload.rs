@@ -257,20 +257,8 @@ impl Workload {
     ) -> Option<(Option<u32>, u64)> {
         let invoked = self.tick();
         let answer = get_value(server, &format!("/v1/kv/reg/{key}?consistent"))?;
-        let completed = self.tick();
         let value = answer.as_ref().map(|(bytes, _)| parse_u32(bytes));
-        self.registers
-            .lock()
-            .expect("workload lock")
-            .push(RegisterRecord {
-                key,
-                process,
-                op: RegisterOp::Read(value),
-                outcome: Outcome::Ok,
-                invoked,
-                completed,
-            });
-        self.count(Outcome::Ok);
+        self.record_register(key, process, RegisterOp::Read(value), Outcome::Ok, invoked);
         Some((value, answer.map_or(0, |(_, index)| index)))
     }
 
