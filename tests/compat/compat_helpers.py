@@ -137,6 +137,13 @@ class AgentNotReady(RuntimeError):
     pass
 
 
+def _answers(session: requests.Session, url: str) -> bool:
+    try:
+        return session.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 class ColonyAgent:
     """One ``colony agent --dev`` process (re)started on a given data dir.
 
@@ -144,7 +151,20 @@ class ColonyAgent:
     can be unpacked: ``client, base_url, data_dir, proc = agent``.
     """
 
-    def __init__(self, data_dir: Path, node: str, log_dir: Path, binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        node: str,
+        log_dir: Path,
+        binary: Path | None = None,
+        join: str | None = None,
+        retry_join: bool = False,
+    ) -> None:
+        """``join``: start a *client* agent (no ``--dev``, no store) that joins the
+        member at that gossip address and forwards the API to a server; with
+        ``retry_join`` it keeps trying (``--retry-join``) instead of exiting."""
+        self.join = join
+        self.retry_join = retry_join
         self.data_dir = Path(data_dir)
         self.node = node
         self.log_dir = Path(log_dir)
@@ -180,6 +200,19 @@ class ColonyAgent:
         return "\n".join(text.splitlines()[-lines:])
 
     def _command(self) -> list[str]:
+        if self.join is not None:
+            return [
+                str(self.binary),
+                "agent",
+                "--node",
+                self.node,
+                "--http-addr",
+                f"{LOOPBACK}:{self.port}",
+                "--bind",
+                f"{LOOPBACK}:0",
+                "--retry-join" if self.retry_join else "--join",
+                self.join,
+            ]
         return [
             str(self.binary),
             "agent",
@@ -232,6 +265,33 @@ class ColonyAgent:
             f"(exit code {self.proc.poll() if self.proc else None}; last error: {last_error})\n"
             f"--- log tail ({self.log_path}) ---\n{self.log_tail()}"
         )
+
+    def start_serving(self, timeout_s: float = START_TIMEOUT_S) -> "ColonyAgent":
+        """Start and wait only until the HTTP API answers ``/v1/agent/self``
+        (for a client agent that has no server to name a leader)."""
+        self.port = free_port()
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts}: {' '.join(self._command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        session = self.http()
+        try:
+            wait_until(
+                lambda: _answers(session, self.url("/v1/agent/self")),
+                timeout_s,
+                message=lambda: f"agent {self.node} to serve HTTP\n{self.log_tail()}",
+            )
+        finally:
+            session.close()
+        self.client = consul.Consul(host=LOOPBACK, port=self.port)
+        return self
 
     def _wait_ready(self, timeout_s: float) -> tuple[bool, str]:
         deadline = time.monotonic() + timeout_s
@@ -293,6 +353,11 @@ class ColonyAgent:
             self.kill9()
 
     # -- small conveniences --------------------------------------------
+    def gossip_addr(self) -> str:
+        """This agent's gossip address, from its own member list."""
+        members = self.http().get(self.url("/v1/colony/members"), timeout=5).json()
+        return next(m["Addr"] for m in members["Members"] if m["Self"])
+
     def http(self) -> requests.Session:
         s = requests.Session()
         s.trust_env = False

@@ -5,8 +5,9 @@ Fixtures
 agent         module-scoped ``ColonyAgent`` shared by the tests of one module
               (tests use unique names so they do not interfere).
 fresh_agent   function-scoped ``ColonyAgent`` with its own data dir.
-agent_factory function-scoped factory: ``agent_factory(data_dir=None, node=None)``
-              returns a started ``ColonyAgent``; all are stopped at teardown.
+agent_factory function-scoped factory: ``agent_factory(data_dir=None, node=None,
+              join=None, retry_join=False)`` returns a started ``ColonyAgent`` (with ``join``, a
+              client agent joined to that gossip address); all are stopped at teardown.
               Use it for restart / crash tests (``agent.restart()``,
               ``agent.kill9(); agent.start()``).
 wait_until    the ``compat_helpers.wait_until`` function, as a fixture.
@@ -34,10 +35,16 @@ from compat_helpers import (
 )
 
 
-def _new_agent(tmp_root: Path, node: str | None = None, data_dir: Path | None = None) -> ColonyAgent:
+def _new_agent(
+    tmp_root: Path,
+    node: str | None = None,
+    data_dir: Path | None = None,
+    join: str | None = None,
+    retry_join: bool = False,
+) -> ColonyAgent:
     node = node or f"compat-{uuid.uuid4().hex[:6]}"
     data_dir = data_dir or (tmp_root / f"data-{node}")
-    return ColonyAgent(data_dir=data_dir, node=node, log_dir=tmp_root / "logs")
+    return ColonyAgent(data_dir=data_dir, node=node, log_dir=tmp_root / "logs", join=join, retry_join=retry_join)
 
 
 def _start_or_fail(a: ColonyAgent) -> ColonyAgent:
@@ -75,8 +82,14 @@ def fresh_agent(colony_binary, tmp_path):
 def agent_factory(colony_binary, tmp_path):
     created: list[ColonyAgent] = []
 
-    def make(data_dir: Path | None = None, node: str | None = None, start: bool = True) -> ColonyAgent:
-        a = _new_agent(tmp_path, node=node, data_dir=data_dir)
+    def make(
+        data_dir: Path | None = None,
+        node: str | None = None,
+        start: bool = True,
+        join: str | None = None,
+        retry_join: bool = False,
+    ) -> ColonyAgent:
+        a = _new_agent(tmp_path, node=node, data_dir=data_dir, join=join, retry_join=retry_join)
         created.append(a)
         if start:
             _start_or_fail(a)

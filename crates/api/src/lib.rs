@@ -15,6 +15,7 @@
 pub mod blocking;
 pub mod consul;
 pub mod error;
+pub mod forward;
 pub mod json;
 pub mod membership;
 pub mod query;

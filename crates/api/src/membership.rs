@@ -361,20 +361,46 @@ async fn keyring_remove(
     keyring_op(&st, KeyringOp::Remove, &body).await
 }
 
-/// Routes of a client agent (no server reachable): membership works, everything that needs
-/// the catalog or KV answers 503 like Consul's "No known Consul servers".
-pub fn client_router(state: MembershipState) -> Router {
+/// Routes of a client agent: membership is served here; `/v1/agent/self` describes this
+/// agent; everything else (catalog, health, KV, sessions, transactions, this node's services
+/// and checks) is forwarded to a server over its RPC port, and answers 503 "No known Consul
+/// servers" while none is known.
+pub fn client_router(
+    state: MembershipState,
+    forwarder: Arc<crate::forward::ClientForwarder>,
+) -> Router {
+    use crate::forward::ttl_update_handler as ttl;
+    let forwarded = Router::new()
+        .route("/v1/status/leader", get(crate::forward::status_handler))
+        .route("/v1/status/peers", get(crate::forward::status_handler))
+        .route("/v1/agent/check/pass/{id}", put(ttl).get(ttl))
+        .route("/v1/agent/check/warn/{id}", put(ttl).get(ttl))
+        .route("/v1/agent/check/fail/{id}", put(ttl).get(ttl))
+        .route("/v1/agent/check/update/{id}", put(ttl))
+        .fallback(crate::forward::forward_handler)
+        .with_state(forwarder);
     routes(state.clone())
-        .route("/v1/status/leader", get(|| async { axum::Json(json!("")) }))
-        .route("/v1/status/peers", get(|| async { axum::Json(json!([])) }))
         .route("/v1/agent/self", get(client_self).with_state(state))
-        .fallback(no_server)
+        .route(
+            "/v1/agent/metrics",
+            get(|| async {
+                ApiError {
+                    status: StatusCode::NOT_IMPLEMENTED,
+                    message: "client agents do not export metrics yet".into(),
+                }
+                .into_response()
+            }),
+        )
+        .merge(forwarded)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::REQUEST_BODY_BYTES_MAX,
+        ))
 }
 
 async fn client_self(State(st): State<MembershipState>) -> Response {
     let view = st.gossip.view();
     let Some(local) = view.local.as_ref() else {
-        return no_server().await;
+        return crate::forward::no_known_servers().into_response();
     };
     let body = json!({
         "Config": {
@@ -386,12 +412,4 @@ async fn client_self(State(st): State<MembershipState>) -> Response {
         "Member": member_json(local, &st.datacenter, view.leaving),
     });
     local_json(&body, &view_evidence(&local.name, crate::now_ms()))
-}
-
-async fn no_server() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        "No known Consul servers: this is a client agent and no server is reachable yet",
-    )
-        .into_response()
 }

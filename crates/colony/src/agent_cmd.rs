@@ -87,8 +87,8 @@ pub struct AgentArgs {
     /// it, --server runs a single-node store.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=9))]
     pub bootstrap_expect: Option<u64>,
-    /// Address of the internal RPC port (Raft and forwarded requests) of a replicated server;
-    /// default: the gossip bind IP, port 8300 (0 picks a free one).
+    /// Address of the internal RPC port (Raft and forwarded requests) of a server;
+    /// default: the gossip bind IP, port 8300 (a free port when --bind's port is 0).
     #[arg(long, value_name = "IP:PORT")]
     pub rpc_addr: Option<String>,
     /// Raft heartbeat interval of a replicated server.
@@ -111,13 +111,7 @@ fn cluster_config(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<Option<Cl
     if args.dev && expect > 1 {
         bail!("--dev is a single server; --bootstrap-expect {expect} needs --server");
     }
-    let (bind, advertise) = gossip_addresses(args, http_ip)?;
-    let rpc_addr = match &args.rpc_addr {
-        None => SocketAddr::new(bind.ip(), 8300),
-        Some(text) => text
-            .parse()
-            .with_context(|| format!("invalid --rpc-addr {text:?}: expected IP:PORT"))?,
-    };
+    let (rpc_addr, advertise) = rpc_address(args, http_ip)?;
     let ms = |text: &str, flag: &str| {
         colony_base::parse_go_duration_ms(text).with_context(|| format!("invalid --{flag}"))
     };
@@ -135,6 +129,20 @@ fn cluster_config(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<Option<Cl
         raft,
         dead_server_cleanup_ms: ms(&args.dead_server_cleanup, "dead-server-cleanup")?,
     }))
+}
+
+/// Where a server's RPC port listens, and the IP others reach it at: `--rpc-addr`, else the
+/// gossip bind IP with port 8300 (port 0, a free one, when the gossip port is 0 too, so that
+/// test agents on one host never collide).
+fn rpc_address(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<(SocketAddr, IpAddr)> {
+    let (bind, advertise) = gossip_addresses(args, http_ip)?;
+    let addr = match &args.rpc_addr {
+        None => SocketAddr::new(bind.ip(), if bind.port() == 0 { 0 } else { 8300 }),
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("invalid --rpc-addr {text:?}: expected IP:PORT"))?,
+    };
+    Ok((addr, advertise))
 }
 
 /// Where gossip binds and what it advertises.
@@ -220,17 +228,19 @@ async fn start_gossip(
         .context("invalid --retry-interval")?
         .max(100);
     let mut tags = std::collections::BTreeMap::new();
-    if let Some(agent) = server
-        && let (Some(id), Some(addr)) = (agent.raft_id(), agent.rpc_addr())
-    {
-        tags.insert(
-            colony_runtime::cluster::TAG_RAFT_ID.to_string(),
-            id.to_string(),
-        );
-        tags.insert(
-            colony_runtime::cluster::TAG_RPC_ADDR.to_string(),
-            addr.to_string(),
-        );
+    if let Some(agent) = server {
+        if let Some(id) = agent.raft_id() {
+            tags.insert(
+                colony_runtime::cluster::TAG_RAFT_ID.to_string(),
+                id.to_string(),
+            );
+        }
+        if let Some(addr) = agent.rpc_addr() {
+            tags.insert(
+                colony_runtime::cluster::TAG_RPC_ADDR.to_string(),
+                addr.to_string(),
+            );
+        }
     }
     let meta = Meta {
         role: if server.is_some() { "server" } else { "client" }.to_string(),
@@ -275,7 +285,8 @@ async fn start_gossip(
     Ok(gossip)
 }
 
-/// A client agent: membership and its endpoints; everything that needs a server answers 503.
+/// A client agent: membership and its endpoints; everything that needs a server is
+/// forwarded to one over its RPC port (503 while none is known).
 async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<ExitCode> {
     let node_name = args.node.clone().unwrap_or_else(hostname);
     let listener = tokio::net::TcpListener::bind(http_addr)
@@ -291,12 +302,28 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
     .await?;
     tracing::info!(node = %node_name, http = %http_addr, gossip = %gossip.local_addr(), "colony client agent running");
     let stop = Arc::new(tokio::sync::Notify::new());
-    let router = colony_api::membership::client_router(MembershipState {
-        gossip: gossip.clone(),
-        datacenter: args.datacenter.clone(),
-        server: false,
-        stop: stop.clone(),
-    });
+    let (_, advertise) = gossip_addresses(&args, http_addr.ip())?;
+    let link = Arc::new(colony_runtime::client_agent::ClientLink::new(
+        gossip.clone(),
+        colony_runtime::rpc::OriginNode {
+            name: node_name.clone(),
+            address: advertise.to_string(),
+        },
+    ));
+    let checks = colony_runtime::client_agent::ClientChecks::start(link.clone());
+    let forwarder = Arc::new(colony_api::forward::ClientForwarder::new(
+        link,
+        checks.clone(),
+    ));
+    let router = colony_api::membership::client_router(
+        MembershipState {
+            gossip: gossip.clone(),
+            datacenter: args.datacenter.clone(),
+            server: false,
+            stop: stop.clone(),
+        },
+        forwarder,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -308,6 +335,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         }
         () = stop.notified() => tracing::info!("left the cluster; shutting down"),
     }
+    checks.stop();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(ExitCode::SUCCESS)
@@ -391,6 +419,20 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
             return Err(error);
         }
     };
+    if agent.rpc_addr().is_none() {
+        // A single-node server opens its RPC port too, for client agents' requests.
+        let opened = match rpc_address(&args, advertise) {
+            Ok((addr, rpc_advertise)) => agent
+                .serve_rpc(addr, rpc_advertise)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = opened {
+            agent.shutdown();
+            return Err(error);
+        }
+    }
     let gossip = match start_gossip(
         &args,
         agent.node_name(),
@@ -447,6 +489,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         stop: stop.clone(),
     };
     let router = colony_api::router(agent.clone(), membership);
+    agent.set_http_forwarder(colony_api::forward::http_forwarder(router.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;

@@ -17,7 +17,7 @@ use colony_store::{
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// How an agent is set up.
@@ -107,7 +107,22 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     started_ms: u64,
     pub(crate) http_client: crate::checks::HttpClient,
+    /// The RPC port of a single-node server (replicated servers keep theirs in `consensus`).
+    standalone_rpc_addr: OnceLock<std::net::SocketAddr>,
+    /// Serves HTTP API requests that client agents forward (set once the API is built).
+    http_forwarder: OnceLock<HttpForwarder>,
 }
+
+/// Serves one forwarded HTTP API request: the API layer's router, handed to the agent so
+/// that its RPC port can answer client agents.
+pub type HttpForwarder = Arc<
+    dyn Fn(
+            crate::rpc::ForwardedHttp,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::rpc::HttpAnswer> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What both kinds of server share between the agent and its writer.
 struct Shared {
@@ -122,6 +137,23 @@ struct Shared {
 enum Consensus {
     Local(mpsc::Sender<Proposal>),
     Replicated(Box<Replicated>),
+}
+
+/// Binds an RPC listener; returns it with the address others reach it at.
+async fn bind_rpc(
+    addr: std::net::SocketAddr,
+    advertise: std::net::IpAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), StartError> {
+    let failed = |error: std::io::Error| StartError::RpcBind {
+        addr,
+        detail: error.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let mut local = listener.local_addr().map_err(failed)?;
+    if local.ip().is_unspecified() {
+        local.set_ip(advertise);
+    }
+    Ok((listener, local))
 }
 
 /// Wall-clock milliseconds since the Unix epoch. The runtime is the one place that reads it.
@@ -222,6 +254,8 @@ impl Agent {
             shutdown: watch::channel(false).0,
             started_ms: now,
             http_client: crate::checks::http_client(),
+            standalone_rpc_addr: OnceLock::new(),
+            http_forwarder: OnceLock::new(),
         }
     }
 
@@ -250,19 +284,7 @@ impl Agent {
             term = recovered.restored.hard_state.term,
             "raft storage opened"
         );
-        let listener = tokio::net::TcpListener::bind(cluster.rpc_addr)
-            .await
-            .map_err(|error| StartError::RpcBind {
-                addr: cluster.rpc_addr,
-                detail: error.to_string(),
-            })?;
-        let mut rpc_addr = listener.local_addr().map_err(|error| StartError::RpcBind {
-            addr: cluster.rpc_addr,
-            detail: error.to_string(),
-        })?;
-        if rpc_addr.ip().is_unspecified() {
-            rpc_addr.set_ip(cluster.rpc_advertise);
-        }
+        let (listener, rpc_addr) = bind_rpc(cluster.rpc_addr, cluster.rpc_advertise).await?;
         let metrics = Arc::new(Metrics::new());
         let now = wall_ms();
         let storage_mode = Arc::new(StorageMode::new(now));
@@ -340,9 +362,55 @@ impl Agent {
         Ok(agent)
     }
 
-    /// This server's RPC address, on a replicated server.
+    /// This server's RPC address: a replicated server's, or the one [`Agent::serve_rpc`]
+    /// opened on a single-node server.
     pub fn rpc_addr(&self) -> Option<std::net::SocketAddr> {
-        self.replicated().map(|r| r.rpc_addr)
+        self.replicated()
+            .map(|r| r.rpc_addr)
+            .or_else(|| self.standalone_rpc_addr.get().copied())
+    }
+
+    /// Opens the RPC port of a single-node server (a replicated server opens its own at
+    /// start), so that client agents can forward requests to it; returns the address
+    /// others reach it at (`advertise` replaces an unspecified IP).
+    ///
+    /// # Errors
+    /// [`StartError::RpcBind`] if the port cannot be bound.
+    pub async fn serve_rpc(
+        self: &Arc<Self>,
+        addr: std::net::SocketAddr,
+        advertise: std::net::IpAddr,
+    ) -> Result<std::net::SocketAddr, StartError> {
+        if let Some(existing) = self.rpc_addr() {
+            return Ok(existing);
+        }
+        let (listener, local) = bind_rpc(addr, advertise).await?;
+        let _ = self.standalone_rpc_addr.set(local);
+        tokio::spawn(crate::rpc::serve(
+            listener,
+            Arc::new(RpcEndpoint {
+                agent: Arc::downgrade(self),
+            }),
+        ));
+        Ok(local)
+    }
+
+    /// Hands the agent the API layer's handler for HTTP requests client agents forward.
+    pub fn set_http_forwarder(&self, forwarder: HttpForwarder) {
+        let _ = self.http_forwarder.set(forwarder);
+    }
+
+    /// Serves a forwarded HTTP request through the API layer.
+    pub(crate) async fn serve_forwarded_http(
+        &self,
+        request: crate::rpc::ForwardedHttp,
+    ) -> Result<crate::rpc::HttpAnswer, crate::raft_node::ClusterError> {
+        let forwarder = self.http_forwarder.get().cloned().ok_or_else(|| {
+            crate::raft_node::ClusterError::Unavailable(
+                "the server's HTTP API is not running yet".into(),
+            )
+        })?;
+        Ok(forwarder(request).await)
     }
 
     /// This server's Raft id, on a replicated server.
@@ -733,19 +801,22 @@ impl Agent {
     /// is not a TTL check.
     pub async fn update_ttl_check(
         &self,
+        node: &str,
         check_id: &str,
         status: HealthStatus,
         output: String,
     ) -> Result<(), AgentError> {
         let check = self
-            .read(|s| s.check(&self.config.node_name, check_id).cloned())
+            .read(|s| s.check(node, check_id).cloned())
             .ok_or_else(|| AgentError::NotFound(format!("unknown check ID {check_id:?}")))?;
         if check.definition.ttl_ms.is_none() {
             return Err(AgentError::Invalid(format!(
                 "check {check_id:?} is not a TTL check"
             )));
         }
-        self.checks.reset_ttl(check_id, wall_ms(), status);
+        if node == self.config.node_name {
+            self.checks.reset_ttl(check_id, wall_ms(), status);
+        }
         self.metrics
             .check_results
             .get_or_create(&crate::metrics::CheckLabels {
@@ -755,7 +826,7 @@ impl Agent {
             .inc();
         if check.status != status || check.output != output {
             let command = Command::CheckUpdate {
-                node: self.config.node_name.clone(),
+                node: node.to_string(),
                 check_id: check_id.to_string(),
                 status,
                 output,

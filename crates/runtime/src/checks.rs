@@ -4,6 +4,9 @@
 //!
 //! The runners follow the catalog: a reconciler watches the checks table and starts, restarts
 //! or stops runners so that exactly the checks of this node with a definition are running.
+//! The same runners serve a server agent (which reads its own store and proposes through
+//! Raft) and a client agent (which long-polls a server for its node's checks and sends
+//! results through it): both are a [`CheckHost`].
 
 use crate::agent::{Agent, wall_ms};
 use crate::metrics::CheckLabels;
@@ -46,6 +49,68 @@ struct RunningCheck {
     definition: CheckDefinition,
     task: JoinHandle<()>,
     shared: Arc<CheckShared>,
+}
+
+/// What check runners need from the agent they run in.
+pub(crate) trait CheckHost: Send + Sync + 'static {
+    /// The node whose checks run here.
+    fn node_name(&self) -> &str;
+    /// The running checks.
+    fn check_manager(&self) -> &CheckManager;
+    /// The client HTTP checks probe with.
+    fn http_client(&self) -> &HttpClient;
+    /// Draws from the agent's random generator (probe spreading).
+    fn with_rng<R>(&self, f: impl FnOnce(&mut colony_base::SplitMix64) -> R) -> R;
+    /// Counts one probe result.
+    fn count_result(&self, kind: &str, status: HealthStatus);
+    /// The check's status as the catalog holds it.
+    fn catalog_status(&self, check_id: &str) -> Option<HealthStatus>;
+    /// Writes a check result or deregistration; `Err` says why it was not written.
+    fn submit(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+impl CheckHost for Agent {
+    fn node_name(&self) -> &str {
+        Agent::node_name(self)
+    }
+
+    fn check_manager(&self) -> &CheckManager {
+        &self.checks
+    }
+
+    fn http_client(&self) -> &HttpClient {
+        &self.http_client
+    }
+
+    fn with_rng<R>(&self, f: impl FnOnce(&mut colony_base::SplitMix64) -> R) -> R {
+        Agent::with_rng(self, f)
+    }
+
+    fn count_result(&self, kind: &str, status: HealthStatus) {
+        self.metrics()
+            .check_results
+            .get_or_create(&CheckLabels {
+                kind: kind.to_string(),
+                status: status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    fn catalog_status(&self, check_id: &str) -> Option<HealthStatus> {
+        self.read(|s| s.check(Agent::node_name(self), check_id).map(|c| c.status))
+    }
+
+    async fn submit(&self, command: Command) -> Result<(), String> {
+        match self.propose(command).await {
+            Ok(applied) => crate::agent::outcome_to_result(applied.outcome)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
 }
 
 /// The set of running check tasks of this agent.
@@ -97,7 +162,9 @@ pub(crate) fn spawn_reconciler(agent: Arc<Agent>) {
         let mut shutdown = agent.shutdown_signal();
         loop {
             let mut changes = agent.subscribe(&Topic::Table(Table::Checks));
-            reconcile(&agent);
+            let node = agent.node_name().to_string();
+            let desired: Vec<Check> = agent.read(|s| s.node_checks(&node).cloned().collect());
+            reconcile(&agent, desired);
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = shutdown.changed() => return,
@@ -106,15 +173,19 @@ pub(crate) fn spawn_reconciler(agent: Arc<Agent>) {
     });
 }
 
-fn reconcile(agent: &Arc<Agent>) {
-    let node = agent.node_name().to_string();
-    let desired: HashMap<String, Check> = agent.read(|s| {
-        s.node_checks(&node)
-            .filter(|c| !c.definition.kind().is_empty())
-            .map(|c| (c.id.clone(), c.clone()))
-            .collect()
-    });
-    let mut running = agent.checks.running.lock().expect("checks lock poisoned");
+/// Starts, restarts or stops runners so that exactly the checks of `node_checks` that have a
+/// definition run, each with the definition it has there.
+pub(crate) fn reconcile<H: CheckHost>(host: &Arc<H>, node_checks: Vec<Check>) {
+    let desired: HashMap<String, Check> = node_checks
+        .into_iter()
+        .filter(|c| !c.definition.kind().is_empty())
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    let mut running = host
+        .check_manager()
+        .running
+        .lock()
+        .expect("checks lock poisoned");
     running.retain(|id, check| {
         let keep = desired
             .get(id)
@@ -142,7 +213,7 @@ fn reconcile(agent: &Arc<Agent>) {
             ttl_reset: Notify::new(),
             lifetime_ms,
         });
-        let task = tokio::spawn(run_check(agent.clone(), check.clone(), shared.clone()));
+        let task = tokio::spawn(run_check(host.clone(), check.clone(), shared.clone()));
         tracing::debug!(check = %id, kind = check.definition.kind(), "check runner started");
         running.insert(
             id,
@@ -155,7 +226,7 @@ fn reconcile(agent: &Arc<Agent>) {
     }
 }
 
-async fn run_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>) {
+async fn run_check<H: CheckHost>(agent: Arc<H>, check: Check, shared: Arc<CheckShared>) {
     if let Some(ttl_ms) = check.definition.ttl_ms {
         return run_ttl_check(agent, check, shared, ttl_ms).await;
     }
@@ -163,15 +234,8 @@ async fn run_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>) {
     let first = agent.with_rng(|rng| colony_health::first_run_delay_ms(interval_ms, rng));
     tokio::time::sleep(Duration::from_millis(first)).await;
     loop {
-        let (result, output) = probe(&agent, &check.definition).await;
-        agent
-            .metrics()
-            .check_results
-            .get_or_create(&CheckLabels {
-                kind: check.definition.kind().to_string(),
-                status: result.as_str().to_string(),
-            })
-            .inc();
+        let (result, output) = probe(agent.as_ref(), &check.definition).await;
+        agent.count_result(check.definition.kind(), result);
         let now = wall_ms();
         let changed = shared
             .tracker
@@ -189,7 +253,12 @@ async fn run_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>) {
     }
 }
 
-async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>, ttl_ms: u64) {
+async fn run_ttl_check<H: CheckHost>(
+    agent: Arc<H>,
+    check: Check,
+    shared: Arc<CheckShared>,
+    ttl_ms: u64,
+) {
     loop {
         let ttl = tokio::time::sleep(Duration::from_millis(ttl_ms));
         tokio::select! {
@@ -205,7 +274,7 @@ async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>
         // with this runner's start (applied before the runner was registered, so it never
         // reached the tracker) may have left the catalog passing while the tracker still
         // says critical. The catalog is what clients read, so it decides.
-        let catalog = agent.read(|s| s.check(agent.node_name(), &check.id).map(|c| c.status));
+        let catalog = agent.catalog_status(&check.id);
         if changed.is_some() || catalog.is_some_and(|status| status != HealthStatus::Critical) {
             tracing::info!(check = %check.id, "TTL expired");
             record_status(
@@ -244,7 +313,12 @@ async fn run_ttl_check(agent: Arc<Agent>, check: Check, shared: Arc<CheckShared>
     }
 }
 
-async fn record_status(agent: &Agent, check: &Check, status: HealthStatus, output: String) {
+async fn record_status<H: CheckHost>(
+    agent: &Arc<H>,
+    check: &Check,
+    status: HealthStatus,
+    output: String,
+) {
     tracing::info!(check = %check.id, status = status.as_str(), "check status changed");
     let command = Command::CheckUpdate {
         node: agent.node_name().to_string(),
@@ -252,13 +326,13 @@ async fn record_status(agent: &Agent, check: &Check, status: HealthStatus, outpu
         status,
         output,
     };
-    if let Err(error) = agent.propose(command).await {
+    if let Err(error) = agent.submit(command).await {
         tracing::warn!(check = %check.id, %error, "could not record check status");
     }
 }
 
-async fn deregister_if_critical_too_long(
-    agent: &Agent,
+async fn deregister_if_critical_too_long<H: CheckHost>(
+    agent: &Arc<H>,
     check: &Check,
     shared: &CheckShared,
 ) -> bool {
@@ -286,8 +360,8 @@ async fn deregister_if_critical_too_long(
         service_id: Some(check.service_id.clone()),
         check_id: None,
     };
-    match agent.propose(command).await {
-        Ok(_) => true,
+    match agent.submit(command).await {
+        Ok(()) => true,
         Err(error) => {
             tracing::warn!(%error, "could not deregister service");
             false
@@ -295,7 +369,7 @@ async fn deregister_if_critical_too_long(
     }
 }
 
-async fn probe(agent: &Agent, definition: &CheckDefinition) -> (HealthStatus, String) {
+async fn probe<H: CheckHost>(agent: &H, definition: &CheckDefinition) -> (HealthStatus, String) {
     let timeout = Duration::from_millis(
         definition
             .timeout_ms
@@ -324,8 +398,8 @@ async fn probe(agent: &Agent, definition: &CheckDefinition) -> (HealthStatus, St
     (HealthStatus::Critical, "check has no probe".to_string())
 }
 
-async fn probe_http(
-    agent: &Agent,
+async fn probe_http<H: CheckHost>(
+    agent: &H,
     definition: &CheckDefinition,
     url: &str,
     timeout: Duration,
@@ -350,7 +424,7 @@ async fn probe_http(
             );
         }
     };
-    let response = match tokio::time::timeout(timeout, agent.http_client.request(request)).await {
+    let response = match tokio::time::timeout(timeout, agent.http_client().request(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             let detail =

@@ -11,7 +11,7 @@ use crate::rpc::{
 use crate::writer::{Applied, Proposal, WriteError};
 use colony_base::Freshness;
 use colony_raft::ConfChange;
-use colony_store::Command;
+use colony_store::{Command, Table};
 use colony_swim::State;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +26,8 @@ pub const TAG_RAFT_ID: &str = "raft_id";
 pub const TAG_RPC_ADDR: &str = "rpc_addr";
 /// How long a write waits for a leader (and for its commit) before it fails.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client agent's poll for its checks waits for a change.
+const NODE_CHECKS_WAIT: Duration = Duration::from_secs(60);
 /// How often the leader's housekeeping runs at least.
 const LEADER_DUTY_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -196,6 +198,14 @@ impl Agent {
             RpcRequest::Membership => Ok(RpcResponse::Membership {
                 is_member: replicated.status().is_member,
             }),
+            // Client agents' requests are served by whichever server receives them, before
+            // any routing to the leader.
+            RpcRequest::Http(_) | RpcRequest::NodeChecks { .. } | RpcRequest::Submit(_) => {
+                Err(ClusterError::Invalid(
+                    "a client agent's request is not routed to the leader".into(),
+                )
+                .into())
+            }
         }
     }
 
@@ -424,6 +434,46 @@ impl Agent {
         replicated.ask(|reply| RaftInput::Transfer(id, reply)).await
     }
 
+    /// A client agent's checks once the checks table's index differs from `min_index`, or
+    /// after [`NODE_CHECKS_WAIT`] (a long poll, like a blocking query).
+    pub(crate) async fn node_checks_after(&self, node: &str, min_index: u64) -> RpcResponse {
+        let deadline = Instant::now() + NODE_CHECKS_WAIT;
+        let mut changes = self.subscribe(&crate::watch_hub::Topic::Table(Table::Checks));
+        loop {
+            let (index, checks) = self.read(|s| {
+                (
+                    s.table_index(Table::Checks),
+                    s.node_checks(node).cloned().collect::<Vec<_>>(),
+                )
+            });
+            let changed = tokio::time::timeout_at(deadline, changes.changed());
+            if index != min_index || !matches!(changed.await, Ok(Ok(()))) {
+                return RpcResponse::NodeChecks { index, checks };
+            }
+        }
+    }
+
+    /// Proposes what a client agent's check runners send: a check result or a
+    /// deregistration, nothing else.
+    pub(crate) async fn submit_for_client(
+        &self,
+        command: Command,
+    ) -> Result<RpcResponse, ClusterError> {
+        if !matches!(
+            command,
+            Command::CheckUpdate { .. } | Command::CatalogDeregister { .. }
+        ) {
+            return Err(ClusterError::Invalid(
+                "client agents submit only check updates and deregistrations".into(),
+            ));
+        }
+        let applied = self.propose(command).await.map_err(to_cluster_error)?;
+        Ok(RpcResponse::Applied {
+            index: applied.index,
+            outcome: applied.outcome,
+        })
+    }
+
     /// Renews a session through the leader, which measures TTLs.
     pub(crate) async fn renew_on_leader(
         &self,
@@ -514,6 +564,20 @@ impl RpcHandler for RpcEndpoint {
         request: RpcRequest,
     ) -> Result<RpcResponse, ClusterError> {
         let agent = self.agent.upgrade().ok_or_else(stopping)?;
+        // Any server, replicated or not, serves what client agents send.
+        let request = match request {
+            RpcRequest::Http(forwarded) => {
+                return agent
+                    .serve_forwarded_http(*forwarded)
+                    .await
+                    .map(|answer| RpcResponse::Http(Box::new(answer)));
+            }
+            RpcRequest::NodeChecks { node, min_index } => {
+                return Ok(agent.node_checks_after(&node, min_index).await);
+            }
+            RpcRequest::Submit(command) => return agent.submit_for_client(*command).await,
+            other => other,
+        };
         let replicated = agent
             .replicated()
             .ok_or_else(|| ClusterError::Unavailable("not a replicated server".into()))?;

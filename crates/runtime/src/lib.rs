@@ -22,6 +22,7 @@
 
 mod agent;
 mod checks;
+pub mod client_agent;
 pub mod cluster;
 pub mod gossip;
 pub mod keyring;
@@ -34,7 +35,9 @@ pub mod rpc;
 pub mod watch_hub;
 pub mod writer;
 
-pub use agent::{Agent, AgentConfig, AgentError, StartError, outcome_to_result, wall_ms};
+pub use agent::{
+    Agent, AgentConfig, AgentError, HttpForwarder, StartError, outcome_to_result, wall_ms,
+};
 pub use checks::{CHECK_OUTPUT_BYTES_MAX, CHECK_TIMEOUT_MS_DEFAULT};
 pub use cluster::{ClusterConfig, ReadBasis, ReadConsistency};
 pub use raft_node::{ClusterError, RaftStatus};

@@ -25,10 +25,11 @@ pub fn spawn(agent: Arc<Agent>, gossip: Arc<Gossip>) {
             let event = tokio::select! {
                 event = events.recv() => event,
                 _ = tick.tick() => {
-                    // A replicated leader also compares the whole membership with the catalog:
-                    // at once when it takes over (events seen while another server led, or
-                    // during the election, were not mirrored), then periodically.
-                    let is_leader = agent.raft_status().is_some_and(|s| s.is_leader);
+                    // The leader (or a single-node server) also compares the whole membership
+                    // with the catalog: at once when it takes over (events seen while another
+                    // server led, during the election, or before this task subscribed, as when
+                    // `--join` ran at start-up, were not mirrored), then periodically.
+                    let is_leader = agent.raft_status().is_none_or(|s| s.is_leader);
                     if is_leader {
                         reconcile_all(&agent, &gossip, !was_leader).await;
                     }
@@ -62,7 +63,7 @@ const FULL_RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// leader).
 async fn reconcile_all(agent: &Agent, gossip: &Gossip, took_over: bool) {
     let view = gossip.view();
-    if took_over {
+    if took_over && agent.raft_status().is_some() {
         tracing::info!(
             members = view.members.len(),
             "leader: reconciling membership into the catalog"

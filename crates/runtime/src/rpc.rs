@@ -1,6 +1,6 @@
 //! The internal RPC port of a server (`--rpc-addr`, Consul's 8300): Raft messages between
-//! servers, and requests other servers forward to the leader (writes, read barriers,
-//! session renewals).
+//! servers, requests other servers forward to the leader (writes, read barriers, session
+//! renewals), and the HTTP API requests client agents forward to a server.
 //!
 //! Every frame is a `u32` little-endian length, then a version byte and the postcard encoding
 //! of an [`RpcFrame`]. A connection carries one of two conversations, chosen by its first
@@ -60,6 +60,56 @@ pub enum RpcRequest {
     RenewSession(String),
     /// Whether the receiver is already part of a cluster (asked before bootstrapping).
     Membership,
+    /// An HTTP API request a client agent forwards; any server serves it.
+    Http(Box<ForwardedHttp>),
+    /// A client agent's checks: answered once the checks table's index differs from
+    /// `min_index` (or after a minute), by any server, from its own state.
+    NodeChecks {
+        /// The client's node.
+        node: String,
+        /// The index the client last saw (0 at first).
+        min_index: u64,
+    },
+    /// A check result or a deregistration from a client agent's check runners; any server
+    /// proposes it (only `CheckUpdate` and `CatalogDeregister` are accepted).
+    Submit(Box<Command>),
+}
+
+/// An HTTP API request forwarded by a client agent, served by the receiving server as if
+/// it had arrived on its own HTTP port, except that agent endpoints act for `origin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedHttp {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Request headers (hop-by-hop headers removed).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// The client agent the request came through.
+    pub origin: OriginNode,
+}
+
+/// The client agent a forwarded request came through: `/v1/agent/*` endpoints act on its
+/// node, as they would on that agent in Consul.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginNode {
+    /// Node name.
+    pub name: String,
+    /// The address it advertises.
+    pub address: String,
+}
+
+/// A server's answer to a [`ForwardedHttp`] request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Response body.
+    pub body: Vec<u8>,
 }
 
 /// The answer to an [`RpcRequest`].
@@ -80,6 +130,15 @@ pub enum RpcResponse {
     Membership {
         /// See the variant.
         is_member: bool,
+    },
+    /// The answer to a forwarded HTTP request.
+    Http(Box<HttpAnswer>),
+    /// A node's checks (with their definitions) and the checks table's index.
+    NodeChecks {
+        /// The checks table's index.
+        index: u64,
+        /// The checks.
+        checks: Vec<colony_store::Check>,
     },
 }
 
@@ -425,7 +484,7 @@ struct Connection {
     waiters: Waiters,
 }
 
-/// Sends requests to other servers over pooled connections (one per address).
+/// Sends requests to servers over pooled connections (one per address).
 #[derive(Default)]
 pub struct RpcClient {
     connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,

@@ -4,6 +4,7 @@ use super::types::{AgentServiceJson, CheckRequest, CheckUpdateRequest, ServiceRe
 use super::{check_json, propose_done};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::forward::{acting_node, acting_node_record};
 use crate::json::decode;
 use crate::query::Query;
 use crate::respond::{StoreAnswer, local_json};
@@ -82,9 +83,10 @@ pub(crate) async fn services(
     let dc = agent.config().datacenter.clone();
     let blocking = Query::parse(raw.as_deref()).blocking()?;
     let topics = [Topic::Table(Table::Services)];
+    let node = acting_node(agent);
     let (services, index) = crate::blocking::run(agent, blocking, &topics, |s| {
         let services: BTreeMap<String, AgentServiceJson> = s
-            .node_services(agent.node_name())
+            .node_services(&node)
             .map(|svc| {
                 (
                     svc.id.clone(),
@@ -105,9 +107,10 @@ pub(crate) async fn service(
 ) -> ApiResult<Response> {
     let agent = &app.agent;
     let dc = agent.config().datacenter.clone();
+    let node = acting_node(agent);
     let service = agent
         .read(|s| {
-            s.service(agent.node_name(), &id)
+            s.service(&node, &id)
                 .map(|svc| AgentServiceJson::from_service(svc, &dc, false))
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown service ID: {id}")))?;
@@ -124,9 +127,10 @@ pub(crate) async fn checks(
     let agent = &app.agent;
     let blocking = Query::parse(raw.as_deref()).blocking()?;
     let topics = [Topic::Table(Table::Checks)];
+    let node = acting_node(agent);
     let (checks, index) = crate::blocking::run(agent, blocking, &topics, |s| {
         let checks: BTreeMap<String, _> = s
-            .node_checks(agent.node_name())
+            .node_checks(&node)
             .map(|c| (c.id.clone(), check_json(agent, c)))
             .collect();
         (checks, s.max_table_index(&[Table::Checks]))
@@ -174,7 +178,7 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
         return Err(ApiError::bad_request("Passing must be greater than 0"));
     }
     let service = Service {
-        node: agent.node_name().to_string(),
+        node: acting_node(agent),
         id: id.clone(),
         name: name.clone(),
         tags: request.tags.unwrap_or_default(),
@@ -201,9 +205,7 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
         built.service_id = id.clone();
         checks.push(built);
     }
-    let node = agent
-        .read(|s| s.node(agent.node_name()).cloned())
-        .ok_or_else(|| ApiError::internal("this agent's node is not registered"))?;
+    let node = acting_node_record(agent)?;
     Ok(CatalogRegistration {
         node,
         service: Some(service),
@@ -332,13 +334,14 @@ pub(crate) async fn deregister_service(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let agent = &app.agent;
-    if agent.read(|s| s.service(agent.node_name(), &id).is_none()) {
+    let node = acting_node(agent);
+    if agent.read(|s| s.service(&node, &id).is_none()) {
         return Err(ApiError::not_found(format!(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
         )));
     }
     let command = Command::CatalogDeregister {
-        node: agent.node_name().to_string(),
+        node,
         service_id: Some(id),
         check_id: None,
     };
@@ -358,17 +361,16 @@ pub(crate) async fn register_check(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("Missing check name"))?;
     let check = build_check(request, name.clone(), name, agent.now_ms())?;
+    let node_name = acting_node(agent);
     if !check.service_id.is_empty()
-        && agent.read(|s| s.service(agent.node_name(), &check.service_id).is_none())
+        && agent.read(|s| s.service(&node_name, &check.service_id).is_none())
     {
         return Err(ApiError::bad_request(format!(
             "ServiceID {:?} does not exist",
             check.service_id
         )));
     }
-    let node = agent
-        .read(|s| s.node(agent.node_name()).cloned())
-        .ok_or_else(|| ApiError::internal("this agent's node is not registered"))?;
+    let node = acting_node_record(agent)?;
     let registration = CatalogRegistration {
         node,
         service: None,
@@ -384,11 +386,12 @@ pub(crate) async fn deregister_check(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let agent = &app.agent;
-    if agent.read(|s| s.check(agent.node_name(), &id).is_none()) {
+    let node = acting_node(agent);
+    if agent.read(|s| s.check(&node, &id).is_none()) {
         return Err(ApiError::not_found(format!("Unknown check ID {id:?}")));
     }
     let command = Command::CatalogDeregister {
-        node: agent.node_name().to_string(),
+        node,
         service_id: None,
         check_id: Some(id),
     };
@@ -428,7 +431,9 @@ async fn ttl_update(
 ) -> ApiResult<Response> {
     let query = Query::parse(raw.as_deref());
     let output = query.get("note").unwrap_or_default().to_string();
-    app.agent.update_ttl_check(id, status, output).await?;
+    app.agent
+        .update_ttl_check(&acting_node(&app.agent), id, status, output)
+        .await?;
     Ok(ok_empty(&app.agent))
 }
 
@@ -452,7 +457,9 @@ pub(crate) async fn check_update(
         }
         output.truncate(cut);
     }
-    app.agent.update_ttl_check(&id, status, output).await?;
+    app.agent
+        .update_ttl_check(&acting_node(&app.agent), &id, status, output)
+        .await?;
     Ok(ok_empty(&app.agent))
 }
 
@@ -519,7 +526,7 @@ pub(crate) async fn service_maintenance(
     let query = Query::parse(raw.as_deref());
     let agent = &app.agent;
     let enable = maintenance_flag(&query)?;
-    if agent.read(|s| s.service(agent.node_name(), &id).is_none()) {
+    if agent.read(|s| s.service(&acting_node(agent), &id).is_none()) {
         return Err(ApiError::not_found(format!("Unknown service ID {id:?}")));
     }
     let reason = query.get("reason").filter(|r| !r.is_empty()).map_or_else(
@@ -537,12 +544,10 @@ pub(crate) async fn service_maintenance(
 }
 
 async fn toggle_maintenance(agent: &Agent, enable: bool, mut check: Check) -> ApiResult<Response> {
-    let node = agent.node_name().to_string();
+    let node = acting_node(agent);
     let exists = agent.read(|s| s.check(&node, &check.id).is_some());
     if enable && !exists {
-        let node_record = agent
-            .read(|s| s.node(&node).cloned())
-            .ok_or_else(|| ApiError::internal("this agent's node is not registered"))?;
+        let node_record = acting_node_record(agent)?;
         check.node = node;
         let registration = CatalogRegistration {
             node: node_record,

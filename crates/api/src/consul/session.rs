@@ -75,7 +75,7 @@ pub(crate) async fn create(
         node: request
             .node
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| agent.node_name().to_string()),
+            .unwrap_or_else(|| crate::forward::acting_node(agent)),
         node_checks,
         service_checks: request
             .service_checks

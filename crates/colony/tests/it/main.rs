@@ -9,6 +9,7 @@ mod etcd_bad_input;
 mod etcd_watch;
 mod etcdctl;
 mod faults;
+mod forwarding;
 mod health;
 mod membership;
 mod replication;

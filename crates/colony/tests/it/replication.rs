@@ -441,3 +441,70 @@ fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another(
         assert_eq!(out.trim(), format!("v{i}"));
     }
 }
+
+#[test]
+fn replication_client_agent_forwards_to_the_servers_and_moves_on_when_one_dies() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = crate::support::Agent::start_client(
+        "c1",
+        &["--join", &cluster.servers[0].gossip.to_string()],
+    );
+    wait_until(
+        "the client knows the leader",
+        Duration::from_secs(10),
+        || client.get("/v1/status/leader").json() != "",
+    );
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    assert_eq!(
+        client.get("/v1/status/leader").json(),
+        cluster.servers[leader].rpc.to_string()
+    );
+    assert_eq!(
+        client
+            .get("/v1/status/peers")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    // Writes through the client reach every server; consistent reads through it see them.
+    let put = client.put("/v1/kv/via/client", b"one");
+    assert_eq!(put.status, 200, "{}", put.text());
+    for server in &cluster.servers {
+        assert_eq!(
+            server.get_text("/v1/kv/via/client?raw&consistent"),
+            Some((200, "one".to_string()))
+        );
+    }
+    // Kill the server the client forwards to: the next request goes to another one.
+    let served_by = client
+        .get("/v1/kv/via/client?consistent")
+        .header("x-colony-forwarded-to")
+        .expect("forwarded")
+        .to_string();
+    let victim = cluster
+        .servers
+        .iter()
+        .position(|s| s.name == served_by)
+        .unwrap_or_else(|| panic!("{served_by} is not a server"));
+    cluster.servers[victim].kill();
+    let killed = Instant::now();
+    let mut answer = client.put("/v1/kv/via/client", b"two");
+    while answer.status != 200 && killed.elapsed() < 4 * ELECTION_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+        answer = client.put("/v1/kv/via/client", b"two");
+    }
+    assert_eq!(
+        answer.status,
+        200,
+        "{}\n{}",
+        answer.text(),
+        cluster.dump_logs()
+    );
+    let read = client.get("/v1/kv/via/client?raw&consistent");
+    assert_eq!(read.text(), "two");
+    assert_ne!(
+        read.header("x-colony-forwarded-to"),
+        Some(served_by.as_str())
+    );
+}
