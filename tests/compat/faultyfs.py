@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""A passthrough FUSE filesystem whose fsync can be made to fail, to test what the agent does
-when the disk stops persisting data.
+"""A passthrough FUSE filesystem whose fsync can be made to fail or to be slow, to test what
+the agent does when the disk stops persisting data or turns into a gray failure.
 
     faultyfs.py BACKING_DIR MOUNTPOINT
 
 Every operation passes through to BACKING_DIR. While the file BACKING_DIR/.fail-fsync exists
 (created through the backing dir, not the mount), fsync and fdatasync answer EIO, as a dying
-disk does; writes still reach the page cache, which is exactly the dangerous case.
+disk does; writes still reach the page cache, which is exactly the dangerous case. While
+BACKING_DIR/.slow-fsync exists, every fsync first sleeps for the number of milliseconds it
+contains (100 if it is empty), as a disk with a failing controller does.
 """
 import errno
 import os
 import sys
+import time
 
 from fuse import FUSE, FuseOSError, Operations
 
@@ -24,6 +27,14 @@ class FaultyFs(Operations):
 
     def _failing(self):
         return os.path.exists(os.path.join(self.root, ".fail-fsync"))
+
+    def _slow_seconds(self):
+        try:
+            with open(os.path.join(self.root, ".slow-fsync")) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return 0.0
+        return (int(text) if text else 100) / 1000.0
 
     def access(self, path, mode):
         if not os.access(self._full(path), mode):
@@ -87,6 +98,9 @@ class FaultyFs(Operations):
     def fsync(self, path, datasync, fh):
         if self._failing():
             raise FuseOSError(errno.EIO)
+        delay = self._slow_seconds()
+        if delay > 0:
+            time.sleep(delay)
         return os.fdatasync(fh) if datasync else os.fsync(fh)
 
 

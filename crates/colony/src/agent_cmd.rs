@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use colony_api::membership::MembershipState;
+use colony_modes::slow_disk::SlowDiskPolicy;
 use colony_runtime::gossip::{Gossip, GossipConfig};
 use colony_runtime::keyring::{Keyring, load_keyring, parse_key, save_keyring};
 use colony_runtime::{Agent, AgentConfig, ClusterConfig};
@@ -101,6 +102,11 @@ pub struct AgentArgs {
     /// rest keep a quorum (Consul's autopilot dead-server cleanup).
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub dead_server_cleanup: String,
+    /// A server whose fsync p99 stays this many times the other servers' median (and 20 ms
+    /// above it) for 3 s marks its storage Degraded and, if it leads, hands leadership to the server
+    /// with the fastest disk. 0 turns the comparison off.
+    #[arg(long, default_value_t = 3.0, value_name = "FACTOR")]
+    pub slow_disk_factor: f64,
 }
 
 /// The replication settings, or `None` for a single-node server.
@@ -128,7 +134,19 @@ fn cluster_config(args: &AgentArgs, http_ip: IpAddr) -> anyhow::Result<Option<Cl
         bootstrap_expect: expect as usize,
         raft,
         dead_server_cleanup_ms: ms(&args.dead_server_cleanup, "dead-server-cleanup")?,
+        slow_disk: slow_disk_policy(args.slow_disk_factor)?,
     }))
+}
+
+/// The slow-disk comparison with `--slow-disk-factor` (must be 0, to turn it off, or > 1).
+fn slow_disk_policy(factor: f64) -> anyhow::Result<SlowDiskPolicy> {
+    if !factor.is_finite() || factor < 0.0 || (factor > 0.0 && factor <= 1.0) {
+        bail!("--slow-disk-factor must be 0 (off) or greater than 1, not {factor}");
+    }
+    Ok(SlowDiskPolicy {
+        factor,
+        ..SlowDiskPolicy::default()
+    })
 }
 
 /// Where a server's RPC port listens, and the IP others reach it at: `--rpc-addr`, else the
@@ -518,6 +536,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     {
         tracing::debug!("closing connections still open after 2s");
     }
+    agent.stop_replication().await;
     Ok(exit)
 }
 

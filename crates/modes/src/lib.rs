@@ -14,6 +14,8 @@
 
 use serde::Serialize;
 
+pub mod slow_disk;
+
 /// The four modes of a subsystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

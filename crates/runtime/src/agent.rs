@@ -5,7 +5,7 @@ use crate::checks::CheckManager;
 use crate::cluster::{ClusterConfig, Replicated, RpcEndpoint, raft_id_from_node_id};
 use crate::log_store::{LogStore, OpenError};
 use crate::metrics::Metrics;
-use crate::raft_node::{RaftNode, RaftStatus};
+use crate::raft_node::{RaftInput, RaftNode, RaftStatus};
 use crate::raft_storage::{RAFT_DIR_NAME, RaftStorage};
 use crate::rpc::{Peers, RpcClient, ServerDirectory};
 use crate::watch_hub::{Topic, WatchHub};
@@ -295,6 +295,7 @@ impl Agent {
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(RaftStatus::default());
         let directory = Arc::new(ServerDirectory::default());
+        let fsync = Arc::new(crate::disk_watch::FsyncLatencies::new());
         let node = RaftNode {
             id: raft_id,
             config: cluster.raft.clone(),
@@ -309,9 +310,10 @@ impl Agent {
             fatal: fatal_tx,
             snapshot_every_entries: config.snapshot_every_entries,
             wall_ms,
+            fsync: fsync.clone(),
         };
         let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
+        let raft_thread = std::thread::Builder::new()
             .name("colony-raft".into())
             .spawn(move || node.run(handle, inputs_rx))
             .expect("spawning the raft thread");
@@ -323,6 +325,8 @@ impl Agent {
             raft_id,
             rpc_addr,
             config: cluster,
+            fsync,
+            raft_thread: std::sync::Mutex::new(Some(raft_thread)),
         };
         let agent = Arc::new(Agent::assemble(
             config,
@@ -603,6 +607,34 @@ impl Agent {
         self.shutdown.send_replace(true);
         self.checks.stop_all();
         self.sessions_changed.notify_one();
+    }
+
+    /// On a replicated server, stops the raft thread and waits (up to 5 s) for it to
+    /// finish, so that it never outlives the tokio runtime it takes timers from. Call it
+    /// last, before the runtime is dropped.
+    pub async fn stop_replication(&self) {
+        let Some(replicated) = self.replicated() else {
+            return;
+        };
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            replicated.inputs.send(RaftInput::Stop),
+        )
+        .await;
+        let thread = replicated
+            .raft_thread
+            .lock()
+            .expect("raft thread lock poisoned")
+            .take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the raft thread did not stop within 5s");
+            }
+        }
     }
 
     /// A receiver that turns true when the agent shuts down.

@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     /// A server that membership says has failed for this long is removed from the voters,
     /// if the remaining voters keep a quorum (Consul's autopilot dead-server cleanup).
     pub dead_server_cleanup_ms: u64,
+    /// When this server's disk counts as slow against the others' (leadership moves away
+    /// and storage turns Degraded); a factor of 0 or less turns the comparison off.
+    pub slow_disk: colony_modes::slow_disk::SlowDiskPolicy,
 }
 
 /// How fresh a read must be, as Consul's query parameters say.
@@ -95,6 +98,10 @@ pub(crate) struct Replicated {
     pub(crate) raft_id: u64,
     pub(crate) rpc_addr: SocketAddr,
     pub(crate) config: ClusterConfig,
+    /// This server's recent fsync latencies (recorded by the raft thread).
+    pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
+    /// The raft thread, joined at shutdown ([`Agent::stop_replication`]).
+    pub(crate) raft_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A stable Raft id for a node, from its persistent UUID.
@@ -128,7 +135,7 @@ fn to_cluster_error(error: WriteError) -> ClusterError {
 }
 
 impl Replicated {
-    fn status(&self) -> RaftStatus {
+    pub(crate) fn status(&self) -> RaftStatus {
         self.status.borrow().clone()
     }
 
@@ -152,7 +159,7 @@ impl Replicated {
     }
 
     /// Hands the Raft node an input that answers through `reply`, and waits for the answer.
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         input: impl FnOnce(oneshot::Sender<Result<T, ClusterError>>) -> RaftInput,
     ) -> Result<T, ClusterError> {
@@ -198,6 +205,13 @@ impl Agent {
             RpcRequest::Membership => Ok(RpcResponse::Membership {
                 is_member: replicated.status().is_member,
             }),
+            RpcRequest::DiskStats => {
+                let summary = replicated.fsync.summary();
+                Ok(RpcResponse::DiskStats {
+                    samples: summary.samples,
+                    p99_us: summary.p99_us,
+                })
+            }
             // Client agents' requests are served by whichever server receives them, before
             // any routing to the leader.
             RpcRequest::Http(_) | RpcRequest::NodeChecks { .. } | RpcRequest::Submit(_) => {
@@ -582,8 +596,9 @@ impl RpcHandler for RpcEndpoint {
             .replicated()
             .ok_or_else(|| ClusterError::Unavailable("not a replicated server".into()))?;
         let status = replicated.status();
-        // Anyone may ask whether this server is a member; the rest is the leader's work.
-        if !status.is_leader && !matches!(request, RpcRequest::Membership) {
+        // Anyone may ask whether this server is a member and how its disk is doing; the
+        // rest is the leader's work.
+        if !status.is_leader && !matches!(request, RpcRequest::Membership | RpcRequest::DiskStats) {
             return Err(ClusterError::NotLeader {
                 leader: status.leader,
             });
@@ -602,6 +617,9 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
     let Some(replicated) = agent.replicated() else {
         return;
     };
+    if replicated.config.slow_disk.factor > 0.0 {
+        crate::disk_watch::spawn_disk_watch(agent.clone(), replicated.config.slow_disk);
+    }
     let raft_id = replicated.raft_id;
     let bootstrap_expect = replicated.config.bootstrap_expect;
     let cleanup_ms = replicated.config.dead_server_cleanup_ms;

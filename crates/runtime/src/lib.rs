@@ -24,6 +24,7 @@ mod agent;
 mod checks;
 pub mod client_agent;
 pub mod cluster;
+mod disk_watch;
 pub mod gossip;
 pub mod keyring;
 pub mod log_store;

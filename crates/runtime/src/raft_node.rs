@@ -43,6 +43,9 @@ pub(crate) enum RaftInput {
     /// Server `id`'s stream closed and its RPC port refuses connections: if it leads, elect
     /// another leader now rather than after an election timeout.
     PeerDown(u64),
+    /// The agent is shutting down: return from the raft thread (while the runtime it
+    /// borrows timers from still runs).
+    Stop,
 }
 
 /// Why a cluster operation was not done. Nothing changed unless the variant says so.
@@ -111,6 +114,7 @@ pub(crate) struct RaftNode {
     pub(crate) fatal: watch::Sender<Option<String>>,
     pub(crate) snapshot_every_entries: u64,
     pub(crate) wall_ms: fn() -> u64,
+    pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
 }
 
 struct Pending {
@@ -129,6 +133,7 @@ struct Driver {
     fatal: watch::Sender<Option<String>>,
     snapshot_every_entries: u64,
     wall_ms: fn() -> u64,
+    fsync: Arc<crate::disk_watch::FsyncLatencies>,
     started: Instant,
     config: Config,
     seed: u64,
@@ -156,6 +161,7 @@ impl RaftNode {
             fatal: self.fatal,
             snapshot_every_entries: self.snapshot_every_entries,
             wall_ms: self.wall_ms,
+            fsync: self.fsync,
             started: Instant::now(),
             config: self.config,
             seed: self.seed,
@@ -181,9 +187,13 @@ impl RaftNode {
                 Err(_) => None,
             };
             if let Some(input) = first {
+                if matches!(input, RaftInput::Stop) {
+                    return;
+                }
                 driver.handle(input);
                 for _ in 1..INPUTS_PER_ROUND_MAX {
                     match rx.try_recv() {
+                        Ok(RaftInput::Stop) => return,
                         Ok(input) => driver.handle(input),
                         Err(_) => break,
                     }
@@ -258,6 +268,7 @@ impl Driver {
                         .map_err(request_error),
                 );
             }
+            RaftInput::Stop => {}
             RaftInput::PeerDown(id) => {
                 if self.raft.leader() == Some(id) {
                     tracing::info!(
@@ -333,9 +344,9 @@ impl Driver {
                 return Err(());
             }
             if !ready.entries.is_empty() {
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                let took = started.elapsed();
+                self.fsync.record(took);
+                self.metrics.commit_seconds.observe(took.as_secs_f64());
                 self.metrics
                     .commit_batch_entries
                     .observe(ready.entries.len() as f64);

@@ -60,6 +60,8 @@ pub enum RpcRequest {
     RenewSession(String),
     /// Whether the receiver is already part of a cluster (asked before bootstrapping).
     Membership,
+    /// How the receiver's disk is doing: its recent fsync latencies (any server answers).
+    DiskStats,
     /// An HTTP API request a client agent forwards; any server serves it.
     Http(Box<ForwardedHttp>),
     /// A client agent's checks: answered once the checks table's index differs from
@@ -130,6 +132,13 @@ pub enum RpcResponse {
     Membership {
         /// See the variant.
         is_member: bool,
+    },
+    /// The receiver's recent fsync latencies.
+    DiskStats {
+        /// Samples in its window.
+        samples: u32,
+        /// Their 99th percentile, in microseconds.
+        p99_us: u64,
     },
     /// The answer to a forwarded HTTP request.
     Http(Box<HttpAnswer>),

@@ -77,7 +77,7 @@ impl StorageMode {
         self.reason.lock().expect("mode lock poisoned").clone()
     }
 
-    fn signal(&self, metrics: &Metrics, now_ms: u64, signal: Signal, reason: &str) {
+    pub(crate) fn signal(&self, metrics: &Metrics, now_ms: u64, signal: Signal, reason: &str) {
         let transition = self
             .machine
             .lock()
