@@ -1,6 +1,8 @@
 //! Where the fault tests' servers run: each in its own network namespace on a bridge the test
-//! builds (partitions by nftables inside the hosts' namespaces), or, where namespaces cannot be
-//! made, on loopback with process faults only, said loudly.
+//! builds (partitions by nftables inside the hosts' namespaces), or on `linkemu.py`, a
+//! userspace switch that also delays, jitters, duplicates and drops frames per link (this
+//! kernel has no `tc netem`), or, where namespaces cannot be made, on loopback with process
+//! faults only, said loudly.
 //!
 //! Nothing is added to the root namespace: the servers and the workload's client host live in
 //! namespaces named `<prefix>-h<i>`, joined by a bridge in `<prefix>-sw`; the workload's threads
@@ -8,9 +10,11 @@
 
 use crate::support::free_addr;
 use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
 
 /// The nftables table the fault rules live in, inside a host's namespace.
 const FAULT_TABLE: &str = "colony_fault";
@@ -31,13 +35,21 @@ pub struct ServerAddrs {
     pub grpc: SocketAddr,
 }
 
-/// The test bed: namespaces with a bridge, or loopback.
+/// The running `linkemu.py`: rules go to its stdin, one JSON object per line.
+pub struct Emulator {
+    child: Child,
+    rules: ChildStdin,
+}
+
+/// The test bed: namespaces with a bridge or the link emulator, or loopback.
 pub enum Bed {
-    /// Servers in namespaces `<prefix>-h1..=n`, the client in `<prefix>-h100`.
+    /// Servers in namespaces `<prefix>-h1..=n`, the client in `<prefix>-h100`; joined by a
+    /// bridge, or by the link emulator when there is one.
     Netns {
         prefix: String,
         subnet: u8,
         n: usize,
+        emulator: Option<Mutex<Emulator>>,
     },
     /// Servers on loopback ports; no network faults possible.
     Loopback { addrs: Vec<ServerAddrs> },
@@ -46,19 +58,12 @@ pub enum Bed {
 impl Bed {
     /// Builds a namespace bed for `n` servers on `10.<subnet>.0.0/24`, or explains why it cannot.
     pub fn netns(prefix: &str, subnet: u8, n: usize) -> Result<Bed, String> {
-        if !is_root() {
-            return Err("not running as root".into());
-        }
-        if !tool_exists("ip") {
-            return Err("`ip` (iproute2) is not installed".into());
-        }
-        if !tool_exists("nft") {
-            return Err("`nft` (nftables) is not installed".into());
-        }
+        check_netns_tools()?;
         let bed = Bed::Netns {
             prefix: prefix.to_string(),
             subnet,
             n,
+            emulator: None,
         };
         bed.remove_namespaces();
         let sw = format!("{prefix}-sw");
@@ -87,6 +92,82 @@ impl Bed {
             run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         }
         Ok(bed)
+    }
+
+    /// Builds a namespace bed for `n` servers joined by `linkemu.py` (seeded by `seed`), so
+    /// that links can also be delayed, jittered and duplicated ([`Bed::degrade_links`]).
+    pub fn netns_emulated(prefix: &str, subnet: u8, n: usize, seed: u64) -> Result<Bed, String> {
+        check_netns_tools()?;
+        if !tool_exists("python3") {
+            return Err("`python3` is not installed (it runs the link emulator)".into());
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Err("/dev/net/tun is missing (the link emulator needs TAP devices)".into());
+        }
+        let mut bed = Bed::Netns {
+            prefix: prefix.to_string(),
+            subnet,
+            n,
+            emulator: None,
+        };
+        bed.remove_namespaces();
+        let hosts: Vec<String> = (1..=n as u8)
+            .chain([CLIENT_HOST])
+            .map(|h| h.to_string())
+            .collect();
+        for ns in std::iter::once("sw".to_string()).chain(hosts.iter().map(|h| format!("h{h}"))) {
+            run("ip", &["netns", "add", &format!("{prefix}-{ns}")])?;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/faults/linkemu.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &format!("{prefix}-sw"), "python3", script])
+            .args(["--prefix", prefix, "--subnet", &subnet.to_string()])
+            .args(["--hosts", &hosts.join(","), "--seed", &seed.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {script}: {e}"))?;
+        let rules = child.stdin.take().expect("piped stdin");
+        let mut ready = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = BufReader::new(stdout).read_line(&mut ready);
+        let emulator = Emulator { child, rules };
+        if let Bed::Netns { emulator: slot, .. } = &mut bed {
+            *slot = Some(Mutex::new(emulator));
+        }
+        if ready.trim() != "ready" {
+            return Err(format!(
+                "the link emulator did not start (said {ready:?}; its errors are above)"
+            ));
+        }
+        Ok(bed)
+    }
+
+    /// Sends one link rule to the emulator, e.g. `{"from": 1, "to": "*", "delay_ms": 30}`
+    /// (see `linkemu.py`).
+    pub fn degrade_links(&self, rule: &str) {
+        let Bed::Netns {
+            emulator: Some(emulator),
+            ..
+        } = self
+        else {
+            panic!("link delay and duplication need the emulated bed");
+        };
+        let mut emulator = emulator.lock().expect("emulator lock");
+        writeln!(emulator.rules, "{rule}")
+            .and_then(|()| emulator.rules.flush())
+            .unwrap_or_else(|e| panic!("sending a rule to the link emulator: {e}"));
+    }
+
+    /// Whether links can be delayed and duplicated ([`Bed::degrade_links`]).
+    pub fn has_link_emulator(&self) -> bool {
+        matches!(
+            self,
+            Bed::Netns {
+                emulator: Some(_),
+                ..
+            }
+        )
     }
 
     /// A loopback bed for `n` servers.
@@ -179,8 +260,11 @@ impl Bed {
         );
     }
 
-    /// Removes every fault rule from every host.
+    /// Removes every fault rule from every host, and every link rule from the emulator.
     pub fn heal(&self) {
+        if self.has_link_emulator() {
+            self.degrade_links(r#"{"clear": true}"#);
+        }
         if let Bed::Netns { prefix, n, .. } = self {
             for i in 1..=*n {
                 let ns = format!("{prefix}-h{i}");
@@ -253,8 +337,40 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        if let Bed::Netns {
+            emulator: Some(emulator),
+            ..
+        } = self
+        {
+            // SIGTERM first: the emulator prints what it forwarded, dropped and duplicated.
+            let emulator = emulator.get_mut().unwrap_or_else(|p| p.into_inner());
+            let pid = rustix::process::Pid::from_child(&emulator.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while matches!(emulator.child.try_wait(), Ok(None))
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = emulator.child.kill();
+            let _ = emulator.child.wait();
+        }
         self.remove_namespaces();
     }
+}
+
+/// Whether this process can make namespaces and nftables rules.
+fn check_netns_tools() -> Result<(), String> {
+    if !is_root() {
+        return Err("not running as root".into());
+    }
+    if !tool_exists("ip") {
+        return Err("`ip` (iproute2) is not installed".into());
+    }
+    if !tool_exists("nft") {
+        return Err("`nft` (nftables) is not installed".into());
+    }
+    Ok(())
 }
 
 /// Kills whatever still runs inside namespace `ns` (left by a crashed earlier run).

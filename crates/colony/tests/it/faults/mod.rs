@@ -9,6 +9,10 @@
 //! (`todc-utils`' Wing–Gong–Lowe checker), the transaction history strict-serializable
 //! (`adya`), and every acknowledged append must be in the final lists.
 //!
+//! A second schedule runs the servers on `linkemu.py`, a userspace switch, to delay links with
+//! jitter (frames overtake each other), duplicate and drop frames, slow only the leader's
+//! outbound links, and SIGKILL the leader while every link is degraded.
+//!
 //! Without the privileges or tools for namespaces the test says so on stderr and runs the
 //! process faults on loopback; with `COLONY_REQUIRE_NETNS=1` (set by `scripts/test` when run
 //! as root) it fails instead; `COLONY_FAULTS_LOOPBACK=1` forces the loopback variant.
@@ -423,6 +427,113 @@ fn judge(n: usize, workload: &Workload, cluster: &Cluster) {
             );
         }
     }
+}
+
+/// A fault injected against the cluster, given its current leader.
+type Inject<'a> = &'a dyn Fn(&mut Cluster, usize);
+
+/// The delay, duplication and reordering schedule against `n` servers on the link emulator.
+fn run_links(prefix: &'static str, subnet: u8, n: usize) {
+    std::thread::spawn(move || links_scenario(prefix, subnet, n))
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+fn links_scenario(prefix: &str, subnet: u8, n: usize) {
+    let bed = match Bed::netns_emulated(prefix, subnet, n, u64::from(subnet)) {
+        Ok(bed) => Arc::new(bed),
+        Err(why) => {
+            assert!(
+                std::env::var("COLONY_REQUIRE_NETNS").as_deref() != Ok("1"),
+                "COLONY_REQUIRE_NETNS=1 but the emulated namespace bed cannot be made: {why}"
+            );
+            eprintln!(
+                "\n!!!!!!!! LINK FAULT TEST NOT RUN ({why}): delay, jitter/reordering and \
+                 duplication are NOT tested !!!!!!!!\n"
+            );
+            return;
+        }
+    };
+    bed.enter_client_host();
+    let mut cluster = Cluster::start(Arc::clone(&bed), n);
+    let first = cluster.wait_for_leader(Duration::from_secs(30));
+    step(
+        n,
+        &format!("links: cluster formed on the emulator, leader s{first}"),
+    );
+
+    let servers = (1..=n).map(|i| bed.addrs(i).http).collect();
+    let workload = Workload::new(Arc::clone(&bed), servers);
+    let clients = workload.start(6, 3);
+    std::thread::sleep(RECOVER);
+
+    let between_servers = |c: &Cluster, rule: &str| {
+        for from in 1..=c.servers.len() {
+            for to in c.others(from) {
+                c.bed
+                    .degrade_links(&format!(r#"{{"from": {from}, "to": {to}, {rule}}}"#));
+            }
+        }
+    };
+    let schedule: [(&str, Inject); 4] = [
+        (
+            "30 ms ± 25 ms on every link between servers (frames overtake each other)",
+            &|c, _| between_servers(c, r#""delay_ms": 30, "jitter_ms": 25"#),
+        ),
+        (
+            "10% of frames duplicated and 5% dropped on every link, clients' included",
+            &|c, _| {
+                c.bed
+                    .degrade_links(r#"{"from": "*", "to": "*", "dup": 0.1, "loss": 0.05}"#)
+            },
+        ),
+        (
+            "the leader's outbound links 200 ms ± 20 ms slower (a gray link)",
+            &|c, leader| {
+                c.bed.degrade_links(&format!(
+                    r#"{{"from": {leader}, "to": "*", "delay_ms": 200, "jitter_ms": 20}}"#
+                ))
+            },
+        ),
+        (
+            "SIGKILL the leader while every link is 20 ms ± 15 ms with 10% duplication",
+            &|c, leader| {
+                c.bed.degrade_links(
+                    r#"{"from": "*", "to": "*", "delay_ms": 20, "jitter_ms": 15, "dup": 0.1}"#,
+                );
+                c.kill(leader);
+            },
+        ),
+    ];
+    for (name, inject) in schedule {
+        let leader = cluster.wait_for_leader(Duration::from_secs(30));
+        inject(&mut cluster, leader);
+        step(n, &format!("links: {name} (leader was s{leader})"));
+        std::thread::sleep(FAULT);
+        cluster.bed.heal();
+        for i in 1..=n {
+            if cluster.servers[i - 1].child.is_none() {
+                cluster.spawn(i);
+            }
+        }
+        std::thread::sleep(RECOVER);
+    }
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(30));
+    step(
+        n,
+        &format!("links: healed, leader s{leader}; stopping clients"),
+    );
+    workload.stop();
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    judge(n, &workload, &cluster);
+}
+
+#[test]
+fn faults_three_servers_stay_linearizable_under_link_delay_duplication_and_reordering() {
+    run_links("cfl3", 80, 3);
 }
 
 #[test]
