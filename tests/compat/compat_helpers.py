@@ -242,17 +242,7 @@ class ColonyAgent:
         for _attempt in range(3):
             self.port = free_port()
             self.grpc_port = free_port()
-            self.starts += 1
-            with open(self.log_path, "ab") as log:
-                log.write(f"\n===== start #{self.starts}: {' '.join(self._command())}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(
-                    self._command(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._spawn()
             ready, last_error = self._wait_ready(timeout_s)
             if ready:
                 self.client = consul.Consul(host=LOOPBACK, port=self.port)
@@ -266,10 +256,8 @@ class ColonyAgent:
             f"--- log tail ({self.log_path}) ---\n{self.log_tail()}"
         )
 
-    def start_serving(self, timeout_s: float = START_TIMEOUT_S) -> "ColonyAgent":
-        """Start and wait only until the HTTP API answers ``/v1/agent/self``
-        (for a client agent that has no server to name a leader)."""
-        self.port = free_port()
+    def _spawn(self) -> None:
+        """Launch the process on the current ports, appending its output to the log."""
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(self._command())}\n".encode())
@@ -281,6 +269,12 @@ class ColonyAgent:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def start_serving(self, timeout_s: float = START_TIMEOUT_S) -> "ColonyAgent":
+        """Start and wait only until the HTTP API answers ``/v1/agent/self``
+        (for a client agent that has no server to name a leader)."""
+        self.port = free_port()
+        self._spawn()
         session = self.http()
         try:
             wait_until(
