@@ -12,6 +12,7 @@
 //! [`lock::ElectionService`]. [`serve`] runs them all on one listener.
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod authority;
 pub mod cluster;
 pub mod context;
 pub mod convert;
@@ -65,9 +66,11 @@ pub async fn serve(
     use tokio_stream::StreamExt;
     // Small request/response exchanges must not wait for Nagle's algorithm: the accepted
     // sockets get TCP_NODELAY (the builder's setting only covers listeners tonic binds).
+    // Each connection's `:authority` is repaired for etcdctl 3.4's per-endpoint commands.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
-        stream.inspect(|s| {
+        stream.map(|s| {
             let _ = s.set_nodelay(true);
+            authority::AuthorityRepair::new(s)
         })
     });
     tonic::transport::Server::builder()

@@ -400,6 +400,16 @@ fn endpoint_status_and_member_list(endpoint: &str) {
     assert_eq!(members.len(), 1);
     let urls = members[0]["clientURLs"].to_string();
     assert!(urls.contains(endpoint), "{urls}");
+    // Written with its scheme, the endpoint reaches the per-endpoint commands as the
+    // `:authority` "http://host:port"; etcd accepts that, so must we.
+    let with_scheme = format!("http://{endpoint}");
+    let again = json(&with_scheme, &["endpoint", "status"]);
+    assert_eq!(
+        again[0]["Status"]["header"]["member_id"], status["header"]["member_id"],
+        "{again}"
+    );
+    let hashes = json(&with_scheme, &["endpoint", "hashkv"]);
+    assert!(hashes[0]["HashKV"]["hash"].as_u64().is_some(), "{hashes}");
 }
 
 fn compaction_refuses_old_revisions(endpoint: &str) {
