@@ -238,6 +238,7 @@ async fn start_gossip(
     http_ip: IpAddr,
     server: Option<&Agent>,
     data_dir: Option<&std::path::Path>,
+    grpc_url: Option<String>,
 ) -> anyhow::Result<Arc<Gossip>> {
     let (bind, advertise) = gossip_addresses(args, http_ip)?;
     let join = parse_seeds(&args.join, "join")?;
@@ -258,6 +259,9 @@ async fn start_gossip(
                 colony_runtime::cluster::TAG_RPC_ADDR.to_string(),
                 addr.to_string(),
             );
+        }
+        if let Some(url) = grpc_url {
+            tags.insert(colony_runtime::cluster::TAG_GRPC_URL.to_string(), url);
         }
     }
     let meta = Meta {
@@ -316,6 +320,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         http_addr.ip(),
         None,
         args.data_dir.as_deref(),
+        None,
     )
     .await?;
     tracing::info!(node = %node_name, http = %http_addr, gossip = %gossip.local_addr(), "colony client agent running");
@@ -451,12 +456,17 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
             return Err(error);
         }
     }
+    let grpc_url = grpc_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok())
+        .map(|local| format!("http://{local}"));
     let gossip = match start_gossip(
         &args,
         agent.node_name(),
         advertise,
         Some(&agent),
         Some(&data_dir),
+        grpc_url,
     )
     .await
     {

@@ -1,6 +1,7 @@
-//! The `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` services: status, alarms, hashes
-//! and the member list. A single server reports itself as the one member and the leader;
-//! membership changes are not made through the etcd dialect.
+//! The `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` services: status, alarms, hashes,
+//! leader moves and the member list. A single server reports itself as the one member and the
+//! leader; replicated servers list the Raft voters (member ID = Raft ID). Membership changes
+//! are not made through the etcd dialect (servers join by gossip).
 
 use crate::context::{API_VERSION, EtcdContext, range_error};
 use colony_etcdpb::etcdserverpb::{
@@ -15,6 +16,7 @@ use colony_etcdpb::etcdserverpb::{
 use colony_modes::Mode;
 use colony_store::{KeyRange, RangeQuery};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -41,6 +43,9 @@ impl ClusterService {
         ClusterService { ctx }
     }
 }
+
+/// How long `MoveLeader` waits for the transferee to take over.
+const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!(
@@ -193,9 +198,53 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unsupported("MoveLeader"))
+        let target = request.into_inner().target_id;
+        let bad_transferee = || Status::failed_precondition("etcdserver: bad leader transferee");
+        let answer = || {
+            Ok(Response::new(MoveLeaderResponse {
+                header: self.ctx.current_header(),
+            }))
+        };
+        let Some(status) = self.ctx.agent.raft_status() else {
+            // A single server leads for good: only "move" to itself succeeds.
+            return if target == self.ctx.member_id {
+                answer()
+            } else {
+                Err(bad_transferee())
+            };
+        };
+        if !status.is_leader {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !status.voters.contains(&target) {
+            return Err(bad_transferee());
+        }
+        if target == status.id {
+            return answer();
+        }
+        self.ctx
+            .agent
+            .transfer_leadership(target)
+            .await
+            .map_err(|error| Status::unavailable(format!("etcdserver: {error}")))?;
+        // Like etcd, answer once the transferee leads (or give up after a while).
+        let deadline = Instant::now() + MOVE_LEADER_TIMEOUT;
+        while Instant::now() < deadline {
+            if self
+                .ctx
+                .agent
+                .raft_status()
+                .is_some_and(|s| s.leader == Some(target))
+            {
+                return answer();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Status::unavailable(
+            "etcdserver: request timed out, leader transfer took too long",
+        ))
     }
 
     async fn downgrade(
@@ -208,13 +257,38 @@ impl Maintenance for MaintenanceService {
 
 impl ClusterService {
     fn members(&self) -> Vec<Member> {
-        vec![Member {
+        let this = Member {
             id: self.ctx.member_id,
             name: self.ctx.agent.node_name().to_string(),
             peer_urls: Vec::new(),
             client_urls: vec![self.ctx.client_url.clone()],
             is_learner: false,
-        }]
+        };
+        let Some(status) = self.ctx.agent.raft_status() else {
+            return vec![this];
+        };
+        // The voters, named and located from what gossip says about each server.
+        let known = self.ctx.agent.known_servers();
+        status
+            .voters
+            .iter()
+            .map(|&id| {
+                if id == self.ctx.member_id {
+                    return this.clone();
+                }
+                let info = known.iter().find(|(known_id, _)| *known_id == id);
+                Member {
+                    id,
+                    name: info.map(|(_, i)| i.name.clone()).unwrap_or_default(),
+                    peer_urls: Vec::new(),
+                    client_urls: info
+                        .and_then(|(_, i)| i.grpc_url.clone())
+                        .into_iter()
+                        .collect(),
+                    is_learner: false,
+                }
+            })
+            .collect()
     }
 }
 

@@ -24,6 +24,8 @@ use tokio::time::Instant;
 pub const TAG_RAFT_ID: &str = "raft_id";
 /// Membership tag carrying a server's RPC address.
 pub const TAG_RPC_ADDR: &str = "rpc_addr";
+/// Membership tag carrying the URL of a server's etcd gRPC API.
+pub const TAG_GRPC_URL: &str = "grpc_url";
 /// How long a write waits for a leader (and for its commit) before it fails.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client agent's poll for its checks waits for a change.
@@ -388,6 +390,7 @@ impl Agent {
                     name: self.node_name().to_string(),
                     rpc_addr: replicated.rpc_addr,
                     alive: true,
+                    grpc_url: None,
                 },
             ));
             all.sort_by_key(|(id, _)| *id);
@@ -658,6 +661,7 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
                         name: member.name.clone(),
                         rpc_addr: addr,
                         alive,
+                        grpc_url: member.meta.tags.get(TAG_GRPC_URL).cloned(),
                     },
                 );
                 if alive {

@@ -227,6 +227,8 @@ pub struct ServerInfo {
     pub rpc_addr: SocketAddr,
     /// Whether membership says it is alive.
     pub alive: bool,
+    /// Where its etcd gRPC API listens (`http://IP:PORT`), if it serves one.
+    pub grpc_url: Option<String>,
 }
 
 impl ServerDirectory {

@@ -443,6 +443,78 @@ fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another(
 }
 
 #[test]
+fn replication_etcdctl_lists_the_voters_and_moves_the_leader() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let etcdctl = |server: &Server, args: &[&str]| {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://{}", server.grpc))
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (scripts/test installs etcd-client)");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    // Every voter, with its name and where its gRPC API listens (learned by gossip).
+    let (ok, out, err) = etcdctl(&cluster.servers[leader], &["member", "list", "-w", "json"]);
+    assert!(ok, "member list: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("member list JSON");
+    let members = list["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{out}");
+    for server in &cluster.servers {
+        let member = members
+            .iter()
+            .find(|m| m["name"] == server.name.as_str())
+            .unwrap_or_else(|| panic!("{} missing from {out}", server.name));
+        assert_eq!(
+            member["clientURLs"][0],
+            format!("http://{}", server.grpc).as_str(),
+            "{out}"
+        );
+    }
+    // Status names the leader by member ID; move it to a follower.
+    let (ok, out, err) = etcdctl(
+        &cluster.servers[leader],
+        &["endpoint", "status", "-w", "json"],
+    );
+    assert!(ok, "endpoint status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let leader_id = status[0]["Status"]["leader"].as_u64().expect("leader id");
+    let target = members
+        .iter()
+        .map(|m| m["ID"].as_u64().expect("member ID"))
+        .find(|&id| id != leader_id)
+        .expect("a follower");
+    // etcdctl sends MoveLeader only to an endpoint whose Status says it leads.
+    let follower = (leader + 1) % 3;
+    let (ok, _, err) = etcdctl(
+        &cluster.servers[follower],
+        &["move-leader", &format!("{target:x}")],
+    );
+    assert!(!ok && err.contains("no leader endpoint"), "{err}");
+    let (ok, out, err) = etcdctl(
+        &cluster.servers[leader],
+        &["move-leader", &format!("{target:x}")],
+    );
+    assert!(ok, "move-leader: {err}{out}");
+    let new_leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    assert_ne!(new_leader, leader, "leadership moved");
+    let (_, out, _) = etcdctl(
+        &cluster.servers[new_leader],
+        &["endpoint", "status", "-w", "json"],
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!(status[0]["Status"]["leader"].as_u64(), Some(target));
+    // An unknown member is refused as etcd refuses it.
+    let (ok, _, err) = etcdctl(&cluster.servers[new_leader], &["move-leader", "1234"]);
+    assert!(!ok && err.contains("bad leader transferee"), "{err}");
+}
+
+#[test]
 fn replication_client_agent_forwards_to_the_servers_and_moves_on_when_one_dies() {
     let mut cluster = Cluster::start(3, &[]);
     let client = crate::support::Agent::start_client(
