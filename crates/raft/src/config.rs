@@ -55,6 +55,13 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// How long a leader's lease runs from the latest heartbeat round a quorum answered:
+    /// nine tenths of the minimum election timeout, a tenth kept as margin for clock rates
+    /// (see [`crate::Raft::lease_until_ms`]).
+    pub fn lease_ms(&self) -> u64 {
+        self.election_timeout_ms_min * 9 / 10
+    }
+
     /// Checks the relations the protocol depends on.
     ///
     /// # Errors

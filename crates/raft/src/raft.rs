@@ -15,6 +15,8 @@ use crate::progress::{Progress, ReplicationState};
 
 /// Pending ReadIndex requests a leader holds at most.
 pub const READ_REQUESTS_MAX: usize = 4_096;
+/// Heartbeat rounds whose send time a leader remembers for its lease.
+const HEARTBEAT_ROUNDS_KEPT: usize = 1_024;
 
 /// The role of a node in its current term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,6 +200,9 @@ pub struct Status {
     pub applied_index: u64,
     /// Leader only: one entry per other voter, by id.
     pub peers: Vec<PeerStatus>,
+    /// Leader only: until when (this node's clock) it may answer reads without a quorum
+    /// round; see [`Raft::lease_until_ms`].
+    pub lease_until_ms: Option<u64>,
 }
 
 /// What a handed-out Ready promised; consumed by `advance`.
@@ -246,6 +251,12 @@ pub struct Raft {
     /// When this node last heard from the leader of its term (leader stickiness).
     leader_contact_ms: Option<u64>,
     transfer: Option<Transfer>,
+    /// No lease reads before this time (set when a transfer is abandoned).
+    lease_blocked_until_ms: u64,
+    /// The latest heartbeat rounds as (round, sent at), oldest first.
+    heartbeat_rounds: VecDeque<(u64, u64)>,
+    /// When this node became leader of its current term.
+    term_started_ms: u64,
     messages: Vec<Envelope>,
     leader_messages: Vec<Envelope>,
     persisted_hard_state: HardState,
@@ -307,6 +318,9 @@ impl Raft {
             check_quorum_deadline_ms: 0,
             leader_contact_ms: None,
             transfer: None,
+            lease_blocked_until_ms: 0,
+            heartbeat_rounds: VecDeque::new(),
+            term_started_ms: 0,
             messages: Vec::new(),
             leader_messages: Vec::new(),
             persisted_hard_state: hard_state,
@@ -408,6 +422,7 @@ impl Raft {
             persisted_index: self.log.stable_index,
             commit_index: self.log.commit,
             applied_index: self.log.applied,
+            lease_until_ms: self.lease_until_ms(),
             peers,
         }
     }
@@ -474,6 +489,52 @@ impl Raft {
 
     fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
+    }
+
+    /// The leader lease (Consul's default reads; etcd's lease-based reads): until when, on
+    /// this node's clock, this leader may answer reads from its own state without a quorum
+    /// round. `None` unless it leads with check-quorum on, has committed an entry of its
+    /// term, and no leadership transfer is under way or recently abandoned.
+    ///
+    /// Why it holds: a follower refuses to help depose a leader it heard from within the
+    /// minimum election timeout (`is_in_lease`), and this leader votes for no one. A
+    /// follower that answered heartbeat round `r` heard from this leader no earlier than
+    /// `r` was sent, so once a quorum (this node included) has answered rounds sent at or
+    /// after `t`, no other leader can be elected before `t + election timeout`. The lease
+    /// runs [`Config::lease_ms`] from `t`.
+    pub fn lease_until_ms(&self) -> Option<u64> {
+        if self.role != Role::Leader
+            || !self.config.check_quorum
+            || self.transfer.is_some()
+            || self.now_ms < self.lease_blocked_until_ms
+            || !self.voters.contains(&self.id)
+            || self.log.term_at(self.log.commit) != Some(self.term)
+        {
+            return None;
+        }
+        let lease_ms = self.config.lease_ms();
+        let others_needed = self.quorum() - 1;
+        if others_needed == 0 {
+            return Some(u64::MAX);
+        }
+        let mut heard: Vec<u64> = self
+            .voters
+            .iter()
+            .filter(|&&id| id != self.id)
+            .filter_map(|id| self.round_sent_ms(self.progress.get(id)?.read_seq_acked))
+            .collect();
+        heard.sort_unstable_by(|a, b| b.cmp(a));
+        Some(*heard.get(others_needed - 1)? + lease_ms)
+    }
+
+    /// When heartbeat round `seq` was sent in this term, if it is still remembered.
+    fn round_sent_ms(&self, seq: u64) -> Option<u64> {
+        let at = self
+            .heartbeat_rounds
+            .binary_search_by_key(&seq, |&(round, _)| round)
+            .ok()?;
+        let (_, sent_ms) = self.heartbeat_rounds[at];
+        (sent_ms >= self.term_started_ms).then_some(sent_ms)
     }
 
     fn send(&mut self, to: u64, message: Message) {
@@ -601,6 +662,7 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
+        self.term_started_ms = self.now_ms;
         let next = self.log.last_index() + 1;
         self.progress = self
             .peers()
@@ -638,6 +700,9 @@ impl Raft {
                     .is_some_and(|t| now_ms >= t.deadline_ms)
                 {
                     self.transfer = None;
+                    // The target may still campaign on a late TimeoutNow, and voters grant
+                    // transfer votes inside their lease: no lease reads until that is moot.
+                    self.lease_blocked_until_ms = now_ms + self.config.election_timeout_ms_min;
                 }
                 if self.config.check_quorum && now_ms >= self.check_quorum_deadline_ms {
                     self.check_quorum_deadline_ms = now_ms + self.config.election_timeout_ms_min;
@@ -1089,6 +1154,13 @@ impl Raft {
     }
 
     fn broadcast_heartbeat(&mut self) {
+        // Every round is numbered and its send time kept: acks of a round date the lease.
+        self.read_seq += 1;
+        self.heartbeat_rounds
+            .push_back((self.read_seq, self.now_ms));
+        if self.heartbeat_rounds.len() > HEARTBEAT_ROUNDS_KEPT {
+            self.heartbeat_rounds.pop_front();
+        }
         let term = self.term;
         let read_seq = self.read_seq;
         for peer in self.peers() {

@@ -55,8 +55,9 @@ pub struct ClusterConfig {
 /// How fresh a read must be, as Consul's query parameters say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadConsistency {
-    /// The leader answers from its state (no parameter): a follower first asks the leader
-    /// for its commit index and waits to apply it.
+    /// The leader answers from its state while its lease runs (no parameter; Consul's
+    /// leader lease), else after a quorum round; a follower first asks the leader for its
+    /// commit index and waits to apply it.
     #[default]
     Default,
     /// `?consistent`: the leader confirms its leadership with a quorum first (ReadIndex).
@@ -333,21 +334,31 @@ impl Agent {
             return Ok(fresh);
         };
         let status = replicated.status();
+        let now_ms = self.now_ms();
         let last_contact_ms = if status.is_leader {
             0
         } else {
-            self.now_ms().saturating_sub(status.last_contact_wall_ms)
+            now_ms.saturating_sub(status.last_contact_wall_ms)
         };
+        // A leader answers from its own state only inside its lease: past it, another
+        // leader may already have been elected, and the read goes through a quorum round.
+        let in_lease = status.is_leader && now_ms < status.lease_until_wall_ms;
         match consistency {
             ReadConsistency::Stale { max_stale_ms } => {
                 let within = max_stale_ms.is_none_or(|bound| last_contact_ms <= bound);
                 if within && status.is_member {
+                    // A leader out of its lease is as stale as its quorum's last answer.
+                    let age_ms = if status.is_leader {
+                        now_ms.saturating_sub(status.quorum_contact_wall_ms)
+                    } else {
+                        last_contact_ms
+                    };
                     return Ok(ReadBasis {
-                        freshness: if status.is_leader {
+                        freshness: if in_lease {
                             Freshness::Fresh
                         } else {
                             Freshness::BoundedStale {
-                                age_ms: last_contact_ms,
+                                age_ms,
                                 bound_ms: max_stale_ms.unwrap_or(0),
                             }
                         },
@@ -356,7 +367,7 @@ impl Agent {
                     });
                 }
             }
-            ReadConsistency::Default if status.is_leader => return Ok(fresh),
+            ReadConsistency::Default if in_lease => return Ok(fresh),
             ReadConsistency::Default | ReadConsistency::Consistent => {}
         }
         self.read_index(replicated).await?;

@@ -97,6 +97,12 @@ pub struct RaftStatus {
     pub last_index: u64,
     /// Wall ms at which this server last heard from a leader (a leader: now).
     pub last_contact_wall_ms: u64,
+    /// A leader: wall ms until which its lease lets it answer reads from its own state
+    /// ([`colony_raft::Raft::lease_until_ms`]); 0 without a lease.
+    pub lease_until_wall_ms: u64,
+    /// A leader: wall ms of the latest heartbeat round a quorum has answered (the lease's
+    /// start); 0 when unknown.
+    pub quorum_contact_wall_ms: u64,
 }
 
 /// What the node is built from.
@@ -474,9 +480,21 @@ impl Driver {
     fn publish_status(&mut self) {
         let status = self.raft.status();
         let is_leader = status.role == Role::Leader;
+        let wall_now = (self.wall_ms)();
         if is_leader {
-            self.last_contact_wall_ms = (self.wall_ms)();
+            self.last_contact_wall_ms = wall_now;
         }
+        // The lease is on the raft clock; carry it over to the wall clock the API reads.
+        let (lease_until_wall_ms, quorum_contact_wall_ms) = match status.lease_until_ms {
+            Some(u64::MAX) => (u64::MAX, wall_now),
+            Some(until) => {
+                let core_now = self.now_ms();
+                let lease_ms = self.config.lease_ms();
+                let until_wall = (wall_now + until).saturating_sub(core_now);
+                (until_wall, until_wall.saturating_sub(lease_ms))
+            }
+            None => (0, 0),
+        };
         let next = RaftStatus {
             id: status.id,
             is_member: !status.voters.is_empty(),
@@ -488,12 +506,16 @@ impl Driver {
             applied_index: status.applied_index,
             last_index: status.last_index,
             last_contact_wall_ms: self.last_contact_wall_ms,
+            lease_until_wall_ms,
+            quorum_contact_wall_ms,
         };
         self.status.send_if_modified(|current| {
-            // The contact time alone changes on every heartbeat; publish it without waking
-            // watchers only when something else changed too.
+            // Contact times and the lease alone change on every heartbeat; publish them
+            // without waking watchers only when something else changed too.
             let changed = RaftStatus {
                 last_contact_wall_ms: current.last_contact_wall_ms,
+                lease_until_wall_ms: current.lease_until_wall_ms,
+                quorum_contact_wall_ms: current.quorum_contact_wall_ms,
                 ..next.clone()
             } != *current;
             *current = next;

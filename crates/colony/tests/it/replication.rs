@@ -412,6 +412,74 @@ fn replication_without_quorum_consistent_reads_fail_and_stale_reads_answer() {
     assert_eq!(status, 503, "a read older than max_stale cannot be served");
 }
 
+/// Sends `signal` to a running server's process.
+fn signal(server: &Server, signal: rustix::process::Signal) {
+    let child = server.child.as_ref().expect("running");
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, signal).expect("signal the server");
+}
+
+/// The freshness a read's evidence names, if it answered 200.
+fn read_freshness(server: &Server, path: &str) -> Option<String> {
+    let response = http(server.http, "GET", path, b"").ok()?;
+    let evidence = response.header("x-colony-evidence")?.to_string();
+    let (_, rest) = evidence.split_once("freshness=\"")?;
+    (response.status == 200).then(|| rest.split('"').next().unwrap_or_default().to_string())
+}
+
+/// Consul's default reads rest on the leader's lease. A leader whose followers stop
+/// answering (paused, their sockets open) must stop calling its own state fresh once the
+/// lease (0.9 election timeouts from the last answered heartbeat) can have lapsed, and gets
+/// it back when they answer again.
+#[test]
+fn replication_leader_lease_lapses_when_the_followers_stop_answering() {
+    use rustix::process::Signal;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let server = &cluster.servers[leader];
+    assert_eq!(server.put("k", "v"), Some(200));
+    assert_eq!(read_freshness(server, "/v1/kv/k").as_deref(), Some("fresh"));
+    assert_eq!(
+        read_freshness(server, "/v1/kv/k?stale").as_deref(),
+        Some("fresh")
+    );
+    let followers: Vec<&Server> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| &cluster.servers[i])
+        .collect();
+    for follower in &followers {
+        signal(follower, Signal::STOP);
+    }
+    let paused = Instant::now();
+    let lapsed_by = ELECTION_TIMEOUT * 9 / 10 + Duration::from_millis(50);
+    let mut lapsed_seen = false;
+    while paused.elapsed() < 3 * ELECTION_TIMEOUT {
+        let sent = paused.elapsed();
+        if let Some(freshness) = read_freshness(server, "/v1/kv/k?stale") {
+            if sent > lapsed_by {
+                assert_ne!(freshness, "fresh", "a read sent {sent:?} after the pause");
+            }
+            lapsed_seen |= freshness == "bounded-stale";
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lapsed_seen, "the leader's reads turned bounded-stale");
+    for follower in &followers {
+        signal(follower, Signal::CONT);
+    }
+    wait_until(
+        "a leader with a lease again",
+        Duration::from_secs(15),
+        || {
+            cluster.servers.iter().any(|s| {
+                read_freshness(s, "/v1/kv/k?stale").as_deref() == Some("fresh")
+                    && s.get_text("/v1/kv/k?raw")
+                        .is_some_and(|(status, _)| status == 200)
+            })
+        },
+    );
+}
+
 #[test]
 fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another() {
     let cluster = Cluster::start(3, &[]);

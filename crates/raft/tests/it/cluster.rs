@@ -192,6 +192,8 @@ pub struct Stats {
     pub conf_changes: u64,
     pub reads_confirmed: u64,
     pub transfers: u64,
+    /// Checks of lease safety made while some leader held a lease.
+    pub lease_checks: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -206,6 +208,7 @@ impl std::ops::AddAssign for Stats {
         self.conf_changes += o.conf_changes;
         self.reads_confirmed += o.reads_confirmed;
         self.transfers += o.transfers;
+        self.lease_checks += o.lease_checks;
     }
 }
 
@@ -804,7 +807,8 @@ impl Cluster {
 
     // ----- checkers --------------------------------------------------------------------
 
-    /// Election safety (Raft §5.2): at most one leader per term, ever.
+    /// Election safety (Raft §5.2): at most one leader per term, ever. Lease safety: while
+    /// a leader's lease runs, no leader of a later term has been elected.
     fn check_after_input(&mut self) {
         for id in self.live_ids() {
             let raft = self.node(id).expect("live");
@@ -815,6 +819,23 @@ impl Cluster {
                     previous, id,
                     "seed {}: two leaders in term {term}",
                     self.seed
+                );
+            }
+        }
+        for id in self.live_ids() {
+            let raft = self.node(id).expect("live");
+            let (Some(until), term) = (raft.lease_until_ms(), raft.term()) else {
+                continue;
+            };
+            if until <= self.now_ms {
+                continue;
+            }
+            self.stats.lease_checks += 1;
+            if let Some((later, other)) = self.leaders.range(term + 1..).next() {
+                panic!(
+                    "seed {}: node {id} holds a lease of term {term} until {until} ms at {} ms, \
+                     but node {other} was elected in term {later}",
+                    self.seed, self.now_ms
                 );
             }
         }

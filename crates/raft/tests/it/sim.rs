@@ -106,6 +106,7 @@ fn sweep(name: &str, size: u64, seeds: &[u64], steps: u64) {
             stats.crashes > 0 && stats.partitions > 0,
             "faults were injected"
         );
+        assert!(stats.lease_checks > 0, "leader leases were checked");
     }
 }
 
