@@ -1206,6 +1206,10 @@ impl Raft {
                 index: read.index,
             });
         }
+        // The reads that arrived while that round was out go in the next one.
+        if self.reads.front().is_some_and(|r| r.seq > self.read_seq) {
+            self.broadcast_heartbeat();
+        }
     }
 
     // ----- user calls ------------------------------------------------------------------
@@ -1342,13 +1346,17 @@ impl Raft {
             self.read_states.push(ReadState { ctx, index });
             return Ok(());
         }
-        self.read_seq += 1;
+        // Reads batch: each waits for the next round sent after it arrived. One round is in
+        // flight at a time; reads arriving meanwhile share the round sent when it returns.
+        let round_in_flight = self.reads.front().is_some_and(|r| r.seq <= self.read_seq);
         self.reads.push_back(PendingRead {
             ctx,
             index,
-            seq: self.read_seq,
+            seq: self.read_seq + 1,
         });
-        self.broadcast_heartbeat();
+        if !round_in_flight {
+            self.broadcast_heartbeat();
+        }
         self.check_invariants_in_tests();
         Ok(())
     }

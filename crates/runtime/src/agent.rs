@@ -327,6 +327,7 @@ impl Agent {
             config: cluster,
             fsync,
             raft_thread: std::sync::Mutex::new(Some(raft_thread)),
+            reads: crate::read_batch::Coalescer::new(),
         };
         let agent = Arc::new(Agent::assemble(
             config,

@@ -105,6 +105,8 @@ pub(crate) struct Replicated {
     pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
     /// The raft thread, joined at shutdown ([`Agent::stop_replication`]).
     pub(crate) raft_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This server's ReadIndex requests, one in flight at a time.
+    pub(crate) reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
 }
 
 /// A stable Raft id for a node, from its persistent UUID.
@@ -305,16 +307,22 @@ impl Agent {
     /// A linearizable read barrier: the leader's commit index, confirmed by a quorum, applied
     /// here.
     async fn read_index(&self, replicated: &Replicated) -> Result<(), ClusterError> {
-        match self
-            .on_leader(replicated, RpcRequest::ReadIndex, true)
-            .await
-            .map_err(to_cluster_error)?
-        {
-            RpcResponse::ReadIndex(index) => self.wait_applied(replicated, index).await,
-            other => Err(ClusterError::Unavailable(format!(
-                "leader answered a read barrier with {other:?}"
-            ))),
-        }
+        self.metrics().read_barriers.inc();
+        let ask_leader = || async {
+            self.metrics().read_index_requests.inc();
+            match self
+                .on_leader(replicated, RpcRequest::ReadIndex, true)
+                .await
+                .map_err(to_cluster_error)?
+            {
+                RpcResponse::ReadIndex(index) => Ok(index),
+                other => Err(ClusterError::Unavailable(format!(
+                    "leader answered a read barrier with {other:?}"
+                ))),
+            }
+        };
+        let index = replicated.reads.run(ask_leader).await?;
+        self.wait_applied(replicated, index).await
     }
 
     /// Makes a read of the store meet `consistency`: a no-op on a single-node server.

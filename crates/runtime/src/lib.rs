@@ -32,6 +32,7 @@ pub mod member_catalog;
 pub mod metrics;
 pub mod raft_node;
 pub mod raft_storage;
+mod read_batch;
 pub mod rpc;
 pub mod watch_hub;
 pub mod writer;

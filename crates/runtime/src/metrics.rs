@@ -68,6 +68,11 @@ pub struct Metrics {
     pub snapshots: Counter,
     /// Blocking queries currently parked.
     pub parked_queries: Gauge,
+    /// Reads that waited for a ReadIndex barrier (consistent, linearizable, or default on a
+    /// follower or a leader out of its lease).
+    pub read_barriers: Counter,
+    /// ReadIndex requests this server asked of the leader for them (at most one in flight).
+    pub read_index_requests: Counter,
     /// 1 for the current mode of each subsystem, 0 for the others.
     pub modes: Family<ModeLabels, Gauge>,
 }
@@ -85,6 +90,8 @@ impl Metrics {
         let applied_entries = Counter::default();
         let snapshots = Counter::default();
         let parked_queries = Gauge::default();
+        let read_barriers = Counter::default();
+        let read_index_requests = Counter::default();
         let modes = Family::<ModeLabels, Gauge>::default();
         registry.register(
             "http_requests",
@@ -123,6 +130,16 @@ impl Metrics {
             parked_queries.clone(),
         );
         registry.register(
+            "read_barriers",
+            "Reads that waited for a ReadIndex barrier",
+            read_barriers.clone(),
+        );
+        registry.register(
+            "read_index_requests",
+            "ReadIndex requests sent to the leader (one in flight at a time per server)",
+            read_index_requests.clone(),
+        );
+        registry.register(
             "subsystem_mode",
             "Current mode per subsystem",
             modes.clone(),
@@ -137,6 +154,8 @@ impl Metrics {
             applied_entries,
             snapshots,
             parked_queries,
+            read_barriers,
+            read_index_requests,
             modes,
         }
     }

@@ -800,3 +800,90 @@ fn leader_unreachable_reported_once_does_not_depose_a_live_leader() {
     cluster.run_for(ELECTION_MS);
     assert_eq!(cluster.node(leader).expect("up").term(), term);
 }
+
+/// Heartbeats a Ready sends, as (to, read_seq).
+fn heartbeats_sent(raft: &mut Raft) -> Vec<(u64, u64)> {
+    let ready = raft.ready();
+    raft.advance();
+    ready
+        .messages
+        .iter()
+        .chain(&ready.leader_messages)
+        .filter_map(|envelope| match envelope.message {
+            Message::Heartbeat { read_seq, .. } => Some((envelope.to, read_seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// ReadIndex requests batch: while one heartbeat round is out, later reads wait for the
+/// next round, which goes out when the first returns, so a burst of reads costs two rounds,
+/// not one each. The leader's lease is dated by the rounds' send times.
+#[test]
+fn read_index_batches_reads_into_one_round_at_a_time() {
+    let mut raft = hand_elected_leader(Restored::default());
+    let noop = raft.last_index();
+    let _ = heartbeats_sent(&mut raft);
+    raft.handle_message(
+        2 * ELECTION_MS + 1,
+        2,
+        Message::AppendResponse {
+            term: raft.term(),
+            index: noop,
+            rejection: None,
+        },
+    );
+    assert_eq!(raft.commit_index(), noop, "committed in its term");
+    assert_eq!(raft.lease_until_ms(), None, "no round answered yet");
+    raft.handle_tick(2 * ELECTION_MS + 5);
+    raft.read_index(1).expect("leader");
+    let first = heartbeats_sent(&mut raft);
+    assert_eq!(first.len(), 2, "one round to both followers: {first:?}");
+    let round = first[0].1;
+    for ctx in 2..=10 {
+        raft.read_index(ctx).expect("leader");
+    }
+    assert!(
+        heartbeats_sent(&mut raft).is_empty(),
+        "reads wait for the round in flight"
+    );
+    let term = raft.term();
+    let answer = |read_seq| Message::HeartbeatResponse { term, read_seq };
+    raft.handle_message(2 * ELECTION_MS + 7, 2, answer(round));
+    let ready = raft.ready();
+    raft.advance();
+    let released: Vec<u64> = ready.read_states.iter().map(|r| r.ctx).collect();
+    assert_eq!(released, vec![1], "only the read that round was sent for");
+    let second: Vec<(u64, u64)> = ready
+        .messages
+        .iter()
+        .chain(&ready.leader_messages)
+        .filter_map(|e| match e.message {
+            Message::Heartbeat { read_seq, .. } => Some((e.to, read_seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(second.len(), 2, "the next round left at once: {second:?}");
+    assert_eq!(
+        raft.lease_until_ms(),
+        Some(2 * ELECTION_MS + 5 + raft_config_lease()),
+        "lease from the answered round's send time, not the answer's arrival"
+    );
+    raft.handle_message(2 * ELECTION_MS + 9, 3, answer(second[0].1));
+    let ready = raft.ready();
+    raft.advance();
+    let released: Vec<u64> = ready.read_states.iter().map(|r| r.ctx).collect();
+    assert_eq!(
+        released,
+        (2..=10).collect::<Vec<_>>(),
+        "the batch, in order"
+    );
+    assert!(
+        heartbeats_sent(&mut raft).is_empty(),
+        "nothing left to confirm"
+    );
+}
+
+fn raft_config_lease() -> u64 {
+    sim_config(0).lease_ms()
+}
