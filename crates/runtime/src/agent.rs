@@ -311,6 +311,7 @@ impl Agent {
             snapshot_every_entries: config.snapshot_every_entries,
             wall_ms,
             fsync: fsync.clone(),
+            storage_mode: storage_mode.clone(),
         };
         let handle = tokio::runtime::Handle::current();
         let raft_thread = std::thread::Builder::new()

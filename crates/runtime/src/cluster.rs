@@ -294,7 +294,11 @@ impl Agent {
         let request = RpcRequest::Propose(Box::new(command));
         match self.on_leader(replicated, request, false).await? {
             RpcResponse::Applied { index, outcome } => {
-                self.wait_applied(replicated, index).await?;
+                // A server whose disk is full applies nothing new (and serves only stale
+                // reads): the leader's answer is the write's outcome.
+                if !self.storage_mode().is_disk_full() {
+                    self.wait_applied(replicated, index).await?;
+                }
                 Ok(Applied { index, outcome })
             }
             other => Err(ClusterError::Unavailable(format!(
@@ -341,6 +345,20 @@ impl Agent {
         let Some(replicated) = self.replicated() else {
             return Ok(fresh);
         };
+        // Nothing new is applied here while the disk is full: only a stale read can be
+        // answered, and anything else fails at once rather than wait (even a leader's lease
+        // read: the others may commit without it).
+        let disk_full = || {
+            ClusterError::Unavailable(format!(
+                "this server's disk is full, so it applies no new entries ({}); read with \
+                 ?stale, or from another server",
+                self.storage_mode().reason()
+            ))
+        };
+        let is_stale = matches!(consistency, ReadConsistency::Stale { .. });
+        if !is_stale && self.storage_mode().is_disk_full() {
+            return Err(disk_full());
+        }
         let status = replicated.status();
         let now_ms = self.now_ms();
         let last_contact_ms = if status.is_leader {
@@ -377,6 +395,9 @@ impl Agent {
             }
             ReadConsistency::Default if in_lease => return Ok(fresh),
             ReadConsistency::Default | ReadConsistency::Consistent => {}
+        }
+        if self.storage_mode().is_disk_full() {
+            return Err(disk_full());
         }
         self.read_index(replicated).await?;
         Ok(fresh)

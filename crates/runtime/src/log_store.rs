@@ -558,7 +558,8 @@ fn take_lock(dir: &Path) -> Result<File, OpenError> {
     Ok(lock)
 }
 
-fn classify(path: &Path, error: std::io::Error) -> AppendError {
+/// A write error as [`AppendError`]: a full disk (or quota) is recoverable, anything else not.
+pub(crate) fn classify(path: &Path, error: std::io::Error) -> AppendError {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
     let full = error.kind() == std::io::ErrorKind::StorageFull

@@ -9,10 +9,11 @@ use crate::metrics::Metrics;
 use crate::raft_storage::RaftStorage;
 use crate::rpc::Peers;
 use crate::watch_hub::WatchHub;
-use crate::writer::{Applied, Proposal, WriteError};
+use crate::writer::{Applied, Proposal, StorageMode, WriteError};
+use colony_modes::Signal;
 use colony_raft::{
-    ConfChange, Config, Entry as RaftEntry, EntryKind, ProposeError, Raft, ReadState, RequestError,
-    Restored, Role, Snapshot, SnapshotMeta,
+    ConfChange, Config, Entry as RaftEntry, EntryKind, ProposeError, Raft, ReadState, Ready,
+    RequestError, Restored, Role, Snapshot, SnapshotMeta,
 };
 use colony_store::{Command, Entry, StateMachine};
 use std::collections::{BTreeMap, HashMap};
@@ -121,7 +122,13 @@ pub(crate) struct RaftNode {
     pub(crate) snapshot_every_entries: u64,
     pub(crate) wall_ms: fn() -> u64,
     pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
+    pub(crate) storage_mode: Arc<StorageMode>,
 }
+
+/// How often a server whose disk is full tries again to persist what it holds.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// How long compaction waits after a snapshot could not be written for lack of space.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
 struct Pending {
     term: u64,
@@ -140,6 +147,16 @@ struct Driver {
     snapshot_every_entries: u64,
     wall_ms: fn() -> u64,
     fsync: Arc<crate::disk_watch::FsyncLatencies>,
+    storage_mode: Arc<StorageMode>,
+    /// A Ready whose persistence failed because the disk is full: it is persisted again
+    /// (nothing of it sent or applied meanwhile) before any other Ready is taken.
+    held: Option<Ready>,
+    /// When to try persisting `held` again.
+    held_retry_at: Instant,
+    /// A persist failed for lack of space and none has succeeded since.
+    disk_full: bool,
+    /// No compaction before this time (a snapshot did not fit).
+    compact_retry_at: Instant,
     started: Instant,
     config: Config,
     seed: u64,
@@ -168,6 +185,11 @@ impl RaftNode {
             snapshot_every_entries: self.snapshot_every_entries,
             wall_ms: self.wall_ms,
             fsync: self.fsync,
+            storage_mode: self.storage_mode,
+            held: None,
+            held_retry_at: Instant::now(),
+            disk_full: false,
+            compact_retry_at: Instant::now(),
             started: Instant::now(),
             config: self.config,
             seed: self.seed,
@@ -225,6 +247,10 @@ impl Driver {
         let now = self.now_ms();
         match input {
             RaftInput::Propose(proposal) => {
+                if let Some(refusal) = self.disk_full_refusal() {
+                    let _ = proposal.reply.send(Err(refusal));
+                    return;
+                }
                 let entry = Entry {
                     time_ms: (self.wall_ms)(),
                     command: proposal.command,
@@ -336,18 +362,41 @@ impl Driver {
     /// Persists, sends, applies and acknowledges until the core has nothing more.
     fn process_ready(&mut self) -> Result<(), ()> {
         let was_leader = self.raft.is_leader();
-        while self.raft.has_ready() {
-            let ready = self.raft.ready();
-            for envelope in ready.leader_messages {
-                self.peers.send(envelope.to, envelope.message);
-            }
+        loop {
+            let ready = match self.held.take() {
+                Some(held) if Instant::now() < self.held_retry_at => {
+                    self.held = Some(held);
+                    break;
+                }
+                Some(held) => held,
+                None if self.raft.has_ready() => {
+                    let mut ready = self.raft.ready();
+                    for envelope in std::mem::take(&mut ready.leader_messages) {
+                        self.peers.send(envelope.to, envelope.message);
+                    }
+                    ready
+                }
+                None => break,
+            };
             let started = Instant::now();
-            if let Err(error) =
-                self.storage
-                    .persist(ready.snapshot.as_ref(), &ready.entries, ready.hard_state)
+            match self
+                .storage
+                .persist(ready.snapshot.as_ref(), &ready.entries, ready.hard_state)
             {
-                self.report_fatal(&error);
-                return Err(());
+                Ok(()) => {}
+                Err(error @ AppendError::DiskFull { .. }) => {
+                    self.held = Some(ready);
+                    self.held_retry_at = Instant::now() + DISK_FULL_RETRY;
+                    self.enter_disk_full(&error);
+                    break;
+                }
+                Err(error) => {
+                    self.report_fatal(&error);
+                    return Err(());
+                }
+            }
+            if self.disk_full {
+                self.leave_disk_full();
             }
             if !ready.entries.is_empty() {
                 let took = started.elapsed();
@@ -446,6 +495,9 @@ impl Driver {
     /// Snapshots the state machine every `snapshot_every_entries` applied entries, saves
     /// it, and lets the core drop the log it covers.
     fn maybe_compact(&mut self) -> Result<(), ()> {
+        if Instant::now() < self.compact_retry_at {
+            return Ok(());
+        }
         let applied = self.raft.applied_index();
         if applied < self.raft.snapshot_meta().index + self.snapshot_every_entries {
             return Ok(());
@@ -468,9 +520,25 @@ impl Driver {
             voters: self.raft.voters().to_vec(),
             data,
         };
-        if let Err(error) = self.storage.save_snapshot(&snapshot) {
-            self.report_fatal(&error);
-            return Err(());
+        match self.storage.save_snapshot(&snapshot) {
+            Ok(()) => {}
+            Err(error @ AppendError::DiskFull { .. }) => {
+                // The log keeps growing until a snapshot fits; writes still work.
+                let reason = format!("cannot write a snapshot: {error}");
+                tracing::warn!(%reason, "storage degraded: the log is not compacted");
+                self.storage_mode.signal(
+                    &self.metrics,
+                    (self.wall_ms)(),
+                    Signal::Impaired,
+                    &reason,
+                );
+                self.compact_retry_at = Instant::now() + SNAPSHOT_RETRY;
+                return Ok(());
+            }
+            Err(error) => {
+                self.report_fatal(&error);
+                return Err(());
+            }
         }
         self.raft.compact(applied, snapshot.data);
         self.metrics.snapshots.inc();
@@ -521,6 +589,71 @@ impl Driver {
             *current = next;
             changed
         });
+    }
+
+    /// The disk is full: storage goes to Floor, and a leader hands leadership to the most
+    /// caught-up voter (again on each retry while it still leads).
+    fn enter_disk_full(&mut self, error: &AppendError) {
+        let reason = error.to_string();
+        if !self.disk_full {
+            tracing::error!(%reason, "disk full: storage enters floor mode; writes are refused here");
+            self.disk_full = true;
+            self.storage_mode.set_disk_full(true);
+        }
+        self.storage_mode
+            .signal(&self.metrics, (self.wall_ms)(), Signal::Failed, &reason);
+        if !self.raft.is_leader() {
+            return;
+        }
+        let status = self.raft.status();
+        let Some(target) = status
+            .peers
+            .iter()
+            .filter(|p| status.voters.contains(&p.id))
+            .max_by_key(|p| p.match_index)
+            .map(|p| p.id)
+        else {
+            return;
+        };
+        match self.raft.transfer_leadership(self.now_ms(), target) {
+            Ok(()) => tracing::warn!(
+                to = %crate::cluster::server_id_text(target),
+                "this leader's disk is full; transferring leadership"
+            ),
+            Err(error) => tracing::debug!(%error, "leadership transfer not started"),
+        }
+    }
+
+    /// Persisting works again: storage starts its way back from Floor.
+    fn leave_disk_full(&mut self) {
+        tracing::info!("disk space is back: what this server held is durable again");
+        self.disk_full = false;
+        self.storage_mode.set_disk_full(false);
+        self.storage_mode.signal(
+            &self.metrics,
+            (self.wall_ms)(),
+            Signal::Healthy,
+            "writes are durable again",
+        );
+    }
+
+    /// Why a proposal cannot be taken while the disk is full, if it is: a leader handing
+    /// over answers Busy (the proposer retries on the next leader), otherwise Refused.
+    fn disk_full_refusal(&self) -> Option<WriteError> {
+        if !self.disk_full {
+            return None;
+        }
+        let reason = self.storage_mode.reason();
+        if self.raft.is_leader() && self.raft.voters().len() > 1 {
+            Some(
+                ClusterError::Busy(format!(
+                    "the leader's disk is full, leadership is moving: {reason}"
+                ))
+                .into(),
+            )
+        } else {
+            Some(WriteError::Refused { reason })
+        }
     }
 
     fn report_fatal(&self, error: &AppendError) {

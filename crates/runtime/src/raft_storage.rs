@@ -161,7 +161,9 @@ impl RaftStorage {
     /// Makes a Ready's `snapshot`, `entries` and `hard_state` durable, in that order.
     ///
     /// # Errors
-    /// [`AppendError`]: the disk's state is unknown and the server must stop.
+    /// [`AppendError::DiskFull`]: nothing after the last durable write changed, and the same
+    /// call can be made again once space returns. [`AppendError::Fatal`]: the disk's state is
+    /// unknown and the server must stop.
     pub fn persist(
         &mut self,
         snapshot: Option<&Snapshot>,
@@ -226,10 +228,8 @@ impl RaftStorage {
             std::fs::rename(&temp, &path)?;
             File::open(&self.dir)?.sync_all()
         })();
-        written.map_err(|error| AppendError::Fatal {
-            path: path.clone(),
-            detail: error.to_string(),
-        })?;
+        // A full disk leaves the old file in place (temp + rename): recoverable.
+        written.map_err(|error| crate::log_store::classify(&path, error))?;
         self.saved = hard_state;
         Ok(())
     }

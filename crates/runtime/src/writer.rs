@@ -57,6 +57,9 @@ pub(crate) struct Proposal {
 pub struct StorageMode {
     machine: Mutex<ModeMachine>,
     reason: Mutex<String>,
+    /// Set while a replicated server's disk is known full: every signal counts as Failed,
+    /// so no other evidence (fsync latency rounds) lifts storage out of Floor meanwhile.
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 impl StorageMode {
@@ -64,6 +67,7 @@ impl StorageMode {
         StorageMode {
             machine: Mutex::new(ModeMachine::new(Hysteresis::default(), now_ms)),
             reason: Mutex::new(String::new()),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -77,7 +81,24 @@ impl StorageMode {
         self.reason.lock().expect("mode lock poisoned").clone()
     }
 
+    /// Whether a replicated server's disk is known full (its raft thread cannot persist, so
+    /// it applies nothing new).
+    pub fn is_disk_full(&self) -> bool {
+        self.disk_full.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records whether the disk is full (a replicated server's raft thread knows).
+    pub(crate) fn set_disk_full(&self, full: bool) {
+        self.disk_full
+            .store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub(crate) fn signal(&self, metrics: &Metrics, now_ms: u64, signal: Signal, reason: &str) {
+        let signal = if self.disk_full.load(std::sync::atomic::Ordering::SeqCst) {
+            Signal::Failed
+        } else {
+            signal
+        };
         let transition = self
             .machine
             .lock()

@@ -2,7 +2,7 @@
 //! `--bootstrap-expect`, writes sent to any server are replicated, the leader's SIGKILL is
 //! survived, a restarted server catches up, a new server is added and a dead one removed.
 
-use crate::support::{cli, colony_bin, free_addr, http, wait_until};
+use crate::support::{cli, colony_bin, free_addr, http, mount_tmpfs, wait_until};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -112,21 +112,29 @@ impl Drop for Server {
 
 struct Cluster {
     servers: Vec<Server>,
-    _dir: tempfile::TempDir,
+    /// The directory the servers' files are in, when the cluster made it.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
     /// Starts `n` servers that bootstrap together, and waits until all agree on a leader.
     fn start(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Cluster::start_in(dir.path(), n, extra);
+        cluster.dir = Some(dir);
+        cluster
+    }
+
+    /// As [`Cluster::start`], with the servers' files in `dir` (`dir/s1`, `dir/s2`, ...).
+    fn start_in(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
         let mut servers: Vec<Server> = (1..=n)
-            .map(|i| Server::new(dir.path(), &format!("s{i}")))
+            .map(|i| Server::new(dir, &format!("s{i}")))
             .collect();
         let seed = servers[0].gossip;
         for (i, server) in servers.iter_mut().enumerate() {
             server.start(n, (i > 0).then_some(seed), extra);
         }
-        let cluster = Cluster { servers, _dir: dir };
+        let cluster = Cluster { servers, dir: None };
         cluster.wait_for_leader(&[], Duration::from_secs(30));
         cluster
     }
@@ -349,7 +357,7 @@ fn replication_new_server_is_added_and_dead_server_is_removed() {
     }
     // A fourth server with the same --bootstrap-expect sees four servers: it does not
     // bootstrap, and the leader adds it as a voter; it receives the whole log.
-    let dir = cluster._dir.path().to_path_buf();
+    let dir = cluster.dir.as_ref().expect("own dir").path().to_path_buf();
     let mut fourth = Server::new(&dir, "s4");
     fourth.start(3, Some(cluster.servers[leader].gossip), &extra);
     cluster.servers.push(fourth);
@@ -647,4 +655,108 @@ fn replication_client_agent_forwards_to_the_servers_and_moves_on_when_one_dies()
         read.header("x-colony-forwarded-to"),
         Some(served_by.as_str())
     );
+}
+
+/// Bytes free on the filesystem holding `path`.
+fn available_bytes(path: &Path) -> u64 {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("df prints the available bytes")
+}
+
+fn storage_mode(server: &Server) -> String {
+    server
+        .get_text("/v1/colony/modes")
+        .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|modes| modes["storage"]["mode"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A leader whose disk fills: its storage goes to Floor, it hands leadership to a server
+/// with room, and writes go on; meanwhile it answers stale reads and refuses others at once
+/// with the reason. When space returns it catches up and leaves Floor, and no acknowledged
+/// write is missing anywhere.
+#[test]
+fn replication_a_leader_whose_disk_fills_hands_over_and_recovers() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut mounts = Vec::new();
+    for i in 1..=3 {
+        let Some(mount) = mount_tmpfs(&temp.path().join(format!("s{i}")), "size=160m") else {
+            let message = "REPLICATED DISK-FULL TEST NOT RUN: cannot mount a tmpfs (needs root)";
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{message}: CI must be able to run it"
+            );
+            eprintln!("\n*** {message} ***\n");
+            return;
+        };
+        mounts.push(mount);
+    }
+    let cluster = Cluster::start_in(temp.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let full = &cluster.servers[leader];
+    let writer = &cluster.servers[(leader + 1) % 3];
+    assert_eq!(full.put("before", "kept"), Some(200));
+    // Leave the leader less room than its next log segment needs.
+    let filler = full.data_dir.join("filler");
+    let room = available_bytes(&full.data_dir);
+    std::fs::write(&filler, vec![0u8; (room - 6 * 1024 * 1024) as usize]).expect("filler");
+    let value = "v".repeat(256 * 1024);
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        if writer.put(&format!("fill/{i}"), &value) == Some(200) {
+            acknowledged.push(i);
+        }
+        if storage_mode(full) == "floor" {
+            break;
+        }
+    }
+    assert_eq!(storage_mode(full), "floor", "{}", cluster.dump_logs());
+    // Leadership leaves the full disk, and writes go on, even those sent to it.
+    wait_until("leadership moved", Duration::from_secs(15), || {
+        writer
+            .leader()
+            .is_some_and(|l| !l.is_empty() && l != full.rpc.to_string())
+    });
+    assert_eq!(writer.put("after", "moved"), Some(200));
+    assert_eq!(
+        full.put("via-full", "x"),
+        Some(200),
+        "forwarded to the new leader"
+    );
+    // The full server answers stale reads and refuses the others at once, saying why.
+    assert_eq!(
+        full.get_text("/v1/kv/before?stale&raw"),
+        Some((200, "kept".to_string()))
+    );
+    let asked = Instant::now();
+    let (status, text) = full.get_text("/v1/kv/before").expect("answer");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("disk is full"), "{text}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "refused at once");
+    // Space returns: it persists what it held, catches up and leaves Floor.
+    std::fs::remove_file(&filler).expect("free space");
+    wait_until("the full server caught up", Duration::from_secs(30), || {
+        full.get_text("/v1/kv/via-full?raw") == Some((200, "x".to_string()))
+    });
+    wait_until("storage out of floor", Duration::from_secs(30), || {
+        matches!(storage_mode(full).as_str(), "recovery" | "target")
+    });
+    for server in &cluster.servers {
+        for i in &acknowledged {
+            let (status, _) = server
+                .get_text(&format!("/v1/kv/fill/{i}?stale"))
+                .expect("answer");
+            assert_eq!(status, 200, "acknowledged write {i} on {}", server.name);
+        }
+    }
+    drop(cluster);
+    drop(mounts);
 }
