@@ -82,7 +82,10 @@ pub fn router(agent: Arc<Agent>, membership: membership::MembershipState) -> Rou
         )
         .route("/v1/agent/check/update/{id}", put(ag::check_update))
         .route("/v1/agent/maintenance", put(ag::node_maintenance))
-        .route("/v1/agent/metrics", get(ag::metrics))
+        .route("/v1/agent/metrics", {
+            let gossip = membership.gossip.clone();
+            get(move |state, query| ag::metrics(state, query, gossip))
+        })
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))

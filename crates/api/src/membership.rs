@@ -380,17 +380,8 @@ pub fn client_router(
         .fallback(crate::forward::forward_handler)
         .with_state(forwarder);
     routes(state.clone())
-        .route("/v1/agent/self", get(client_self).with_state(state))
-        .route(
-            "/v1/agent/metrics",
-            get(|| async {
-                ApiError {
-                    status: StatusCode::NOT_IMPLEMENTED,
-                    message: "client agents do not export metrics yet".into(),
-                }
-                .into_response()
-            }),
-        )
+        .route("/v1/agent/self", get(client_self).with_state(state.clone()))
+        .route("/v1/agent/metrics", get(client_metrics).with_state(state))
         .merge(forwarded)
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::REQUEST_BODY_BYTES_MAX,
@@ -412,4 +403,140 @@ async fn client_self(State(st): State<MembershipState>) -> Response {
         "Member": member_json(local, &st.datacenter, view.leaving),
     });
     local_json(&body, &view_evidence(&local.name, crate::now_ms()))
+}
+
+/// Membership's metrics in Prometheus text: members by state as this agent sees them,
+/// Lifeguard's awareness score, and the gossip counters.
+pub(crate) fn gossip_prometheus(gossip: &Gossip) -> String {
+    use std::fmt::Write as _;
+    let view = gossip.view();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP colony_gossip_members Members this agent knows, by state (itself included).\n\
+         # TYPE colony_gossip_members gauge"
+    );
+    for (state, count) in members_by_state(&view) {
+        let _ = writeln!(out, "colony_gossip_members{{state=\"{state}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP colony_gossip_awareness Lifeguard's local health score (0 healthy).\n\
+         # TYPE colony_gossip_awareness gauge\ncolony_gossip_awareness {}",
+        view.awareness
+    );
+    for (name, help, value) in gossip_counters(&view) {
+        let _ = writeln!(
+            out,
+            "# HELP colony_gossip_{name} {help}\n# TYPE colony_gossip_{name} counter\n\
+             colony_gossip_{name}_total {value}"
+        );
+    }
+    out
+}
+
+/// Membership's metrics as Consul's `/v1/agent/metrics` lists them: (gauges, counters).
+pub(crate) fn gossip_consul_metrics(
+    gossip: &Gossip,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let view = gossip.view();
+    let mut gauges: Vec<serde_json::Value> = members_by_state(&view)
+        .into_iter()
+        .map(|(state, count)| {
+            json!({"Name": "colony.gossip.members", "Value": count, "Labels": {"state": state}})
+        })
+        .collect();
+    gauges.push(json!({"Name": "colony.gossip.awareness", "Value": view.awareness, "Labels": {}}));
+    let counters = gossip_counters(&view)
+        .into_iter()
+        .map(|(name, _, value)| {
+            json!({
+                "Name": format!("colony.gossip.{name}"),
+                "Count": value, "Sum": value, "Min": value, "Max": value, "Mean": value,
+                "Rate": 0, "Stddev": 0, "Labels": {},
+            })
+        })
+        .collect();
+    (gauges, counters)
+}
+
+fn members_by_state(view: &colony_runtime::gossip::GossipView) -> Vec<(&'static str, u64)> {
+    [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Dead,
+        MemberState::Left,
+    ]
+    .into_iter()
+    .map(|state| {
+        let others = view.members.iter().filter(|m| m.state == state).count() as u64;
+        let local = view.local.as_ref().is_some_and(|m| m.state == state);
+        (state.as_str(), others + u64::from(local))
+    })
+    .collect()
+}
+
+fn gossip_counters(
+    view: &colony_runtime::gossip::GossipView,
+) -> Vec<(&'static str, &'static str, u64)> {
+    let stats = view.stats;
+    vec![
+        ("packets_out", "Gossip datagrams sent.", stats.packets_out),
+        (
+            "packets_in",
+            "Gossip datagrams received and decoded.",
+            stats.packets_in,
+        ),
+        ("bytes_out", "Gossip datagram bytes sent.", stats.bytes_out),
+        (
+            "streams_out",
+            "State-exchange stream frames sent.",
+            stats.streams_out,
+        ),
+        (
+            "decode_errors",
+            "Datagrams or frames that could not be decoded, dropped.",
+            view.decode_errors,
+        ),
+        ("probes_ok", "Probes acknowledged.", stats.probes_ok),
+        (
+            "probes_failed",
+            "Probes that ended without an ack.",
+            stats.probes_failed,
+        ),
+        (
+            "suspicions_raised",
+            "Suspicions raised from this agent's probes.",
+            stats.suspicions_raised,
+        ),
+        (
+            "refutations",
+            "Suspicions about this agent it refuted.",
+            stats.refutations,
+        ),
+    ]
+}
+
+/// `/v1/agent/metrics` on a client agent: membership's metrics (the store's live on the
+/// servers), as Consul's JSON or, with `?format=prometheus`, Prometheus text.
+async fn client_metrics(State(st): State<MembershipState>, RawQuery(raw): RawQuery) -> Response {
+    let query = Query::parse(raw.as_deref());
+    if query.get("format") == Some("prometheus") {
+        return (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            gossip_prometheus(&st.gossip),
+        )
+            .into_response();
+    }
+    let (gauges, counters) = gossip_consul_metrics(&st.gossip);
+    let now = crate::now_ms();
+    let body = json!({
+        "Timestamp": now.to_string(),
+        "Gauges": gauges,
+        "Points": [],
+        "Counters": counters,
+        "Samples": [],
+    });
+    let name = st.gossip.view().local.map(|m| m.name).unwrap_or_default();
+    local_json(&body, &view_evidence(&name, now))
 }

@@ -567,23 +567,36 @@ async fn toggle_maintenance(agent: &Agent, enable: bool, mut check: Check) -> Ap
     Ok(ok_empty(agent))
 }
 
-pub(crate) async fn metrics(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+/// `/v1/agent/metrics`: the agent's registry and membership's metrics, as Consul's JSON or,
+/// with `?format=prometheus`, Prometheus text.
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+    gossip: std::sync::Arc<colony_runtime::gossip::Gossip>,
+) -> Response {
     let query = Query::parse(raw.as_deref());
     let agent = &app.agent;
     if query.get("format") == Some("prometheus") {
+        let mut text = agent.metrics().encode();
+        // The registry ends with its EOF marker; membership's families go before it.
+        if let Some(stripped) = text.strip_suffix("# EOF\n") {
+            text = stripped.to_string();
+        }
+        text.push_str(&crate::membership::gossip_prometheus(&gossip));
+        text.push_str("# EOF\n");
         return (
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            agent.metrics().encode(),
+            text,
         )
             .into_response();
     }
+    let (mut gauges, counters) = crate::membership::gossip_consul_metrics(&gossip);
+    gauges.push(json!({"Name": "colony.blocking_queries_parked", "Value": agent.metrics().parked_queries.get(), "Labels": {}}));
     let body = json!({
         "Timestamp": agent.now_ms().to_string(),
-        "Gauges": [
-            {"Name": "colony.blocking_queries_parked", "Value": agent.metrics().parked_queries.get(), "Labels": {}},
-        ],
+        "Gauges": gauges,
         "Points": [],
-        "Counters": [],
+        "Counters": counters,
         "Samples": [],
     });
     local_json(&body, &agent.local_evidence("agent:metrics".into()))

@@ -178,4 +178,34 @@ fn forwarding_client_agent_serves_the_api_through_a_server() {
     let me = client.get("/v1/agent/self").json();
     assert_eq!(me["Config"]["NodeName"], "c1");
     assert_eq!(me["Config"]["Server"], false);
+
+    // So do its metrics: membership as it sees it (two members alive: itself and the
+    // server), in Prometheus text and in Consul's JSON; the server adds the same families
+    // to its own registry.
+    let text = client.get("/v1/agent/metrics?format=prometheus").text();
+    assert!(
+        text.contains("colony_gossip_members{state=\"alive\"} 2"),
+        "{text}"
+    );
+    let probes_ok = text
+        .lines()
+        .find_map(|line| line.strip_prefix("colony_gossip_probes_ok_total "))
+        .and_then(|value| value.parse::<u64>().ok())
+        .expect("probes counter");
+    assert!(probes_ok > 0, "the client has probed the server: {text}");
+    let json = client.get("/v1/agent/metrics").json();
+    let alive = json["Gauges"]
+        .as_array()
+        .expect("gauges")
+        .iter()
+        .find(|g| g["Name"] == "colony.gossip.members" && g["Labels"]["state"] == "alive")
+        .map(|g| g["Value"].clone());
+    assert_eq!(alive, Some(serde_json::json!(2)), "{json}");
+    let server_text = server.get("/v1/agent/metrics?format=prometheus").text();
+    assert!(
+        server_text.contains("colony_gossip_members{state=\"alive\"} 2")
+            && server_text.contains("colony_store_applied_entries_total")
+            && server_text.trim_end().ends_with("# EOF"),
+        "{server_text}"
+    );
 }
