@@ -177,6 +177,9 @@ pub struct Cluster {
     /// ReadIndex requests in flight: context -> length of the committed log when asked.
     reads_asked: BTreeMap<u64, u64>,
     next_read_ctx: u64,
+    /// The store's state machine on every node and the clients' register histories, when
+    /// the run has a KV layer ([`Cluster::with_kv`]).
+    pub kv: Option<crate::kv::KvLayer>,
 }
 
 /// What happened during a run, to show the faults and paths were exercised.
@@ -294,7 +297,15 @@ impl Cluster {
             read_states: Vec::new(),
             reads_asked: BTreeMap::new(),
             next_read_ctx: 1,
+            kv: None,
         }
+    }
+
+    /// Adds the KV layer: the store's state machine on every node, writes spread over
+    /// `keys` keys, and reads recorded for the linearizability check.
+    pub fn with_kv(mut self, keys: u64) -> Self {
+        self.kv = Some(crate::kv::KvLayer::new(&self.ids, keys));
+        self
     }
 
     fn chance(&mut self, per_mille: u64) -> bool {
@@ -427,6 +438,9 @@ impl Cluster {
             self.stats.snapshots_installed += 1;
             node.applied = decode_snapshot(&snapshot.data);
             assert_eq!(node.applied.len() as u64, snapshot.meta.index);
+            if let Some(kv) = &mut self.kv {
+                kv.rebuild(id, &node.applied);
+            }
         }
         let term_now = node.raft.term();
         let is_older_term_applied =
@@ -442,6 +456,9 @@ impl Cluster {
                 EntryKind::Empty | EntryKind::ConfChange => 0,
             };
             node.applied.push((entry.term, value));
+            if let Some(kv) = &mut self.kv {
+                kv.apply(id, entry.index, value, self.now_ms);
+            }
         }
         for read in &ready.read_states {
             assert!(
@@ -449,6 +466,9 @@ impl Cluster {
                 "read index is committed"
             );
             self.read_states.push((id, *read));
+            if let Some(kv) = &mut self.kv {
+                kv.read_released(id, read.ctx, read.index);
+            }
             // Linearizable reads (thesis §6.4): the read index covers every write some
             // client was told about before the read was asked.
             if let Some(asked) = self.reads_asked.remove(&read.ctx) {
@@ -465,6 +485,9 @@ impl Cluster {
         }
         node.raft.advance();
         node.raft.check_invariants();
+        if let Some(kv) = &mut self.kv {
+            kv.complete_reads(id, self.now_ms);
+        }
         let term = node.raft.term();
         let applied = node.applied.clone();
         for envelope in ready.messages.into_iter().chain(ready.leader_messages) {
@@ -514,6 +537,9 @@ impl Cluster {
     pub fn crash(&mut self, id: u64) {
         self.stats.crashes += 1;
         self.nodes.insert(id, None);
+        if let Some(kv) = &mut self.kv {
+            kv.crash(id);
+        }
     }
 
     pub fn restart(&mut self, id: u64) {
@@ -533,6 +559,9 @@ impl Cluster {
             .snapshot
             .as_ref()
             .map_or(Vec::new(), |s| decode_snapshot(&s.data));
+        if let Some(kv) = &mut self.kv {
+            kv.rebuild(id, &applied);
+        }
         self.nodes.insert(
             id,
             Some(Node {
@@ -644,6 +673,9 @@ impl Cluster {
         raft.check_invariants();
         if accepted {
             self.next_value += 1;
+            if let Some(kv) = &mut self.kv {
+                kv.write_invoked(value, self.now_ms);
+            }
             Some(value)
         } else {
             None
@@ -701,6 +733,30 @@ impl Cluster {
                     raft.check_invariants();
                     self.reads_asked.insert(ctx, asked);
                     self.next_read_ctx += 1;
+                    if let Some(kv) = &mut self.kv {
+                        kv.read_invoked(ctx, self.now_ms);
+                    }
+                }
+            }
+            // Lease reads (Consul's default): a leader inside its lease answers at its
+            // commit index with no quorum round.
+            let now = self.now_ms;
+            let leases: Vec<(u64, u64)> = self
+                .live_ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let raft = self.node(id).expect("live");
+                    let until = raft.lease_until_ms()?;
+                    (until > now).then(|| (id, raft.commit_index()))
+                })
+                .collect();
+            if let Some(kv) = &mut self.kv {
+                for (id, index) in leases {
+                    let ctx = self.next_read_ctx;
+                    self.next_read_ctx += 1;
+                    kv.read_invoked(ctx, now);
+                    kv.read_released(id, ctx, index);
+                    kv.lease_reads += 1;
                 }
             }
         }
@@ -751,6 +807,10 @@ impl Cluster {
         }
         if self.steps.is_multiple_of(16) {
             self.check_logs();
+            let live = self.live_ids();
+            if let Some(kv) = &mut self.kv {
+                kv.check_digests(self.seed, &live);
+            }
         }
     }
 
