@@ -187,11 +187,14 @@ impl Lease for LeaseService {
                 ..LeaseTimeToLiveResponse::default()
             }));
         };
-        let remaining_ms = self
+        // The leader measures TTLs (keep-alives are renewed there): ask it.
+        let deadline = self
             .ctx
             .agent
-            .session_deadline_ms(&session_id)
-            .map_or(ttl_ms, |deadline| deadline.saturating_sub(wall_ms()));
+            .session_expiry_ms(&session_id)
+            .await
+            .map_err(|error| Status::unavailable(format!("etcdserver: {error}")))?;
+        let remaining_ms = deadline.map_or(ttl_ms, |deadline| deadline.saturating_sub(wall_ms()));
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.ctx.header(revision),
             id: request.id,

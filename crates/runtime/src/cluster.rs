@@ -207,6 +207,9 @@ impl Agent {
                 replicated.ask(RaftInput::ReadIndex).await?,
             )),
             RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(self.renew_session_here(&id))),
+            RpcRequest::SessionDeadline(id) => {
+                Ok(RpcResponse::SessionDeadline(self.session_deadline_ms(&id)))
+            }
             RpcRequest::Membership => Ok(RpcResponse::Membership {
                 is_member: replicated.status().is_member,
             }),
@@ -548,6 +551,29 @@ impl Agent {
             RpcResponse::Renewed(session) => Ok(session),
             other => Err(ClusterError::Unavailable(format!(
                 "leader answered a renewal with {other:?}"
+            ))),
+        }
+    }
+
+    /// When session `id` expires unless renewed, in wall ms, as whoever measures TTLs says:
+    /// the leader on a replicated server (asked over RPC from a follower), this agent
+    /// otherwise. `None` if the session is not tracked.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when a follower cannot reach a leader.
+    pub async fn session_expiry_ms(&self, id: &str) -> Result<Option<u64>, ClusterError> {
+        let Some(replicated) = self.replicated() else {
+            return Ok(self.session_deadline_ms(id));
+        };
+        let request = RpcRequest::SessionDeadline(id.to_string());
+        match self
+            .on_leader(replicated, request, true)
+            .await
+            .map_err(to_cluster_error)?
+        {
+            RpcResponse::SessionDeadline(deadline) => Ok(deadline),
+            other => Err(ClusterError::Unavailable(format!(
+                "leader answered a session deadline question with {other:?}"
             ))),
         }
     }

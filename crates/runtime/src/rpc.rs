@@ -75,6 +75,8 @@ pub enum RpcRequest {
     /// A check result or a deregistration from a client agent's check runners; any server
     /// proposes it (only `CheckUpdate` and `CatalogDeregister` are accepted).
     Submit(Box<Command>),
+    /// When a session expires unless renewed, as the leader's TTL tracker says.
+    SessionDeadline(String),
 }
 
 /// An HTTP API request forwarded by a client agent, served by the receiving server as if
@@ -149,6 +151,8 @@ pub enum RpcResponse {
         /// The checks.
         checks: Vec<colony_store::Check>,
     },
+    /// A session's expiry in wall ms on the leader, or `None` if it does not track it.
+    SessionDeadline(Option<u64>),
 }
 
 /// Why a forwarded request has no answer.

@@ -760,3 +760,61 @@ fn replication_a_leader_whose_disk_fills_hands_over_and_recovers() {
     drop(cluster);
     drop(mounts);
 }
+
+/// etcdctl against one server of the cluster; (success, stdout, stderr).
+fn etcdctl_on(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", server.grpc))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/test installs etcd-client)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// The leader measures lease TTLs and keep-alives renew there, so a follower's TimeToLive
+/// asks the leader: it shows the leader's count-down, and the renewed TTL after a keep-alive.
+#[test]
+fn replication_etcd_time_to_live_on_a_follower_reflects_keepalives_on_the_leader() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let follower = &cluster.servers[(leader + 1) % 3];
+    let (ok, out, err) = etcdctl_on(
+        &cluster.servers[leader],
+        &["lease", "grant", "20", "-w", "json"],
+    );
+    assert!(ok, "grant: {err}");
+    let grant: serde_json::Value = serde_json::from_str(&out).expect("grant JSON");
+    let id = format!("{:x}", grant["ID"].as_u64().expect("lease ID"));
+    let ttl_on = |server: &Server| -> i64 {
+        let (ok, out, err) = etcdctl_on(server, &["lease", "timetolive", &id, "-w", "json"]);
+        assert!(ok, "timetolive: {err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).expect("timetolive JSON");
+        answer["ttl"].as_i64().expect("ttl")
+    };
+    // Let the TTL run down a while, then renew it once on the leader.
+    let started = Instant::now();
+    wait_until("the TTL to run down", Duration::from_secs(15), || {
+        ttl_on(&cluster.servers[leader]) <= 15
+    });
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let before = ttl_on(follower);
+    assert!(
+        before <= 15,
+        "the follower reports the leader's count-down, not the granted TTL: {before}"
+    );
+    let (ok, _, err) = etcdctl_on(
+        &cluster.servers[leader],
+        &["lease", "keep-alive", "--once", &id],
+    );
+    assert!(ok, "keep-alive: {err}");
+    let on_follower = ttl_on(follower);
+    assert!(
+        on_follower >= 18,
+        "the follower reports the renewed TTL, not its own count-down: {on_follower}"
+    );
+}
