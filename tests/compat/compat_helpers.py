@@ -200,29 +200,22 @@ class ColonyAgent:
         return "\n".join(text.splitlines()[-lines:])
 
     def _command(self) -> list[str]:
-        if self.join is not None:
-            return [
-                str(self.binary),
-                "agent",
-                "--node",
-                self.node,
-                "--http-addr",
-                f"{LOOPBACK}:{self.port}",
-                "--bind",
-                f"{LOOPBACK}:0",
-                "--retry-join" if self.retry_join else "--join",
-                self.join,
-            ]
-        return [
-            str(self.binary),
-            "agent",
-            "--dev",
+        common = [
             "--node",
             self.node,
             "--http-addr",
             f"{LOOPBACK}:{self.port}",
             "--bind",
             f"{LOOPBACK}:0",
+        ]
+        if self.join is not None:
+            join_flag = "--retry-join" if self.retry_join else "--join"
+            return [str(self.binary), "agent", *common, join_flag, self.join]
+        return [
+            str(self.binary),
+            "agent",
+            "--dev",
+            *common,
             "--grpc-addr",
             f"{LOOPBACK}:{self.grpc_port}",
             "--data-dir",

@@ -497,16 +497,8 @@ fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another(
         &cluster.servers[(leader + 2) % 3],
     );
     let etcdctl = |server: &Server, args: &[&str]| {
-        let output = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://{}", server.grpc))
-            .args(args)
-            .output()
-            .expect("etcdctl is installed (scripts/test installs etcd-client)");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-        )
+        let (ok, out, _) = etcdctl_on(server, args);
+        (ok, out)
     };
     for i in 0..10 {
         let (ok, _) = etcdctl(a, &["put", &format!("e/{i}"), &format!("v{i}")]);
@@ -522,19 +514,7 @@ fn replication_etcdctl_writes_on_one_follower_and_reads_linearizably_on_another(
 fn replication_etcdctl_lists_the_voters_and_moves_the_leader() {
     let cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
-    let etcdctl = |server: &Server, args: &[&str]| {
-        let output = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://{}", server.grpc))
-            .args(args)
-            .output()
-            .expect("etcdctl is installed (scripts/test installs etcd-client)");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-            String::from_utf8_lossy(&output.stderr).to_string(),
-        )
-    };
+    let etcdctl = etcdctl_on;
     // Every voter, with its name and where its gRPC API listens (learned by gossip).
     let (ok, out, err) = etcdctl(&cluster.servers[leader], &["member", "list", "-w", "json"]);
     assert!(ok, "member list: {err}");
@@ -761,11 +741,12 @@ fn replication_a_leader_whose_disk_fills_hands_over_and_recovers() {
     drop(mounts);
 }
 
-/// etcdctl against one server of the cluster; (success, stdout, stderr).
+/// etcdctl against one server of the cluster (its endpoint written with the scheme, as
+/// operators do); (success, stdout, stderr).
 fn etcdctl_on(server: &Server, args: &[&str]) -> (bool, String, String) {
     let output = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", server.grpc))
+        .arg(format!("--endpoints=http://{}", server.grpc))
         .args(args)
         .output()
         .expect("etcdctl is installed (scripts/test installs etcd-client)");
