@@ -12,10 +12,21 @@
 //!    [`Balance`](crate::layer::balance::Balance) with a service built for the address
 //!    ([`HealthWatch::feed`] does exactly that).
 //! 3. On an error, back off (the agent may be restarting) and call again.
+//!
+//! Or let a stream do the loop: [`HealthWatch::into_stream`] yields [`InstanceChange`]s for
+//! ever, retrying failed queries after a pause, and [`HealthWatch::into_discover`] yields
+//! `tower::discover::Change`s with a service built per instance — a `tower::discover::Discover`
+//! that tower's balancers (and [`InstanceStream`]'s users) consume directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use futures_core::Stream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -245,6 +256,134 @@ impl HealthWatch {
             }
         }
         Ok(count)
+    }
+}
+
+impl HealthWatch {
+    /// The watch as a never-ending stream of changes; a failed query is logged and tried
+    /// again after `retry`.
+    pub fn into_stream(self, retry: Duration) -> InstanceStream {
+        InstanceStream {
+            state: StreamState::Idle(Some(self)),
+            ready: VecDeque::new(),
+            retry,
+        }
+    }
+
+    /// The watch as a `tower::discover::Discover`: each new instance becomes
+    /// `Change::Insert(id, make(&instance))`, each vanished one `Change::Remove(id)`.
+    pub fn into_discover<S, F>(self, retry: Duration, make: F) -> DiscoverStream<F>
+    where
+        F: FnMut(&Instance) -> S + Unpin,
+    {
+        DiscoverStream {
+            inner: self.into_stream(retry),
+            make,
+        }
+    }
+}
+
+type Query =
+    Pin<Box<dyn Future<Output = (HealthWatch, Result<Vec<InstanceChange>, DiscoverError>)> + Send>>;
+
+enum StreamState {
+    /// Between queries (the option is only empty while moving the watch).
+    Idle(Option<HealthWatch>),
+    /// A blocking query is out.
+    Querying(Query),
+    /// Pausing after a failed query.
+    Waiting(Pin<Box<tokio::time::Sleep>>, Option<HealthWatch>),
+}
+
+/// [`HealthWatch::into_stream`]: the instance changes, for ever.
+pub struct InstanceStream {
+    state: StreamState,
+    ready: VecDeque<InstanceChange>,
+    retry: Duration,
+}
+
+impl std::fmt::Debug for InstanceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceStream")
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for InstanceStream {
+    type Item = InstanceChange;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InstanceChange>> {
+        let this = &mut *self;
+        loop {
+            if let Some(change) = this.ready.pop_front() {
+                return Poll::Ready(Some(change));
+            }
+            match &mut this.state {
+                StreamState::Idle(watch) => {
+                    let mut watch = watch.take().expect("the watch is idle here");
+                    this.state = StreamState::Querying(Box::pin(async move {
+                        let result = watch.next_changes().await;
+                        (watch, result)
+                    }));
+                }
+                StreamState::Querying(query) => {
+                    let (watch, result) = ready!(query.as_mut().poll(cx));
+                    match result {
+                        Ok(changes) => {
+                            this.ready.extend(changes);
+                            this.state = StreamState::Idle(Some(watch));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, service = %watch.service, "discovery query failed; retrying");
+                            let pause = Box::pin(tokio::time::sleep(this.retry));
+                            this.state = StreamState::Waiting(pause, Some(watch));
+                        }
+                    }
+                }
+                StreamState::Waiting(pause, watch) => {
+                    ready!(pause.as_mut().poll(cx));
+                    let watch = watch.take();
+                    this.state = StreamState::Idle(watch);
+                }
+            }
+        }
+    }
+}
+
+/// [`HealthWatch::into_discover`]: instance changes with services built, as tower's
+/// `Discover` expects (it never fails and never ends).
+pub struct DiscoverStream<F> {
+    inner: InstanceStream,
+    make: F,
+}
+
+impl<F> std::fmt::Debug for DiscoverStream<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoverStream")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F> Stream for DiscoverStream<F>
+where
+    F: FnMut(&Instance) -> S + Unpin,
+{
+    type Item = Result<tower::discover::Change<String, S>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let change = ready!(Pin::new(&mut this.inner).poll_next(cx));
+        Poll::Ready(change.map(|change| {
+            Ok(match change {
+                InstanceChange::Insert(instance) => {
+                    let service = (this.make)(&instance);
+                    tower::discover::Change::Insert(instance.id, service)
+                }
+                InstanceChange::Remove(id) => tower::discover::Change::Remove(id),
+            })
+        }))
     }
 }
 
