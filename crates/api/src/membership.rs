@@ -246,6 +246,12 @@ async fn fire(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if name.starts_with(colony_runtime::gossip::INTERNAL_EVENT_PREFIX) {
+        return Err(ApiError::bad_request(format!(
+            "event names starting with {:?} are reserved for colony",
+            colony_runtime::gossip::INTERNAL_EVENT_PREFIX
+        )));
+    }
     let query = Query::parse(raw.as_deref());
     let filter = |k: &str| query.get(k).unwrap_or_default().to_string();
     let event = st
@@ -279,6 +285,10 @@ async fn list_events(State(st): State<MembershipState>, RawQuery(raw): RawQuery)
     let out: Vec<_> = view
         .events
         .iter()
+        .filter(|e| {
+            !e.name
+                .starts_with(colony_runtime::gossip::INTERNAL_EVENT_PREFIX)
+        })
         .filter(|e| name.as_deref().is_none_or(|n| n == e.name))
         .map(|e| {
             let payload = if e.payload.is_empty() {
@@ -308,39 +318,138 @@ struct KeyringRequest {
     key: String,
 }
 
-/// Consul's keyring listing, for this agent's keyring (colony rotates keys per agent: run the
-/// operation against every agent; `NumNodes` is therefore 1).
+/// The key fingerprints of each live member, primary first: this agent's from its keyring,
+/// the others' from the `keys` tag they announce (`None` until one is heard).
+fn members_keys(gossip: &Gossip) -> Vec<(String, Option<Vec<String>>)> {
+    let view = gossip.view();
+    let local = view
+        .local
+        .iter()
+        .map(|me| (me.name.clone(), gossip.keyring_fingerprints()));
+    let others = view
+        .members
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        .map(|m| {
+            let keys = m
+                .meta
+                .tags
+                .get(colony_runtime::gossip::TAG_KEYS)
+                .map(|tag| tag.split(',').map(str::to_string).collect());
+            (m.name.clone(), keys)
+        });
+    local.chain(others).collect()
+}
+
+/// Consul's keyring listing: for each key this agent holds, how many live members hold it
+/// and how many use it as primary, from the key fingerprints every member announces.
 async fn keyring_list(State(st): State<MembershipState>) -> Result<Response, ApiError> {
     let keys = st.gossip.keyring_list().ok_or_else(|| {
         ApiError::bad_request(
             "gossip encryption is not enabled on this agent (start it with --encrypt)",
         )
     })?;
-    let counts: serde_json::Map<String, serde_json::Value> =
-        keys.iter().map(|k| (k.clone(), json!(1))).collect();
-    let primary = json!({ keys[0].clone(): 1 });
+    let members = members_keys(&st.gossip);
+    let mut counts = serde_json::Map::new();
+    let mut primaries = serde_json::Map::new();
+    for key in &keys {
+        let print = colony_runtime::keyring::parse_key(key)
+            .map(|k| colony_runtime::keyring::fingerprint(&k))
+            .unwrap_or_default();
+        let held = members
+            .iter()
+            .filter(|(_, prints)| prints.as_ref().is_some_and(|p| p.contains(&print)))
+            .count();
+        let primary = members
+            .iter()
+            .filter(|(_, prints)| prints.as_ref().and_then(|p| p.first()) == Some(&print))
+            .count();
+        counts.insert(key.clone(), json!(held));
+        if primary > 0 {
+            primaries.insert(key.clone(), json!(primary));
+        }
+    }
+    let messages: serde_json::Map<String, serde_json::Value> = members
+        .iter()
+        .filter(|(_, prints)| prints.is_none())
+        .map(|(name, _)| (name.clone(), json!("has not announced its keys yet")))
+        .collect();
     let me = st.gossip.view().local.map(|l| l.name).unwrap_or_default();
     let body = json!([{
         "WAN": false,
         "Datacenter": st.datacenter,
         "Segment": "",
         "Keys": counts,
-        "PrimaryKeys": primary,
-        "NumNodes": 1,
+        "PrimaryKeys": primaries,
+        "NumNodes": members.len(),
+        "Messages": messages,
     }]);
     Ok(local_json(&body, &view_evidence(&me, crate::now_ms())))
 }
 
+/// A keyring operation for the whole cluster: applied here, then announced to every member.
+/// `use` waits (409) until every live member holds the key, so that no member is cut off
+/// by traffic it cannot open; `remove` waits until no live member uses the key as primary.
 async fn keyring_op(
     st: &MembershipState,
     op: KeyringOp,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let request: KeyringRequest = crate::json::decode(body)?;
+    let key = colony_runtime::keyring::parse_key(&request.key)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let print = colony_runtime::keyring::fingerprint(&key);
+    let members = members_keys(&st.gossip);
+    let blocking: Vec<&str> = match op {
+        KeyringOp::Install => Vec::new(),
+        KeyringOp::Use => members
+            .iter()
+            .filter(|(_, prints)| !prints.as_ref().is_some_and(|p| p.contains(&print)))
+            .map(|(name, _)| name.as_str())
+            .collect(),
+        KeyringOp::Remove => members
+            .iter()
+            .filter(|(_, prints)| prints.as_ref().and_then(|p| p.first()) == Some(&print))
+            .map(|(name, _)| name.as_str())
+            .collect(),
+    };
+    // This agent's own primary is refused below by its keyring, with its own message.
+    let only_my_primary = op == KeyringOp::Remove && members_is_only_me(st, &blocking);
+    if !blocking.is_empty() && !only_my_primary {
+        let what = match op {
+            KeyringOp::Use => {
+                "do not hold the key yet (install it first; it spreads within seconds)"
+            }
+            _ => "still use the key as primary (the new primary is still spreading)",
+        };
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "{} of {} members {what}: {}; try again",
+                blocking.len(),
+                members.len(),
+                blocking.join(", ")
+            ),
+        });
+    }
     st.gossip
         .keyring_change(op, &request.key)
         .map_err(ApiError::bad_request)?;
+    st.gossip
+        .keyring_announce(op, &request.key)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("changed here, but announcing it to the members failed: {e}"),
+        })?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// Whether the only member in `names` is this agent (its own primary check comes from its
+/// keyring, with its own error).
+fn members_is_only_me(st: &MembershipState, names: &[&str]) -> bool {
+    let me = st.gossip.view().local.map(|l| l.name).unwrap_or_default();
+    names == [me.as_str()]
 }
 
 async fn keyring_install(

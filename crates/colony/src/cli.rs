@@ -478,6 +478,9 @@ async fn members(client: &ApiClient, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `colony keyring --use/--remove` waits for the previous step to reach every member.
+const KEYRING_SPREAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn keyring(
     client: &ApiClient,
     list: bool,
@@ -491,10 +494,30 @@ async fn keyring(
     for (method, key) in ops {
         if let Some(key) = key {
             let body = serde_json::to_vec(&serde_json::json!({ "Key": key }))?;
-            client
-                .request(method, "/v1/operator/keyring", &body)
-                .await?
-                .ok()?;
+            // `use` and `remove` wait (409) until the previous step has reached every
+            // member; keep asking for a while, saying so once.
+            let deadline = std::time::Instant::now() + KEYRING_SPREAD_WAIT;
+            let mut said = false;
+            loop {
+                let response = client
+                    .request(method, "/v1/operator/keyring", &body)
+                    .await?;
+                if response.status == hyper::StatusCode::CONFLICT
+                    && std::time::Instant::now() < deadline
+                {
+                    if !said {
+                        eprintln!(
+                            "waiting for the keyring to spread: {}",
+                            String::from_utf8_lossy(&response.body)
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    continue;
+                }
+                response.ok()?;
+                break;
+            }
             acted = true;
         }
     }

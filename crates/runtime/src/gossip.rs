@@ -20,6 +20,14 @@ use crate::keyring::{Keyring, KeyringError, parse_key};
 /// rotates keys).
 type SharedKeyring = Arc<RwLock<Option<Keyring>>>;
 
+/// The internal user event that carries a keyring operation to every member (sealed with
+/// the gossip key, like all gossip).
+pub const KEYRING_EVENT: &str = "_colony-keyring";
+/// User events whose name starts with this are colony's own, hidden from `/v1/event/list`.
+pub const INTERNAL_EVENT_PREFIX: &str = "_colony-";
+/// Member tag listing the fingerprints of the member's gossip keys, primary first.
+pub const TAG_KEYS: &str = "keys";
+
 /// Largest stream frame accepted (a full state of ~100,000 members).
 pub const MAX_STREAM_FRAME: usize = 8 << 20;
 /// How long a stream connection may take to deliver its frame.
@@ -135,6 +143,66 @@ enum GossipCommand {
     Fire(String, Vec<u8>, oneshot::Sender<Result<UserEvent, String>>),
 }
 
+impl KeyringOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyringOp::Install => "install",
+            KeyringOp::Use => "use",
+            KeyringOp::Remove => "remove",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "install" => Some(KeyringOp::Install),
+            "use" => Some(KeyringOp::Use),
+            "remove" => Some(KeyringOp::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a keyring operation and saves the keyring if it is persisted (undoing the change
+/// if saving fails; the error names the file). `lenient` is for operations heard from other
+/// members, which may arrive out of order: `use` installs the key first, and removing a key
+/// that is absent or primary here is a no-op.
+fn change_keyring(
+    keyring: &SharedKeyring,
+    file: Option<&std::path::Path>,
+    op: KeyringOp,
+    key: [u8; 32],
+    lenient: bool,
+) -> Result<(), String> {
+    let mut guard = keyring.write().expect("keyring lock");
+    let ring = guard.as_mut().ok_or_else(|| {
+        "gossip encryption is not enabled on this agent (start it with --encrypt)".to_string()
+    })?;
+    let before = ring.clone();
+    match op {
+        KeyringOp::Install => {
+            ring.install(key);
+            Ok(())
+        }
+        KeyringOp::Use => {
+            if lenient {
+                ring.install(key);
+            }
+            ring.use_key(key)
+        }
+        KeyringOp::Remove if lenient && ring.holds(&key) != Some(false) => Ok(()),
+        KeyringOp::Remove => ring.remove(key),
+    }
+    .map_err(|e: KeyringError| e.to_string())?;
+    if ring.generation() != before.generation()
+        && let Some(path) = file
+        && let Err(error) = crate::keyring::save_keyring(path, ring)
+    {
+        *ring = before;
+        return Err(error.to_string());
+    }
+    Ok(())
+}
+
 /// Handle on the running membership layer.
 #[derive(Debug)]
 pub struct Gossip {
@@ -208,12 +276,19 @@ impl Gossip {
             .port();
         let local_addr = SocketAddr::new(config.advertise, port);
         let generation = wall_us();
+        // The first announcement already names the keys.
+        let mut meta = config.meta.clone();
+        if let Some(ring) = &config.keyring {
+            meta.tags
+                .insert(TAG_KEYS.to_string(), ring.fingerprints().join(","));
+        }
+        let keyring_tagged = config.keyring.as_ref().map(Keyring::generation);
         let swim = Swim::new(
             config.swim.clone(),
             &config.node_name,
             to_addr(local_addr),
             generation,
-            config.meta.clone(),
+            meta,
             os_seed(),
         );
         let (commands, command_rx) = mpsc::channel(64);
@@ -238,6 +313,8 @@ impl Gossip {
             decode_errors: 0,
             published_at: Instant::now(),
             keyring: keyring.clone(),
+            keyring_file: config.keyring_file.clone(),
+            keyring_tagged,
             pending_events: Vec::new(),
         };
         tokio::spawn(driver.run(command_rx, frames_rx));
@@ -262,32 +339,34 @@ impl Gossip {
             .map(Keyring::list)
     }
 
+    /// The fingerprints of this agent's keys, primary first; `None` when gossip is not
+    /// encrypted.
+    pub fn keyring_fingerprints(&self) -> Option<Vec<String>> {
+        self.keyring
+            .read()
+            .expect("keyring lock")
+            .as_ref()
+            .map(Keyring::fingerprints)
+    }
+
     /// Applies a keyring operation (`install`, `use` or `remove`) with a base64 key, and saves
     /// the keyring if it is persisted. If saving fails the change is undone and the error
     /// names the file.
     pub fn keyring_change(&self, op: KeyringOp, key: &str) -> Result<(), String> {
         let key = parse_key(key).map_err(|e| e.to_string())?;
-        let mut guard = self.keyring.write().expect("keyring lock");
-        let ring = guard.as_mut().ok_or_else(|| {
-            "gossip encryption is not enabled on this agent (start it with --encrypt)".to_string()
-        })?;
-        let before = ring.clone();
-        match op {
-            KeyringOp::Install => {
-                ring.install(key);
-                Ok(())
-            }
-            KeyringOp::Use => ring.use_key(key),
-            KeyringOp::Remove => ring.remove(key),
-        }
-        .map_err(|e: KeyringError| e.to_string())?;
-        if let Some(path) = &self.keyring_file
-            && let Err(error) = crate::keyring::save_keyring(path, ring)
-        {
-            *ring = before;
-            return Err(error.to_string());
-        }
-        Ok(())
+        change_keyring(&self.keyring, self.keyring_file.as_deref(), op, key, false)
+    }
+
+    /// Tells every member to apply a keyring operation this agent has applied, by an internal
+    /// user event (sealed with the current primary key, as all gossip is).
+    ///
+    /// # Errors
+    /// The event could not be fired (membership is stopping).
+    pub async fn keyring_announce(&self, op: KeyringOp, key: &str) -> Result<(), String> {
+        let payload = format!("{} {key}", op.as_str());
+        self.fire_event(KEYRING_EVENT, payload.into_bytes())
+            .await
+            .map(|_| ())
     }
 
     /// The advertised gossip address (with the bound port).
@@ -440,6 +519,9 @@ struct Driver {
     decode_errors: u64,
     published_at: Instant,
     keyring: SharedKeyring,
+    keyring_file: Option<std::path::PathBuf>,
+    /// The keyring generation the `keys` tag was last computed from.
+    keyring_tagged: Option<u64>,
     /// Membership events waiting for the view that explains them to be published.
     pending_events: Vec<MemberEvent>,
 }
@@ -507,8 +589,52 @@ impl Driver {
                     }
                 }
             }
+            self.refresh_keyring_tag();
             self.flush().await;
         }
+    }
+
+    /// Announces this member's key fingerprints (tag `keys`) whenever the keyring changed.
+    fn refresh_keyring_tag(&mut self) {
+        let (generation, fingerprints) = match self.keyring.read().expect("keyring lock").as_ref() {
+            Some(ring) if Some(ring.generation()) != self.keyring_tagged => {
+                (ring.generation(), ring.fingerprints())
+            }
+            _ => return,
+        };
+        let mut meta = (**self.swim.meta()).clone();
+        meta.tags
+            .insert(TAG_KEYS.to_string(), fingerprints.join(","));
+        match self.swim.set_meta(self.now(), meta) {
+            Ok(()) => self.keyring_tagged = Some(generation),
+            Err(error) => {
+                tracing::warn!(error, "cannot announce the keyring's fingerprints");
+                self.keyring_tagged = Some(generation);
+            }
+        }
+    }
+
+    /// Applies a keyring operation another member announced.
+    fn apply_keyring_event(&mut self, payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload);
+        let mut words = text.split_whitespace();
+        let (Some(op), Some(key)) = (words.next().and_then(KeyringOp::parse), words.next()) else {
+            tracing::warn!(payload = %text, "malformed keyring event ignored");
+            return;
+        };
+        let result = parse_key(key).map_err(|e| e.to_string()).and_then(|key| {
+            change_keyring(&self.keyring, self.keyring_file.as_deref(), op, key, true)
+        });
+        match result {
+            Ok(()) => tracing::info!(
+                op = op.as_str(),
+                "keyring changed by a member's announcement"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, op = op.as_str(), "keyring announcement not applied")
+            }
+        }
+        self.refresh_keyring_tag();
     }
 
     /// Opens an incoming message: decrypts it when gossip is encrypted.
@@ -641,6 +767,9 @@ impl Driver {
                 for (_, reply) in self.joins.drain(..) {
                     let _ = reply.send(true);
                 }
+            }
+            Notification::Event(e) if e.name == KEYRING_EVENT => {
+                self.apply_keyring_event(&e.payload);
             }
             Notification::Event(e) => {
                 tracing::info!(event = %e.name, ltime = e.ltime, "user event")

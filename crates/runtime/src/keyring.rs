@@ -155,6 +155,8 @@ pub fn generate_key() -> String {
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<([u8; 32], Aes256Gcm)>,
+    /// Bumped by every change, so watchers notice one cheaply.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -168,7 +170,26 @@ impl Keyring {
     pub fn new(primary: [u8; 32]) -> Self {
         Self {
             keys: vec![(primary, cipher(&primary))],
+            generation: 0,
         }
+    }
+
+    /// How many changes the keyring has seen.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether `key` is installed, and whether it is primary.
+    pub fn holds(&self, key: &[u8; 32]) -> Option<bool> {
+        self.keys
+            .iter()
+            .position(|(k, _)| k == key)
+            .map(|pos| pos == 0)
+    }
+
+    /// The keys' fingerprints ([`fingerprint`]), primary first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.keys.iter().map(|(k, _)| fingerprint(k)).collect()
     }
 
     /// The keys, primary first, base64-encoded.
@@ -181,6 +202,7 @@ impl Keyring {
     pub fn install(&mut self, key: [u8; 32]) {
         if !self.keys.iter().any(|(k, _)| *k == key) {
             self.keys.push((key, cipher(&key)));
+            self.generation += 1;
         }
     }
 
@@ -193,6 +215,7 @@ impl Keyring {
             .ok_or(KeyringError::NotInstalled)?;
         let entry = self.keys.remove(pos);
         self.keys.insert(0, entry);
+        self.generation += 1;
         Ok(())
     }
 
@@ -203,6 +226,7 @@ impl Keyring {
             Some(0) => Err(KeyringError::RemovePrimary),
             Some(pos) => {
                 self.keys.remove(pos);
+                self.generation += 1;
                 Ok(())
             }
         }
@@ -239,6 +263,18 @@ impl Keyring {
             .find_map(|(_, c)| c.decrypt(nonce, sealed).ok())
             .ok_or(KeyringError::NoKey)
     }
+}
+
+/// A key check value: 8 hex digits of the key's AES-GCM seal of a fixed text under a fixed
+/// nonce. It names a key to other members (in a gossip tag) without revealing it.
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    let sealed = cipher(key)
+        .encrypt(
+            Nonce::from_slice(&[0u8; NONCE_LEN]),
+            &b"colony keyring fingerprint"[..],
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    sealed[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn cipher(key: &[u8; 32]) -> Aes256Gcm {

@@ -176,19 +176,39 @@ fn membership_encrypted_gossip_refuses_strangers_and_rotates_keys() {
     assert_eq!(status(&server, "c3"), None);
     assert_eq!(status(&server, "c1"), Some(1));
 
-    // Rotate to k2 with the CLI on the two members: install, use, remove the old key.
-    for agent in [&server, &c1] {
-        for args in [
-            ["keyring", "--install", &k2],
-            ["keyring", "--use", &k2],
-            ["keyring", "--remove", &k1],
-        ] {
-            let (code, _, stderr) = crate::support::cli(agent.addr, &args);
-            assert_eq!(code, 0, "{args:?}: {stderr}");
-        }
-        let (_, listing, _) = crate::support::cli(agent.addr, &["keyring", "--list"]);
-        assert_eq!(listing.trim(), format!("{k2} (primary)"));
+    // Rotate to k2 with the CLI on one member; each step reaches every member by gossip, and
+    // `--use` / `--remove` wait until the previous step has spread.
+    for args in [
+        ["keyring", "--install", &k2],
+        ["keyring", "--use", &k2],
+        ["keyring", "--remove", &k1],
+    ] {
+        let (code, _, stderr) = crate::support::cli(server.addr, &args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
     }
+    wait_until("c1 rotated too", Duration::from_secs(15), || {
+        let (_, listing, _) = crate::support::cli(c1.addr, &["keyring", "--list"]);
+        listing.trim() == format!("{k2} (primary)")
+    });
+    // The listing counts the members holding each key, from the fingerprints they announce.
+    wait_until(
+        "both members announce k2 alone",
+        Duration::from_secs(15),
+        || {
+            let ring = server.get("/v1/operator/keyring").json();
+            ring[0]["Keys"] == serde_json::json!({ k2.clone(): 2 })
+                && ring[0]["PrimaryKeys"] == serde_json::json!({ k2.clone(): 2 })
+                && ring[0]["NumNodes"] == 2
+        },
+    );
+    // The announcements are colony's own events: not listed, and not for users to fire.
+    let events = server.get("/v1/event/list").json();
+    assert!(
+        !events.to_string().contains("_colony-"),
+        "internal events hidden: {events}"
+    );
+    let spoof = server.put("/v1/event/fire/_colony-keyring", b"install x");
+    assert_eq!(spoof.status, 400, "{}", spoof.text());
     // c2 (k2) now gets in on its next retry; c3 (plaintext) still cannot.
     wait_until(
         "c2 admitted after rotation",
