@@ -830,3 +830,43 @@ impl Driver {
 fn uuid_from(a: u64, b: u64) -> String {
     colony_base::SplitMix64::new(a ^ b.rotate_left(17)).uuid()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Announcements may arrive out of order: a member applies them leniently, while the
+    /// agent the operator talks to applies them strictly.
+    #[test]
+    fn keyring_announcements_apply_leniently_and_operator_requests_strictly() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let ring: SharedKeyring = Arc::new(RwLock::new(Some(Keyring::new(a))));
+        // `use` before its `install` arrived: installs, then uses.
+        assert_eq!(
+            change_keyring(&ring, None, KeyringOp::Use, b, false).ok(),
+            None
+        );
+        change_keyring(&ring, None, KeyringOp::Use, b, true).expect("lenient use");
+        let prints = ring
+            .read()
+            .expect("lock")
+            .as_ref()
+            .map(Keyring::fingerprints);
+        assert_eq!(
+            prints.and_then(|p| p.first().cloned()),
+            Some(crate::keyring::fingerprint(&b))
+        );
+        // Removing the primary or an absent key: refused when asked, ignored when heard.
+        assert!(change_keyring(&ring, None, KeyringOp::Remove, b, false).is_err());
+        change_keyring(&ring, None, KeyringOp::Remove, b, true).expect("ignored");
+        change_keyring(&ring, None, KeyringOp::Remove, [3u8; 32], true).expect("ignored");
+        change_keyring(&ring, None, KeyringOp::Remove, a, true).expect("old key removed");
+        assert_eq!(
+            ring.read().expect("lock").as_ref().map(|r| r.list().len()),
+            Some(1)
+        );
+        // Without encryption there is nothing to change.
+        let plain: SharedKeyring = Arc::new(RwLock::new(None));
+        assert!(change_keyring(&plain, None, KeyringOp::Install, a, true).is_err());
+    }
+}

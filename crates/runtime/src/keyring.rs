@@ -286,6 +286,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fingerprints_name_keys_stably_and_apart_and_follow_the_primary() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(fingerprint(&a), fingerprint(&a));
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint(&a).len(), 8);
+        let mut ring = Keyring::new(a);
+        ring.install(b);
+        assert_eq!(ring.fingerprints(), vec![fingerprint(&a), fingerprint(&b)]);
+        let before = ring.generation();
+        ring.install(b);
+        assert_eq!(
+            ring.generation(),
+            before,
+            "installing a held key changes nothing"
+        );
+        ring.use_key(b).expect("installed");
+        assert_eq!(ring.fingerprints()[0], fingerprint(&b));
+        assert_eq!(ring.holds(&b), Some(true));
+        assert_eq!(ring.holds(&a), Some(false));
+        assert!(ring.generation() > before);
+    }
+
+    #[test]
     fn keyring_file_round_trips_and_damage_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("serf").join("local.keyring");
