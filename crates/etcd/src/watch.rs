@@ -3,11 +3,13 @@
 //! history from its start revision, then follows new changes; a store change wakes the task
 //! once, which reads the history once under one lock for every watcher (as etcd groups its
 //! watchers), so a thousand watchers of one key cost one wake-up per stream, not a thousand.
-//! Events come in revision order, all events of one revision in one response. A watcher that
+//! Events come in revision order, all events of one revision in one response — unless the
+//! watcher asked for `fragment` and the response would exceed etcd's request limit (1.5 MiB):
+//! then it goes out in pieces, every piece but the last marked `fragment`. A watcher that
 //! starts before the compacted revision (or falls that far behind) is cancelled with the
 //! compacted revision, as etcd does.
 
-use crate::context::EtcdContext;
+use crate::context::{EtcdContext, REQUEST_BYTES_MAX};
 use crate::convert::event;
 use colony_etcdpb::etcdserverpb::{
     WatchRequest, WatchResponse, watch_create_request::FilterType, watch_request::RequestUnion,
@@ -70,6 +72,8 @@ struct Watcher {
     no_delete: bool,
     progress_notify: bool,
     sent_since_progress: bool,
+    /// Split responses larger than [`REQUEST_BYTES_MAX`] (`WatchCreateRequest.fragment`).
+    fragment: bool,
 }
 
 /// Serves one stream: the client's requests, and every watcher's events as the store changes.
@@ -158,6 +162,7 @@ async fn handle_request(
                         no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
                         progress_notify: create.progress_notify,
                         sent_since_progress: false,
+                        fragment: create.fragment,
                     },
                 );
                 tx.send(Ok(WatchResponse {
@@ -230,12 +235,21 @@ async fn deliver(
                     more |= has_more;
                     if !events.is_empty() {
                         watcher.sent_since_progress = true;
-                        responses.push(WatchResponse {
-                            header: ctx.header(current),
-                            watch_id: *id,
-                            events,
-                            ..WatchResponse::default()
-                        });
+                        let pieces = if watcher.fragment {
+                            fragments(events, REQUEST_BYTES_MAX)
+                        } else {
+                            vec![events]
+                        };
+                        let last = pieces.len() - 1;
+                        for (i, events) in pieces.into_iter().enumerate() {
+                            responses.push(WatchResponse {
+                                header: ctx.header(current),
+                                watch_id: *id,
+                                events,
+                                fragment: i < last,
+                                ..WatchResponse::default()
+                            });
+                        }
                     }
                 }
             }
@@ -248,6 +262,29 @@ async fn deliver(
         tx.send(Ok(response)).await.ok()?;
     }
     Some(more)
+}
+
+/// `events` in pieces of at most `limit` encoded bytes each (a single larger event is a piece
+/// of its own), in order; one piece if they fit.
+fn fragments(
+    events: Vec<colony_etcdpb::mvccpb::Event>,
+    limit: usize,
+) -> Vec<Vec<colony_etcdpb::mvccpb::Event>> {
+    use prost::Message as _;
+    let mut pieces = vec![Vec::new()];
+    let mut bytes = 0;
+    for event in events {
+        // Each event costs its length, a tag byte and a length prefix in the response.
+        let size = event.encoded_len() + 6;
+        let piece = pieces.last_mut().expect("one piece at least");
+        if !piece.is_empty() && bytes + size > limit {
+            pieces.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        pieces.last_mut().expect("one piece at least").push(event);
+    }
+    pieces
 }
 
 /// Sends a progress notification to each watcher that asked for them and was idle since the

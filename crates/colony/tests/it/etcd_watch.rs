@@ -209,3 +209,75 @@ async fn etcd_watch_semantics_on_real_etcd() {
         .expect("start etcd");
     watch_cases(&etcd.endpoint).await;
 }
+
+/// A watcher that asks for `fragment` gets a revision larger than the request limit in
+/// pieces (all but the last marked `fragment`); one that does not gets it whole.
+async fn fragment_cases(endpoint: &str) {
+    let channel = Channel::from_shared(format!("http://{endpoint}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = KVClient::new(channel.clone());
+    let value = "x".repeat(200 * 1024);
+    let mut last = 0;
+    for i in 0..12 {
+        last = put(&mut kv, &format!("frag/{i:02}"), &value).await;
+    }
+    let prefix = |fragment| WatchCreateRequest {
+        key: b"frag/".to_vec(),
+        range_end: b"frag0".to_vec(),
+        start_revision: last + 1,
+        prev_kv: true,
+        fragment,
+        ..WatchCreateRequest::default()
+    };
+    let (mut stream, pieces_id) = Stream::open(channel.clone(), prefix(true)).await;
+    let whole_id = stream.create(prefix(false)).await;
+    // One revision: twelve deletions, each carrying its 200 KiB previous value.
+    kv.delete_range(DeleteRangeRequest {
+        key: b"frag/".to_vec(),
+        range_end: b"frag0".to_vec(),
+        ..DeleteRangeRequest::default()
+    })
+    .await
+    .expect("delete range");
+    let (mut pieces, mut whole) = (Vec::new(), Vec::new());
+    while pieces.last().is_none_or(|r: &WatchResponse| r.fragment) || whole.is_empty() {
+        let response = stream.next().await;
+        if response.watch_id == pieces_id {
+            pieces.push(response);
+        } else {
+            assert_eq!(response.watch_id, whole_id);
+            whole.push(response);
+        }
+    }
+    assert!(pieces.len() >= 2, "split into pieces: {}", pieces.len());
+    assert!(pieces[..pieces.len() - 1].iter().all(|r| r.fragment));
+    let events: usize = pieces.iter().map(|r| r.events.len()).sum();
+    assert_eq!(events, 12);
+    assert!(pieces.iter().flat_map(|r| &r.events).all(|e| {
+        e.prev_kv
+            .as_ref()
+            .is_some_and(|kv| kv.value.len() == value.len())
+    }));
+    assert_eq!(whole.len(), 1);
+    assert!(!whole[0].fragment);
+    assert_eq!(whole[0].events.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_fragments_on_colony() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let grpc = free_addr().to_string();
+    let _agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
+    fragment_cases(&grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_fragments_on_real_etcd() {
+    let etcd = tokio::task::spawn_blocking(RealEtcd::start)
+        .await
+        .expect("start etcd");
+    fragment_cases(&etcd.endpoint).await;
+}
