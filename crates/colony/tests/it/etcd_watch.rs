@@ -194,20 +194,30 @@ async fn watch_cases(endpoint: &str) {
     assert!(progress.header.expect("header").revision >= last);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_watch_semantics_on_colony() {
+/// A dev agent serving the etcd API; kept alive by the returned guards.
+fn colony() -> (String, Agent, tempfile::TempDir) {
     let temp = tempfile::tempdir().expect("tempdir");
     let grpc = free_addr().to_string();
-    let _agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
+    let agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
+    (grpc, agent, temp)
+}
+
+/// A real single-member etcd (started off the async runtime: it waits for it to serve).
+async fn real_etcd() -> RealEtcd {
+    tokio::task::spawn_blocking(RealEtcd::start)
+        .await
+        .expect("start etcd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_semantics_on_colony() {
+    let (grpc, _agent, _dir) = colony();
     watch_cases(&grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_watch_semantics_on_real_etcd() {
-    let etcd = tokio::task::spawn_blocking(RealEtcd::start)
-        .await
-        .expect("start etcd");
-    watch_cases(&etcd.endpoint).await;
+    watch_cases(&real_etcd().await.endpoint).await;
 }
 
 /// A watcher that asks for `fragment` gets a revision larger than the request limit in
@@ -268,16 +278,11 @@ async fn fragment_cases(endpoint: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_watch_fragments_on_colony() {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let grpc = free_addr().to_string();
-    let _agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
+    let (grpc, _agent, _dir) = colony();
     fragment_cases(&grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_watch_fragments_on_real_etcd() {
-    let etcd = tokio::task::spawn_blocking(RealEtcd::start)
-        .await
-        .expect("start etcd");
-    fragment_cases(&etcd.endpoint).await;
+    fragment_cases(&real_etcd().await.endpoint).await;
 }
