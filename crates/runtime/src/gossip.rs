@@ -298,7 +298,7 @@ impl Gossip {
         let keyring: SharedKeyring = Arc::new(RwLock::new(config.keyring));
         let (frames_tx, frames_rx) = mpsc::channel(256);
         tokio::spawn(accept_streams(tcp, frames_tx));
-        let driver = Driver {
+        let mut driver = Driver {
             swim,
             udp: Arc::new(udp),
             epoch: Instant::now(),
@@ -317,6 +317,8 @@ impl Gossip {
             keyring_tagged,
             pending_events: Vec::new(),
         };
+        // The view names this member before anyone can ask (the API serves right after).
+        driver.publish();
         tokio::spawn(driver.run(command_rx, frames_rx));
         tracing::info!(bind = %config.bind, advertise = %local_addr, "gossip listening (udp+tcp)");
         Ok(Arc::new(Gossip {
