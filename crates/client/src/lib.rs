@@ -7,14 +7,15 @@
 //!   SRE client-side throttling, GCRA and token-bucket rate limits (keyed too), priority load
 //!   shedding, an online latency histogram, and a peak-EWMA power-of-two-choices balancer with
 //!   outlier ejection and zone affinity. Sans-IO: time (`now_ns`) and randomness are inputs, so
-//!   the simulator and the [`overload`] harness drive the very same code.
+//!   the simulator (`colony-sim`, whose overload scenarios replay the classic cascades) drives
+//!   the very same code.
 //! - [`layer`]: tower `Layer`s and `Service`s over those cores, one per policy (each behind a
 //!   feature of the same name; `full` is the default), plus deadlines and fallbacks.
 //!
 //! Beside them: [`hash`] (ring, rendezvous, jump, Maglev and bounded-load consistent hashing
 //! behind one trait, with balance and disruption reports), [`consistency`] (the guarantee
-//! lattice, its header form and the type-level `Consistent<T, L>`), [`event`] (one event model
-//! for every layer, to `tracing` and Prometheus), and [`overload`] (the cascades, replayed).
+//! lattice, its header form and the type-level `Consistent<T, L>`), and [`event`] (one event
+//! model for every layer, to `tracing` and Prometheus).
 //!
 //! What it is not: an HTTP client. Layers wrap any tower service (hyper's, tonic's, yours).
 //!
@@ -99,5 +100,4 @@ pub mod discover;
 pub mod event;
 pub mod hash;
 pub mod layer;
-pub mod overload;
 pub mod policy;

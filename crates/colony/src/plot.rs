@@ -81,7 +81,7 @@ fn panel(svg: &mut String, x0: f64, title: &str, points: &[(f64, f64)]) {
 }
 
 /// One panel per scenario: goodput per second ÷ capacity for each kind of client.
-pub fn overload_svg(reports: &[colony_client::overload::OverloadReport]) -> String {
+pub fn overload_svg(reports: &[colony_sim::overload::OverloadReport]) -> String {
     let mut scenarios: Vec<&str> = reports.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.dedup();
     let (pw, ph) = (380.0, 220.0);

@@ -44,7 +44,7 @@ pub enum OverloadClients {
 /// Options of `colony sim overload`.
 #[derive(Debug, Args)]
 pub struct OverloadArgs {
-    /// The cascade to reproduce (parameters are fixed; see `docs` of colony_client::overload).
+    /// The cascade to reproduce (parameters are fixed; see `docs` of colony_sim::overload).
     #[arg(long, value_enum, default_value = "all")]
     scenario: OverloadScenario,
     /// Naive clients, resilient ones, or both.
@@ -136,7 +136,7 @@ pub fn run(command: SimCommand, json: bool) -> anyhow::Result<()> {
 }
 
 fn overload(args: &OverloadArgs, json: bool) -> anyhow::Result<()> {
-    use colony_client::overload::{ClientKind, Scenario, run};
+    use colony_sim::overload::{ClientKind, Scenario, run};
     let scenarios: Vec<Scenario> = match args.scenario {
         OverloadScenario::RetryStorm => vec![Scenario::RetryStorm],
         OverloadScenario::HealthCascade => vec![Scenario::HealthCascade],
@@ -174,7 +174,7 @@ fn overload(args: &OverloadArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<10} {:>9} {:>16} {:>14} {:>9} {:>10}",
+        "{:<16} {:<10} {:>9} {:>16} {:>14} {:>9} {:>10}  trace hash",
         "scenario",
         "clients",
         "capacity",
@@ -185,7 +185,7 @@ fn overload(args: &OverloadArgs, json: bool) -> anyhow::Result<()> {
     );
     for r in &reports {
         println!(
-            "{:<16} {:<10} {:>9.0} {:>16.3} {:>14.2} {:>9.1} {:>10}",
+            "{:<16} {:<10} {:>9.0} {:>16.3} {:>14.2} {:>9.1} {:>10}  {:016x}",
             r.scenario.as_str(),
             r.clients.as_str(),
             r.capacity_rps,
@@ -193,7 +193,8 @@ fn overload(args: &OverloadArgs, json: bool) -> anyhow::Result<()> {
             r.retry_amplification,
             r.p99_latency_ms,
             r.recovery_s
-                .map_or("never".to_string(), |s| format!("{s:.1}"))
+                .map_or("never".to_string(), |s| format!("{s:.1}")),
+            r.trace_hash
         );
     }
     Ok(())

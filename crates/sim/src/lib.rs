@@ -5,9 +5,12 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod net;
+pub mod overload;
+pub mod queue;
 pub mod scenario;
 pub mod world;
 
 pub use net::{Latency, NetModel, Partition};
+pub use queue::EventQueue;
 pub use scenario::{MembershipResult, MembershipScenario, percentile, run_membership};
 pub use world::{DutyCycle, Note, World};

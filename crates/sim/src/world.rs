@@ -2,15 +2,15 @@
 //! core of every node. Single-threaded and deterministic: the same seed replays the same run,
 //! and every delivered event is folded into a trace hash that proves it.
 
-use std::cmp::Ordering;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use colony_base::SplitMix64;
 use colony_swim::{Addr, Config, Meta, Name, Notification, Output, Swim, Timer};
 
 use crate::net::NetModel;
+use crate::queue::EventQueue;
 
 /// A scheduled event.
 #[derive(Debug)]
@@ -29,31 +29,6 @@ enum Event {
         epoch: u32,
         timer: Timer,
     },
-}
-
-#[derive(Debug)]
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// A gray-failure schedule: the node is stopped for `stop` out of every `period` µs (a
@@ -124,10 +99,8 @@ pub struct Note {
 /// The simulated world.
 #[derive(Debug)]
 pub struct World {
-    now: u64,
     rng: SplitMix64,
-    queue: BinaryHeap<Scheduled>,
-    seq: u64,
+    queue: EventQueue<Event>,
     nodes: Vec<SimNode>,
     by_addr: HashMap<Addr, usize>,
     /// The network model; may be changed between steps.
@@ -179,10 +152,8 @@ impl World {
             });
         }
         Self {
-            now: 0,
             rng,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(),
             nodes,
             by_addr,
             net,
@@ -200,7 +171,7 @@ impl World {
 
     /// Current virtual time (µs).
     pub fn now(&self) -> u64 {
-        self.now
+        self.queue.now()
     }
     /// The nodes.
     pub fn nodes(&self) -> &[SimNode] {
@@ -262,7 +233,7 @@ impl World {
 
     /// Starts node `i`'s timers.
     pub fn start(&mut self, i: usize) {
-        let now = self.now;
+        let now = self.queue.now();
         if let Some(s) = self.nodes[i].swim.as_mut() {
             s.start(now);
         }
@@ -272,7 +243,7 @@ impl World {
     /// Node `i` joins through the nodes in `seeds`.
     pub fn join(&mut self, i: usize, seeds: &[usize]) {
         let addrs: Vec<Addr> = seeds.iter().map(|&s| self.nodes[s].addr).collect();
-        let now = self.now;
+        let now = self.queue.now();
         if let Some(s) = self.nodes[i].swim.as_mut() {
             s.join(now, &addrs);
         }
@@ -281,7 +252,7 @@ impl World {
 
     /// Runs a closure on a running node's core and routes what it produced.
     pub fn with_node(&mut self, i: usize, f: impl FnOnce(&mut Swim, u64)) {
-        let now = self.now;
+        let now = self.queue.now();
         if let Some(s) = self.nodes[i].swim.as_mut() {
             f(s, now);
         }
@@ -332,13 +303,8 @@ impl World {
 
     /// Runs until virtual time `until`, handing every notification to `observe`.
     pub fn run_until(&mut self, until: u64, observe: &mut impl FnMut(&World, &Note)) {
-        while let Some(next) = self.queue.peek() {
-            if next.at > until {
-                break;
-            }
-            let Some(ev) = self.queue.pop() else { break };
-            self.now = ev.at;
-            self.dispatch(ev);
+        while let Some((_, event)) = self.queue.pop_until(until) {
+            self.dispatch(event);
             if !self.notes.is_empty() {
                 let notes = std::mem::take(&mut self.notes);
                 for n in &notes {
@@ -346,20 +312,15 @@ impl World {
                 }
             }
         }
-        self.now = self.now.max(until);
+        self.queue.advance_to(until);
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.schedule(at, event);
     }
 
-    fn dispatch(&mut self, ev: Scheduled) {
-        let node = match &ev.event {
+    fn dispatch(&mut self, event: Event) {
+        let node = match &event {
             Event::Packet { to, .. } | Event::Stream { to, .. } => *to,
             Event::Timer { node, epoch, .. } => {
                 if *epoch != self.nodes[*node].epoch {
@@ -371,18 +332,18 @@ impl World {
         if !self.nodes[node].is_running() {
             return;
         }
-        if let Some(resume) = self.nodes[node].resume_at(self.now) {
-            self.schedule(resume, ev.event);
+        if let Some(resume) = self.nodes[node].resume_at(self.queue.now()) {
+            self.schedule(resume, event);
             return;
         }
         self.events += 1;
-        self.now.hash(&mut self.trace);
+        self.queue.now().hash(&mut self.trace);
         node.hash(&mut self.trace);
-        let now = self.now;
+        let now = self.queue.now();
         let Some(swim) = self.nodes[node].swim.as_mut() else {
             return;
         };
-        match ev.event {
+        match event {
             Event::Packet { from, bytes, .. } => {
                 bytes.hash(&mut self.trace);
                 let _ = swim.handle_packet(now, from, &bytes);
@@ -409,7 +370,8 @@ impl World {
                     self.first_regression.get_or_insert_with(|| {
                         format!(
                             "node {node} saw {} go back from {o:?} to {v:?} at {}",
-                            m.name, self.now
+                            m.name,
+                            self.queue.now()
                         )
                     });
                     seen.insert(m.name.clone(), o);
@@ -435,8 +397,8 @@ impl World {
                     };
                     let mut delays = std::mem::take(&mut self.delays);
                     self.net
-                        .datagram(self.now, i, dst, &mut self.rng, &mut delays);
-                    let base = self.now + send_delay;
+                        .datagram(self.queue.now(), i, dst, &mut self.rng, &mut delays);
+                    let base = self.queue.now() + send_delay;
                     match delays.as_slice() {
                         [] => {}
                         [d] => self.schedule(
@@ -467,13 +429,16 @@ impl World {
                     let Some(&dst) = self.by_addr.get(&to) else {
                         continue;
                     };
-                    if let Some(d) = self.net.stream(self.now, i, dst, &mut self.rng) {
-                        self.schedule(self.now + send_delay + d, Event::Stream { to: dst, bytes });
+                    if let Some(d) = self.net.stream(self.queue.now(), i, dst, &mut self.rng) {
+                        self.schedule(
+                            self.queue.now() + send_delay + d,
+                            Event::Stream { to: dst, bytes },
+                        );
                     }
                 }
                 Output::Timer { at, timer } => {
                     self.schedule(
-                        at.max(self.now),
+                        at.max(self.queue.now()),
                         Event::Timer {
                             node: i,
                             epoch,
@@ -483,7 +448,7 @@ impl World {
                 }
                 Output::Notify(note) => {
                     self.notes.push(Note {
-                        at: self.now,
+                        at: self.queue.now(),
                         node: i,
                         note,
                     });

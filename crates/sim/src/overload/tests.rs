@@ -21,6 +21,7 @@ fn overload_same_seed_same_report() {
     assert_eq!(a, b);
     let c = run(Scenario::RetryStorm, ClientKind::Resilient, 8);
     assert_ne!(a.goodput_per_s, c.goodput_per_s);
+    assert_ne!(a.trace_hash, c.trace_hash);
 }
 
 #[test]

@@ -14,6 +14,10 @@ pub struct OverloadReport {
     pub scenario: Scenario,
     /// The clients.
     pub clients: ClientKind,
+    /// The seed every random choice was drawn from.
+    pub seed: u64,
+    /// The hash of every event handled, in order: the same seed gives the same hash.
+    pub trace_hash: u64,
     /// How many clients.
     pub clients_count: usize,
     /// The capacity the goodput ratio is measured against.
@@ -94,6 +98,8 @@ impl Metrics {
         scenario: Scenario,
         kind: ClientKind,
         params: &Params,
+        seed: u64,
+        trace_hash: u64,
     ) -> OverloadReport {
         let (from, to) = (second(params.overload_ns.0), second(params.overload_ns.1));
         let good: u64 = self.goodput[from..to].iter().sum();
@@ -126,6 +132,8 @@ impl Metrics {
         OverloadReport {
             scenario,
             clients: kind,
+            seed,
+            trace_hash,
             clients_count: params.clients,
             capacity_rps: params.capacity_rps,
             goodput_ratio_during_overload: goodput_ratio,

@@ -1,18 +1,20 @@
 //! The event loop, the servers and the two kinds of client.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use colony_base::SplitMix64;
 
 use super::report::{Metrics, OverloadReport};
 use super::{ClientKind, Scenario};
-use crate::policy::backoff::{Backoff, Jitter};
-use crate::policy::balance::{BalanceConfig, Balancer};
-use crate::policy::breaker::{Breaker, BreakerConfig, CallOutcome, Permit, WindowKind};
-use crate::policy::budget::{BudgetConfig, RetryBudget};
-use crate::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig, Sample};
-use crate::policy::rate::{KeyedGcra, Quota};
+use crate::queue::EventQueue;
+use colony_client::policy::backoff::{Backoff, Jitter};
+use colony_client::policy::balance::{BalanceConfig, Balancer};
+use colony_client::policy::breaker::{Breaker, BreakerConfig, CallOutcome, Permit, WindowKind};
+use colony_client::policy::budget::{BudgetConfig, RetryBudget};
+use colony_client::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig, Sample};
+use colony_client::policy::rate::{KeyedGcra, Quota};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -94,7 +96,7 @@ impl Params {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Ev {
     Arrival { client: usize },
     Done { backend: usize, attempt: u64 },
@@ -199,10 +201,12 @@ impl Resilient {
 pub(super) struct World {
     scenario: Scenario,
     kind: ClientKind,
+    seed: u64,
     params: Params,
     now_ns: u64,
-    seq: u64,
-    events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    events: EventQueue<Ev>,
+    /// Every event handled, folded in order: equal seeds give equal hashes.
+    trace: DefaultHasher,
     rng: SplitMix64,
     backends: Vec<Backend>,
     attempts: HashMap<u64, Attempt>,
@@ -242,9 +246,10 @@ impl World {
         Self {
             scenario,
             kind,
+            seed,
             now_ns: 0,
-            seq: 0,
-            events: BinaryHeap::new(),
+            events: EventQueue::new(),
+            trace: DefaultHasher::new(),
             rng: SplitMix64::new(seed),
             backends,
             attempts: HashMap::new(),
@@ -260,8 +265,7 @@ impl World {
 
     fn schedule(&mut self, at_ns: u64, event: Ev) {
         assert!(at_ns >= self.now_ns, "scheduling in the past");
-        self.seq += 1;
-        self.events.push(Reverse((at_ns, self.seq, event)));
+        self.events.schedule(at_ns, event);
     }
 
     fn id(&mut self) -> u64 {
@@ -289,14 +293,18 @@ impl World {
         if let Some((_, flush_ns, _)) = self.params.cache {
             self.schedule(flush_ns, Ev::Flush);
         }
-        while let Some(Reverse((at_ns, _, event))) = self.events.pop() {
-            if at_ns >= self.params.duration_ns {
-                break;
-            }
+        while let Some((at_ns, event)) = self.events.pop_until(self.params.duration_ns - 1) {
             self.now_ns = at_ns;
+            (at_ns, event).hash(&mut self.trace);
             self.handle(event);
         }
-        self.metrics.report(self.scenario, self.kind, &self.params)
+        self.metrics.report(
+            self.scenario,
+            self.kind,
+            &self.params,
+            self.seed,
+            self.trace.finish(),
+        )
     }
 
     fn handle(&mut self, event: Ev) {

@@ -1,7 +1,8 @@
-//! A discrete-event overload harness (virtual time, one seed drives every choice) that
+//! Overload scenarios: the simulator's second world. On the same [`crate::queue::EventQueue`]
+//! (virtual time, one seed drives every choice, a trace hash proves the replay) it
 //! reproduces three classic cascades, first with naive clients and then with clients built
-//! from this crate's policy cores — the same `Breaker`, `ConcurrencyLimiter`, `RetryBudget`,
-//! `Backoff`, `Balancer` and `KeyedGcra` the tower layers wrap.
+//! from `colony-client`'s policy cores — the same `Breaker`, `ConcurrencyLimiter`,
+//! `RetryBudget`, `Backoff`, `Balancer` and `KeyedGcra` its tower layers wrap.
 //!
 //! The servers are FIFO queues in front of a fixed number of workers. They never learn that a
 //! client gave up, so a request that waits past its client's timeout is wasted work: that is

@@ -10,16 +10,17 @@
 //!   mix: at 3× overload critical traffic alone is 30% of capacity, so normal and sheddable
 //!   may fill only 50% and 30% of the limit. Reports the success rate per priority.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use colony_base::SplitMix64;
 use serde::Serialize;
 
-use crate::policy::budget::{BudgetConfig, RetryBudget};
-use crate::policy::limit::{AdaptiveLimit, LimitAlgorithm, LimitConfig, Sample};
-use crate::policy::quantile::LatencyTracker;
-use crate::policy::shed::{Priority, PriorityShedder, ShedConfig};
+use crate::queue::EventQueue;
+
+use colony_client::policy::budget::{BudgetConfig, RetryBudget};
+use colony_client::policy::limit::{AdaptiveLimit, LimitAlgorithm, LimitConfig, Sample};
+use colony_client::policy::quantile::LatencyTracker;
+use colony_client::policy::shed::{Priority, PriorityShedder, ShedConfig};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -120,12 +121,7 @@ pub fn priority(seed: u64) -> PriorityReport {
     const SERVICE_NS: u64 = 50 * MS;
     const OFFERED_RPS: f64 = 3_000.0;
     let mut rng = SplitMix64::new(seed);
-    let mut events = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |events: &mut BinaryHeap<_>, at: u64, ev: Ev| {
-        seq += 1;
-        events.push(Reverse((at, seq, ev)));
-    };
+    let mut events = EventQueue::new();
     let shedders: Vec<PriorityShedder> = (0..CLIENTS)
         .map(|_| {
             PriorityShedder::new(ShedConfig {
@@ -148,17 +144,14 @@ pub fn priority(seed: u64) -> PriorityReport {
     };
     for client in 0..CLIENTS {
         let at = exponential(&mut rng);
-        push(&mut events, at, Ev::Arrival { client });
+        events.schedule(at, Ev::Arrival { client });
     }
     let duration = 30 * S;
-    while let Some(Reverse((now, _, event))) = events.pop() {
-        if now >= duration {
-            break;
-        }
+    while let Some((now, event)) = events.pop_until(duration - 1) {
         match event {
             Ev::Arrival { client } => {
                 let at = now + exponential(&mut rng).max(1);
-                push(&mut events, at, Ev::Arrival { client });
+                events.schedule(at, Ev::Arrival { client });
                 let priority = match rng.below(10) {
                     0 => Priority::Critical,
                     1..=3 => Priority::Normal,
@@ -185,7 +178,7 @@ pub fn priority(seed: u64) -> PriorityReport {
                 );
                 if busy < WORKERS {
                     busy += 1;
-                    push(&mut events, now + SERVICE_NS, Ev::Done { id: next_id });
+                    events.schedule(now + SERVICE_NS, Ev::Done { id: next_id });
                 } else {
                     queue.push_back(next_id);
                 }
@@ -205,7 +198,7 @@ pub fn priority(seed: u64) -> PriorityReport {
                     succeeded[call.priority as usize] += 1;
                 }
                 match queue.pop_front() {
-                    Some(next) => push(&mut events, now + SERVICE_NS, Ev::Done { id: next }),
+                    Some(next) => events.schedule(now + SERVICE_NS, Ev::Done { id: next }),
                     None => busy -= 1,
                 }
             }
