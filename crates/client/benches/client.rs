@@ -12,9 +12,10 @@ use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use colony_client::hash::{
     BoundedLoad, Distributor, Jump, MAGLEV_TABLE_SIZE, Maglev, Rendezvous, Ring, mix64,
@@ -290,6 +291,22 @@ fn stack(c: &mut Criterion) {
             )
         })
     });
+    // tower's own P2C over PeakEwma (10 endpoints, the same time constant and initial RTT).
+    let endpoints: Vec<_> = (0..10)
+        .map(|_| {
+            tower::load::PeakEwma::new(
+                Ready,
+                Duration::from_millis(30),
+                10e9,
+                tower::load::CompleteOnResponse::default(),
+            )
+        })
+        .collect();
+    let mut tower_p2c: tower::balance::p2c::Balance<_, ()> =
+        tower::balance::p2c::Balance::new(tower::discover::ServiceList::new::<()>(endpoints));
+    group.bench_function("tower p2c balance over PeakEwma", |b| {
+        b.iter(|| call(&mut tower_p2c, ()))
+    });
     group.finish();
 }
 
@@ -335,5 +352,235 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, breakers, limiters, stack, hashing);
+/// Runs `iters` calls of one closure from `make` on this thread while a second closure from
+/// `make`, on another thread, calls the same shared layer in a loop: the cost per call under
+/// contention (the machine has two cores; run unpinned).
+fn contended<H: FnMut() + Send + 'static>(iters: u64, make: &impl Fn() -> H) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(2));
+    let mut theirs = make();
+    let helper = {
+        let (stop, started) = (stop.clone(), started.clone());
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            started.wait();
+            while !stop.load(Ordering::Relaxed) {
+                theirs();
+            }
+        })
+    };
+    let mut mine = make();
+    started.wait();
+    let start = Instant::now();
+    for _ in 0..iters {
+        mine();
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    helper.join().expect("the helper thread does not panic");
+    elapsed
+}
+
+/// A closure factory calling a clone of `service` with `()` and discarding the answer.
+fn caller<S>(service: &S) -> impl Fn() -> Box<dyn FnMut() + Send> + '_
+where
+    S: Service<(), Response = u32> + Clone + Send + 'static,
+{
+    move || {
+        let mut service = service.clone();
+        Box::new(move || {
+            let _ = black_box(call(&mut service, ()));
+        })
+    }
+}
+
+fn paths(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime builds");
+    let _entered = runtime.enter();
+    let clock = Clock::new();
+    let breaker = BreakerLayer::with_clock(
+        Breaker::new(breaker_config()).expect("valid"),
+        Observe::silent("b"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    let rate = RateLayer::new(
+        Quota::per_second(1_000_000_000, u32::MAX),
+        Observe::silent("r"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    let limit = LimitLayer::new(
+        ConcurrencyLimiter::new(LimitConfig {
+            algorithm: LimitAlgorithm::aimd(),
+            limit_initial: 1_000,
+            limit_min: 1,
+            limit_max: 1_000,
+        }),
+        Observe::silent("l"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    let tower_limit = tower::limit::ConcurrencyLimitLayer::new(1_000).layer(Ready);
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("bal"),
+        clock.clone(),
+        1,
+    );
+    for i in 0..10 {
+        balance.update(Change::Insert(i, None, Ready));
+    }
+
+    // Two threads on one shared instance.
+    let mut group = c.benchmark_group("contention (2 threads)");
+    let make = caller(&breaker);
+    group.bench_function("colony breaker layer", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    let make = caller(&rate);
+    group.bench_function("colony rate layer", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    let governor = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+        NonZeroU32::MAX,
+    )));
+    let make = || {
+        let governor = governor.clone();
+        move || {
+            let _ = black_box(governor.check());
+        }
+    };
+    group.bench_function("governor direct check", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    let make = caller(&limit);
+    group.bench_function("colony adaptive limit layer", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    let make = caller(&tower_limit);
+    group.bench_function("tower concurrency limit layer", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    let make = || {
+        let mut balance = balance.clone();
+        move || {
+            let request = WithDeadline {
+                request: Get,
+                deadline: None,
+            };
+            let _ = black_box(call(&mut balance, request));
+        }
+    };
+    group.bench_function("colony balance (p2c peak-ewma)", |b| {
+        b.iter_custom(|iters| contended(iters, &make))
+    });
+    group.finish();
+
+    // Refusals: the layer says no without calling the service.
+    let mut group = c.benchmark_group("rejecting");
+    let open = BreakerLayer::with_clock(
+        Breaker::new(BreakerConfig {
+            open_ns: 3_600_000_000_000,
+            open_ns_max: 3_600_000_000_000,
+            ..breaker_config()
+        })
+        .expect("valid"),
+        Observe::silent("b"),
+        clock.clone(),
+    );
+    open.breaker().force_open(clock.now_ns());
+    let mut open = open.layer(Ready);
+    group.bench_function("colony breaker layer (open)", |b| {
+        b.iter(|| call(&mut open, ()).expect_err("open"))
+    });
+    // One request an hour (the quota's fields are public).
+    let hourly = Quota {
+        emission_ns: 3_600_000_000_000,
+        burst: 1,
+    };
+    let mut limited = RateLayer::new(hourly, Observe::silent("r"), clock.clone()).layer(Ready);
+    let _ = call(&mut limited, ());
+    group.bench_function("colony rate layer (limited)", |b| {
+        b.iter(|| call(&mut limited, ()).expect_err("limited"))
+    });
+    let governor = governor::RateLimiter::direct(governor::Quota::per_hour(NonZeroU32::MIN));
+    let _ = governor.check();
+    group.bench_function("governor direct check (limited)", |b| {
+        b.iter(|| governor.check().expect_err("limited"))
+    });
+    let full = LimitLayer::new(
+        ConcurrencyLimiter::new(LimitConfig {
+            algorithm: LimitAlgorithm::aimd(),
+            limit_initial: 1,
+            limit_min: 1,
+            limit_max: 1,
+        }),
+        Observe::silent("l"),
+        clock.clone(),
+    );
+    let _held = full.limiter().try_acquire().expect("one slot");
+    let mut full = full.layer(Ready);
+    group.bench_function("colony adaptive limit layer (at limit)", |b| {
+        b.iter(|| call(&mut full, ()).expect_err("at the limit"))
+    });
+    group.finish();
+
+    // What one more layer costs inside a stack under a deadline layer (its clock reads are
+    // shared): compare with `stack/deadline alone`.
+    let mut group = c.benchmark_group("in a stack");
+    let mut with_limit = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
+        .layer(LimitLayer::new(
+            ConcurrencyLimiter::new(LimitConfig {
+                algorithm: LimitAlgorithm::aimd(),
+                limit_initial: 1_000,
+                limit_min: 1,
+                limit_max: 1_000,
+            }),
+            Observe::silent("l"),
+            clock.clone(),
+        ))
+        .service(Ready);
+    let request = || WithDeadline {
+        request: Get,
+        deadline: None,
+    };
+    group.bench_function("deadline+limit", |b| {
+        b.iter(|| call(&mut with_limit, request()))
+    });
+    let mut with_balance = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
+        .service(balance.clone());
+    group.bench_function("deadline+balance", |b| {
+        b.iter(|| call(&mut with_balance, request()))
+    });
+    let mut with_both = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
+        .layer(LimitLayer::new(
+            ConcurrencyLimiter::new(LimitConfig {
+                algorithm: LimitAlgorithm::aimd(),
+                limit_initial: 1_000,
+                limit_min: 1,
+                limit_max: 1_000,
+            }),
+            Observe::silent("l"),
+            clock.clone(),
+        ))
+        .service(balance.clone());
+    group.bench_function("deadline+limit+balance", |b| {
+        b.iter(|| call(&mut with_both, request()))
+    });
+    let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock.clone()).layer(Ready);
+    group.bench_function("deadline alone", |b| {
+        b.iter(|| call(&mut deadline_only, request()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, breakers, limiters, stack, paths, hashing);
 criterion_main!(benches);

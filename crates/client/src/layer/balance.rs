@@ -318,7 +318,7 @@ impl<K, S> Pending<K, S> {
         let Some(table) = self.called.take() else {
             return;
         };
-        let now_ns = table.clock.now_ns();
+        let now_ns = table.clock.done_now_ns();
         let is_success = !classify.is_failure(result);
         let rtt_ns = now_ns.saturating_sub(self.start_ns);
         let ejection = table

@@ -34,7 +34,7 @@ struct Shared {
 impl Shared {
     fn now_if_needed(&self) -> u64 {
         if self.needs_clock {
-            self.clock.now_ns()
+            self.clock.done_now_ns()
         } else {
             0
         }
@@ -226,7 +226,7 @@ where
                 let is_failure = classify.is_failure(&result);
                 // A failure may trip the breaker, which needs the real time for its deadline.
                 let now = if is_failure {
-                    shared.clock.now_ns()
+                    shared.clock.done_now_ns()
                 } else {
                     shared.now_if_needed()
                 };

@@ -132,7 +132,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(result) = this.future.poll(cx) {
+        // Completions below share one clock read in this poll (`Clock::done_now_ns`).
+        let scope = super::PollScope::enter();
+        let polled = this.future.poll(cx);
+        drop(scope);
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(result.map_err(Into::into));
         }
         if let TimerProj::Unarmed { at } = this.timer.as_mut().project() {

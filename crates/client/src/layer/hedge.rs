@@ -187,7 +187,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(result) = this.first.poll(cx) {
-            let now_ns = this.shared.clock.now_ns();
+            let now_ns = this.shared.clock.done_now_ns();
             this.shared
                 .tracker
                 .record(now_ns, now_ns.saturating_sub(*this.start_ns));

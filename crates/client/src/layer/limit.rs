@@ -154,7 +154,7 @@ where
                 classify,
             } => {
                 let result = std::task::ready!(future.poll(cx));
-                let now_ns = shared.clock.now_ns();
+                let now_ns = shared.clock.done_now_ns();
                 let sample = Sample {
                     now_ns,
                     rtt_ns: now_ns.saturating_sub(*start_ns),

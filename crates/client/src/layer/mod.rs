@@ -151,6 +151,33 @@ impl Clock {
         }
     }
 
+    /// The time for a completion observed while a response travels up the stack (in `poll`):
+    /// inside a poll scope (see [`PollScope::enter`], opened by the deadline layer's future),
+    /// the first completion on this thread reads the clock and the layers above it reuse that
+    /// reading; outside one, now. Layers under a deadline layer thus share one clock read for
+    /// their completions, as they share one for their decisions in `call`.
+    pub(crate) fn done_now_ns(&self) -> u64 {
+        match &self.source {
+            Source::Tsc { clock, zero } => {
+                let scoped = DONE_RAW.with(Cell::get);
+                let raw = match scoped {
+                    0 => clock.raw(),
+                    DONE_UNREAD => {
+                        let raw = clock.raw();
+                        // 0 and DONE_UNREAD are markers: the TSC is neither after boot.
+                        if raw != 0 && raw != DONE_UNREAD {
+                            DONE_RAW.with(|cell| cell.set(raw));
+                        }
+                        raw
+                    }
+                    raw => raw,
+                };
+                clock.delta_as_nanos(*zero, raw)
+            }
+            Source::Tokio => self.now_ns(),
+        }
+    }
+
     /// Reads the clock and, unless a call scope is already open on this thread, opens one:
     /// until the returned scope drops, [`Clock::call_now_ns`] on this thread returns this
     /// reading. The scope must not outlive the synchronous `call` that opened it.
@@ -179,6 +206,41 @@ impl Clock {
 thread_local! {
     /// The raw clock reading of the outermost call scope open on this thread (0: none).
     static CALL_RAW: Cell<u64> = const { Cell::new(0) };
+    /// The raw clock reading shared by completions in the poll scope open on this thread
+    /// (0: no scope; [`DONE_UNREAD`]: a scope whose first completion has not read it yet).
+    static DONE_RAW: Cell<u64> = const { Cell::new(0) };
+}
+
+/// [`DONE_RAW`]'s marker for an open poll scope with no reading yet.
+const DONE_UNREAD: u64 = u64::MAX;
+
+/// An open poll scope: while it lives, completions on this thread share one clock reading
+/// (see [`Clock::done_now_ns`]). It must not outlive the synchronous `poll` that opened it,
+/// so that a reading is never reused across a wait.
+pub(crate) struct PollScope {
+    is_owner: bool,
+}
+
+impl PollScope {
+    /// Opens a poll scope unless one is open on this thread already (the outermost owns it).
+    pub(crate) fn enter() -> Self {
+        let is_owner = DONE_RAW.with(|cell| {
+            let is_closed = cell.get() == 0;
+            if is_closed {
+                cell.set(DONE_UNREAD);
+            }
+            is_closed
+        });
+        Self { is_owner }
+    }
+}
+
+impl Drop for PollScope {
+    fn drop(&mut self) {
+        if self.is_owner {
+            DONE_RAW.with(|cell| cell.set(0));
+        }
+    }
 }
 
 /// An open call scope (see [`Clock::enter_call`]); closes it when dropped, even on a panic.
@@ -264,6 +326,42 @@ impl Observe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_poll_scope_shares_the_first_completion_reading_until_dropped() {
+        let clock = Clock::new();
+        let other = Clock::new();
+        let before = clock.done_now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(
+            clock.done_now_ns() >= before + 1_000_000,
+            "outside a scope every completion reads the clock"
+        );
+        {
+            let _scope = PollScope::enter();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let first = clock.done_now_ns();
+            assert!(
+                first >= before + 2_000_000,
+                "the first completion reads now"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            {
+                let _inner = PollScope::enter();
+                assert_eq!(clock.done_now_ns(), first, "a nested scope reuses it");
+            }
+            assert_eq!(
+                clock.done_now_ns(),
+                first,
+                "the nested scope did not close it"
+            );
+            // Another clock shares the raw reading, from its own zero.
+            assert!(other.done_now_ns() < other.now_ns());
+        }
+        let after = clock.done_now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(clock.done_now_ns() >= after + 1_000_000, "the scope closed");
+    }
 
     #[test]
     fn clock_call_scope_shares_one_reading_until_dropped() {

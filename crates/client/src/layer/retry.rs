@@ -237,7 +237,7 @@ where
                     if *this.retries >= shared.config.retries_max {
                         return Poll::Ready(result);
                     }
-                    let now_ns = shared.clock.now_ns();
+                    let now_ns = shared.clock.done_now_ns();
                     let mut rng = shared.rng();
                     let delay_ns = shared.config.backoff.delay_ns(
                         *this.retries,

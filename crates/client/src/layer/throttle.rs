@@ -156,7 +156,7 @@ where
             } => {
                 let result = std::task::ready!(future.poll(cx));
                 if !classify.is_failure(&result) {
-                    shared.throttle.on_accepted(shared.clock.now_ns());
+                    shared.throttle.on_accepted(shared.clock.done_now_ns());
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -10,7 +10,7 @@
 //! wraps one with a lock-free in-flight counter so a tower layer and the simulator share it.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One completed call, as an algorithm sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,41 +282,59 @@ pub struct LimitReached {
     pub limit: u32,
 }
 
-/// An adaptive limit plus the count of calls in flight, shareable between threads: admitting
-/// a call is a lock-free CAS on the in-flight count. A completed call's sample updates AIMD
-/// (whose whole state is the limit) with a CAS on the limit, and only when the limit changes
-/// (no write at all when it is unused or at its maximum); Vegas and Gradient2 keep more state
-/// per sample and take a mutex.
+/// An adaptive limit plus the count of calls in flight, shareable between threads. Both live
+/// in one atomic word (limit in the high half, calls in flight in the low half), so admitting
+/// a call is one atomic add and ending one is one atomic subtract. A completed call's sample
+/// updates AIMD (whose whole state is the limit) with a CAS on the word, and only when the
+/// limit changes (no write at all when it is unused or at its maximum); Vegas and Gradient2
+/// keep more state per sample and take a mutex.
 #[derive(Debug)]
 pub struct ConcurrencyLimiter {
     config: LimitConfig,
-    /// Vegas and Gradient2 only: AIMD runs on `limit` alone.
+    /// Vegas and Gradient2 only: AIMD runs on `state` alone.
     algorithm: Mutex<AdaptiveLimit>,
-    limit: AtomicU32,
-    inflight: AtomicU32,
+    /// `limit << 32 | inflight`.
+    state: AtomicU64,
+}
+
+const INFLIGHT_MASK: u64 = u32::MAX as u64;
+
+fn limit_of(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+fn inflight_of(state: u64) -> u32 {
+    (state & INFLIGHT_MASK) as u32
 }
 
 impl ConcurrencyLimiter {
     /// An idle limiter.
+    ///
+    /// # Panics
+    /// Panics where [`AdaptiveLimit::new`] does, and if `limit_max` is `u32::MAX` (the
+    /// in-flight count must have room above the limit).
     pub fn new(config: LimitConfig) -> Self {
+        assert!(
+            config.limit_max < u32::MAX,
+            "limit_max must be below u32::MAX"
+        );
         let algorithm = AdaptiveLimit::new(config);
-        let limit = AtomicU32::new(algorithm.limit());
+        let state = AtomicU64::new(u64::from(algorithm.limit()) << 32);
         Self {
             config,
             algorithm: Mutex::new(algorithm),
-            limit,
-            inflight: AtomicU32::new(0),
+            state,
         }
     }
 
     /// The current limit.
     pub fn limit(&self) -> u32 {
-        self.limit.load(Ordering::Acquire)
+        limit_of(self.state.load(Ordering::Acquire))
     }
 
     /// Calls in flight.
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Acquire)
+        inflight_of(self.state.load(Ordering::Acquire))
     }
 
     /// Starts a call if under the limit; returns the in-flight count including it.
@@ -324,22 +342,16 @@ impl ConcurrencyLimiter {
     /// # Errors
     /// [`LimitReached`] when at the limit.
     pub fn try_acquire(&self) -> Result<u32, LimitReached> {
-        let limit = self.limit();
-        let mut inflight = self.inflight.load(Ordering::Acquire);
-        loop {
-            if inflight >= limit {
-                return Err(LimitReached { limit });
-            }
-            match self.inflight.compare_exchange_weak(
-                inflight,
-                inflight + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(inflight + 1),
-                Err(seen) => inflight = seen,
-            }
+        // Optimistic: count the call, and take it back if that went over the limit. A
+        // refusal thus briefly counts a call that never ran, which can only refuse another
+        // caller racing with it at the limit.
+        let before = self.state.fetch_add(1, Ordering::AcqRel);
+        let (limit, inflight) = (limit_of(before), inflight_of(before));
+        if inflight >= limit {
+            self.state.fetch_sub(1, Ordering::AcqRel);
+            return Err(LimitReached { limit });
         }
+        Ok(inflight + 1)
     }
 
     /// Ends a call started by [`ConcurrencyLimiter::try_acquire`] and feeds its sample.
@@ -348,25 +360,26 @@ impl ConcurrencyLimiter {
     /// # Panics
     /// Panics if no call was in flight.
     pub fn release(&self, sample: Sample) -> Option<u32> {
-        let before = self.inflight.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "limiter released more calls than it admitted");
+        let before = self.state.fetch_sub(1, Ordering::AcqRel);
+        assert!(
+            inflight_of(before) > 0,
+            "limiter released more calls than it admitted"
+        );
         if let LimitAlgorithm::Aimd {
             backoff_ratio,
             timeout_ns,
         } = self.config.algorithm
         {
             let (min, max) = (self.config.limit_min, self.config.limit_max);
-            let mut changed = None;
-            // The closure may run again if another release moved the limit meanwhile.
-            let _ = self
-                .limit
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                    let next = aimd_next(f64::from(old), sample, backoff_ratio, timeout_ns);
-                    let next = (next as u32).clamp(min, max);
-                    changed = (next != old).then_some(next);
-                    changed
-                });
-            return changed;
+            let next_of = |old: u32| {
+                let next = aimd_next(f64::from(old), sample, backoff_ratio, timeout_ns);
+                (next as u32).clamp(min, max)
+            };
+            // The common case (no drop, limit at its maximum or unused) writes nothing more.
+            if next_of(limit_of(before)) == limit_of(before) {
+                return None;
+            }
+            return self.update_limit(next_of);
         }
         let mut algorithm = self
             .algorithm
@@ -374,8 +387,23 @@ impl ConcurrencyLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = algorithm.limit();
         let new = algorithm.handle_sample(sample);
-        self.limit.store(new, Ordering::Release);
+        let _ = self.update_limit(|_| new);
         (new != old).then_some(new)
+    }
+
+    /// Replaces the limit by `next(limit)` (retried if another release moved it meanwhile),
+    /// keeping the calls in flight; the new limit if it changed.
+    fn update_limit(&self, next: impl Fn(u32) -> u32) -> Option<u32> {
+        let mut changed = None;
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                let old = limit_of(state);
+                let new = next(old);
+                changed = (new != old).then_some(new);
+                changed.map(|new| u64::from(new) << 32 | (state & INFLIGHT_MASK))
+            });
+        changed
     }
 }
 
@@ -530,6 +558,62 @@ mod tests {
             assert_eq!(changed, (after != before).then_some(after), "step {step}");
             assert_eq!(limiter.limit(), core.limit(), "step {step}");
         }
+    }
+
+    #[test]
+    fn limiter_never_admits_over_the_limit_between_threads() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU32;
+        // AIMD that halves on every drop: threads race admissions against limit changes.
+        let limiter = Arc::new(ConcurrencyLimiter::new(LimitConfig {
+            algorithm: LimitAlgorithm::Aimd {
+                backoff_ratio: 0.5,
+                timeout_ns: u64::MAX,
+            },
+            limit_initial: 2,
+            limit_min: 1,
+            limit_max: 2,
+        }));
+        let running = Arc::new(AtomicU32::new(0));
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (limiter, running, start) = (limiter.clone(), running.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut admitted = 0u32;
+                    for i in 0..5_000u64 {
+                        let Ok(inflight) = limiter.try_acquire() else {
+                            continue;
+                        };
+                        admitted += 1;
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        // The limit was never above 2, whatever it is now; 4 threads race.
+                        assert!(
+                            now <= 2 && inflight <= 2,
+                            "{now} running, {inflight} counted"
+                        );
+                        // Hold the call across a reschedule, so that calls overlap.
+                        std::thread::yield_now();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        limiter.release(Sample {
+                            now_ns: i,
+                            rtt_ns: 1,
+                            inflight,
+                            is_dropped: (i + t) % 97 == 0,
+                        });
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: u32 = threads
+            .into_iter()
+            .map(|t| t.join().expect("no thread panics"))
+            .sum();
+        assert!(admitted > 0);
+        assert_eq!(limiter.inflight(), 0, "every admission was released");
+        assert!((1..=2).contains(&limiter.limit()));
     }
 
     proptest! {
