@@ -125,6 +125,19 @@ pub struct MembershipArgs {
     /// Draw dissemination and detection curves into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Which SWIM implementation runs: colony's core, or the foca crate as a baseline
+    /// (join, idle traffic and kill phases only, on the same network model).
+    #[arg(long = "impl", value_enum, default_value = "colony")]
+    implementation: Implementation,
+}
+
+/// The SWIM implementation a membership simulation runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Implementation {
+    /// Colony's core (`colony-swim`), with Lifeguard unless `--lifeguard off`.
+    Colony,
+    /// The `foca` crate with memberlist's LAN parameters: a baseline without Lifeguard.
+    Foca,
 }
 
 /// Runs a simulator command.
@@ -206,6 +219,63 @@ fn time(s: &str, what: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("--{what}"))
 }
 
+/// `colony sim membership --impl foca`: the baseline on the same network model.
+fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::Result<()> {
+    if args.slow_fraction > 0.0 || args.slow_delay.is_some() || args.churn > 0.0 || args.warm {
+        bail!(
+            "--impl foca runs the join, idle and kill phases only: drop --slow-fraction, --slow-delay, --churn and --warm"
+        );
+    }
+    let scenario = colony_sim::foca_baseline::BaselineScenario {
+        nodes: args.nodes,
+        seed: args.seed,
+        duration: time(&args.duration, "duration")?,
+        net,
+        kill: args.kill,
+    };
+    if !json {
+        eprintln!(
+            "simulating {} foca nodes for {} s (seed {})…",
+            scenario.nodes,
+            scenario.duration / SECOND,
+            scenario.seed
+        );
+    }
+    let result = colony_sim::foca_baseline::run_foca_baseline(&scenario);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    println!(
+        "nodes {}  seed {}  {}  trace {}",
+        result.nodes, result.seed, result.implementation, result.trace_hash
+    );
+    println!("join convergence      {}", ms(result.join_convergence_ms));
+    println!(
+        "failure detection     p50 {}  p99 {}  max {}  first {}  ({} of {} victims)",
+        ms(result.detection_ms_p50),
+        ms(result.detection_ms_p99),
+        ms(result.detection_ms_max),
+        ms(result.first_detection_ms),
+        result.detected,
+        scenario.kill
+    );
+    println!(
+        "false positives       {} members declared down ({} declarations)",
+        result.false_positive_failures, result.false_failure_declarations
+    );
+    println!(
+        "idle traffic          {:.2} msgs/s, {:.0} B/s per node",
+        result.msgs_per_node_per_s, result.bytes_per_node_per_s
+    );
+    println!(
+        "simulator             {} events in {:.0} ms wall",
+        result.events, result.wall_ms
+    );
+    Ok(())
+}
+
 fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
     if args.nodes < 2 {
         bail!("--nodes must be at least 2");
@@ -235,6 +305,9 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         partitions: partitions.map_err(anyhow::Error::msg)?,
         ..NetModel::default()
     };
+    if matches!(args.implementation, Implementation::Foca) {
+        return foca_membership(&args, net, json);
+    }
     let config = Config {
         lifeguard: matches!(args.lifeguard, OnOff::On),
         ..Config::lan()

@@ -4,6 +4,7 @@
 //! One seed drives every random choice, so a run replays bit for bit; the trace hash proves it.
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod foca_baseline;
 pub mod net;
 pub mod overload;
 pub mod queue;

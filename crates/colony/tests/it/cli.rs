@@ -233,6 +233,7 @@ fn cli_sim_overload_shows_collapse_and_survival_as_json() {
             "retry_amplification",
             "p99_latency_ms",
             "recovery_s",
+            "trace_hash",
         ] {
             assert!(report.get(field).is_some(), "{field} missing in {report}");
         }
@@ -254,5 +255,54 @@ fn cli_sim_overload_shows_collapse_and_survival_as_json() {
         goodput("resilient") >= 0.9,
         "resilient clients hold: {}",
         goodput("resilient")
+    );
+}
+
+#[test]
+fn cli_sim_membership_runs_foca_as_a_baseline_and_refuses_what_it_cannot_model() {
+    let run = |extra: &[&str]| {
+        Command::new(colony_bin())
+            .args([
+                "--json",
+                "sim",
+                "membership",
+                "--nodes",
+                "12",
+                "--impl",
+                "foca",
+            ])
+            .args(extra)
+            .output()
+            .expect("run colony sim membership --impl foca")
+    };
+    let output = run(&["--seed", "5"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(result["implementation"], "foca 2.0");
+    assert_eq!(result["nodes"], 12);
+    assert_eq!(
+        result["detected"], 1,
+        "the killed member is declared down: {result}"
+    );
+    assert_eq!(result["false_positive_failures"], 0, "{result}");
+    assert!(result["join_convergence_ms"].as_f64().is_some(), "{result}");
+    let again: serde_json::Value =
+        serde_json::from_slice(&run(&["--seed", "5"]).stdout).expect("JSON");
+    assert_eq!(
+        result["trace_hash"], again["trace_hash"],
+        "same seed, same run"
+    );
+
+    let refused = run(&["--slow-fraction", "0.1"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("--impl foca runs the join, idle and kill phases only"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
 }
