@@ -20,8 +20,9 @@ pub struct BenchArgs {
     /// dialect; add --against-etcd to measure a real etcd in the same run).
     #[arg(long, default_value = "consul-http", value_parser = ["consul-http", "etcd-grpc"])]
     pub(crate) target: String,
-    /// Workloads to run, comma-separated (or all). consul-http: put, get, health, wake,
-    /// parked, fsync. etcd-grpc: put, get (linearizable), getser (serializable), keepalive,
+    /// Workloads to run, comma-separated (or all). consul-http: put, get (default
+    /// consistency), get-stale (?stale), get-consistent (?consistent), health, wake, parked,
+    /// fsync. etcd-grpc: put, get (linearizable), getser (serializable), keepalive,
     /// watch, lease.
     #[arg(long, default_value = "all")]
     pub(crate) workloads: String,
@@ -126,7 +127,16 @@ pub async fn run(
     let warmup = duration_arg(&args.warmup, "warmup")?;
     let workloads = workload_list(
         &args.workloads,
-        &["put", "get", "health", "wake", "parked", "fsync"],
+        &[
+            "put",
+            "get",
+            "get-stale",
+            "get-consistent",
+            "health",
+            "wake",
+            "parked",
+            "fsync",
+        ],
     )?;
     let put_clients = client_counts(&args.put_clients)?;
     let target = start_target(&args, http_addr).await?;
@@ -150,10 +160,15 @@ pub async fn run(
                         closed_loop(&target, "put", clients, args.value_bytes, warmup, duration)
                             .await?
                     }
-                    "get" => {
+                    "get" | "get-stale" | "get-consistent" => {
+                        let kind = match workload.as_str() {
+                            "get-stale" => "get-stale",
+                            "get-consistent" => "get-consistent",
+                            _ => "get",
+                        };
                         closed_loop(
                             &target,
-                            "get",
+                            kind,
                             args.read_clients,
                             args.value_bytes,
                             warmup,
@@ -344,7 +359,7 @@ async fn closed_loop(
 ) -> anyhow::Result<Figures> {
     let client = &target.client;
     match kind {
-        "get" => {
+        "get" | "get-stale" | "get-consistent" => {
             client
                 .put("/v1/kv/bench/get", vec![b'g'; value_bytes])
                 .await?
@@ -384,9 +399,16 @@ async fn closed_loop(
                         let path = format!("/v1/kv/bench/w{worker}/k{}", i % 1024);
                         connection.send(Method::PUT, &path, value.clone()).await
                     }
-                    "get" => {
+                    "get" | "get-stale" | "get-consistent" => {
+                        // Consul's three read modes: default (leader lease), ?stale (any
+                        // server, from its own state), ?consistent (ReadIndex at the leader).
+                        let path = match kind {
+                            "get-stale" => "/v1/kv/bench/get?stale",
+                            "get-consistent" => "/v1/kv/bench/get?consistent",
+                            _ => "/v1/kv/bench/get",
+                        };
                         connection
-                            .send(Method::GET, "/v1/kv/bench/get", bytes::Bytes::new())
+                            .send(Method::GET, path, bytes::Bytes::new())
                             .await
                     }
                     _ => {
