@@ -329,6 +329,7 @@ impl Agent {
             fsync,
             raft_thread: std::sync::Mutex::new(Some(raft_thread)),
             reads: crate::read_batch::Coalescer::new(),
+            lease_reads: crate::read_batch::Coalescer::new(),
         };
         let agent = Arc::new(Agent::assemble(
             config,

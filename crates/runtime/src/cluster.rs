@@ -56,8 +56,9 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadConsistency {
     /// The leader answers from its state while its lease runs (no parameter; Consul's
-    /// leader lease), else after a quorum round; a follower first asks the leader for its
-    /// commit index and waits to apply it.
+    /// leader lease), else after a quorum round; a follower first asks the leader for the
+    /// index to wait for (its applied index inside the lease, else a quorum-confirmed
+    /// commit index) and waits to apply it.
     #[default]
     Default,
     /// `?consistent`: the leader confirms its leadership with a quorum first (ReadIndex).
@@ -107,6 +108,8 @@ pub(crate) struct Replicated {
     pub(crate) raft_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// This server's ReadIndex requests, one in flight at a time.
     pub(crate) reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
+    /// This server's lease read index requests (default-consistency reads), the same way.
+    pub(crate) lease_reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
 }
 
 /// A stable Raft id for a node, from its persistent UUID.
@@ -206,6 +209,25 @@ impl Agent {
             RpcRequest::ReadIndex => Ok(RpcResponse::ReadIndex(
                 replicated.ask(RaftInput::ReadIndex).await?,
             )),
+            RpcRequest::LeaseReadIndex => {
+                let status = replicated.status();
+                // Inside the lease no other leader can have committed anything. This
+                // leader applies its writes before acknowledging them, and its lease
+                // starts only once an entry of its term is committed, which covers every
+                // write an earlier leader acknowledged: the larger of its applied and
+                // commit indexes covers every acknowledged write.
+                if status.is_leader
+                    && self.now_ms() < status.lease_until_wall_ms
+                    && !self.storage_mode().is_disk_full()
+                {
+                    self.metrics().lease_read_index_answers.inc();
+                    let applied = self.read(|s| s.applied_index());
+                    return Ok(RpcResponse::ReadIndex(applied.max(status.commit_index)));
+                }
+                Ok(RpcResponse::ReadIndex(
+                    replicated.ask(RaftInput::ReadIndex).await?,
+                ))
+            }
             RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(self.renew_session_here(&id))),
             RpcRequest::SessionDeadline(id) => {
                 Ok(RpcResponse::SessionDeadline(self.session_deadline_ms(&id)))
@@ -313,12 +335,24 @@ impl Agent {
 
     /// A linearizable read barrier: the leader's commit index, confirmed by a quorum, applied
     /// here.
-    async fn read_index(&self, replicated: &Replicated) -> Result<(), ClusterError> {
+    async fn read_index(
+        &self,
+        replicated: &Replicated,
+        consistency: ReadConsistency,
+    ) -> Result<(), ClusterError> {
         self.metrics().read_barriers.inc();
+        // Default reads (and stale ones past their bound, served as default) accept the
+        // leader's lease; `?consistent` ones need its quorum round.
+        let (request, batch) = match consistency {
+            ReadConsistency::Consistent => (RpcRequest::ReadIndex, &replicated.reads),
+            ReadConsistency::Default | ReadConsistency::Stale { .. } => {
+                (RpcRequest::LeaseReadIndex, &replicated.lease_reads)
+            }
+        };
         let ask_leader = || async {
             self.metrics().read_index_requests.inc();
             match self
-                .on_leader(replicated, RpcRequest::ReadIndex, true)
+                .on_leader(replicated, request.clone(), true)
                 .await
                 .map_err(to_cluster_error)?
             {
@@ -328,7 +362,7 @@ impl Agent {
                 ))),
             }
         };
-        let index = replicated.reads.run(ask_leader).await?;
+        let index = batch.run(ask_leader).await?;
         self.wait_applied(replicated, index).await
     }
 
@@ -402,7 +436,7 @@ impl Agent {
         if self.storage_mode().is_disk_full() {
             return Err(disk_full());
         }
-        self.read_index(replicated).await?;
+        self.read_index(replicated, consistency).await?;
         Ok(fresh)
     }
 

@@ -73,6 +73,9 @@ pub struct Metrics {
     pub read_barriers: Counter,
     /// ReadIndex requests this server asked of the leader for them (at most one in flight).
     pub read_index_requests: Counter,
+    /// Default-consistency read index requests this server, as leader, answered from its
+    /// lease without a quorum round.
+    pub lease_read_index_answers: Counter,
     /// 1 for the current mode of each subsystem, 0 for the others.
     pub modes: Family<ModeLabels, Gauge>,
 }
@@ -92,6 +95,7 @@ impl Metrics {
         let parked_queries = Gauge::default();
         let read_barriers = Counter::default();
         let read_index_requests = Counter::default();
+        let lease_read_index_answers = Counter::default();
         let modes = Family::<ModeLabels, Gauge>::default();
         registry.register(
             "http_requests",
@@ -140,6 +144,11 @@ impl Metrics {
             read_index_requests.clone(),
         );
         registry.register(
+            "lease_read_index_answers",
+            "Default reads' index requests answered by this leader from its lease, without a quorum round",
+            lease_read_index_answers.clone(),
+        );
+        registry.register(
             "subsystem_mode",
             "Current mode per subsystem",
             modes.clone(),
@@ -156,6 +165,7 @@ impl Metrics {
             parked_queries,
             read_barriers,
             read_index_requests,
+            lease_read_index_answers,
             modes,
         }
     }

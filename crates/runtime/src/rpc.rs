@@ -77,6 +77,11 @@ pub enum RpcRequest {
     Submit(Box<Command>),
     /// When a session expires unless renewed, as the leader's TTL tracker says.
     SessionDeadline(String),
+    /// The index a default-consistency read must wait for: inside its lease the leader
+    /// answers its applied index at once (what it would read itself), else it confirms its
+    /// leadership with a quorum as for [`RpcRequest::ReadIndex`]. Answered with
+    /// `RpcResponse::ReadIndex`.
+    LeaseReadIndex,
 }
 
 /// An HTTP API request forwarded by a client agent, served by the receiving server as if

@@ -41,7 +41,7 @@ pub enum Outcome {
 /// A single-register operation, with what it returned.
 #[derive(Debug, Clone, Copy)]
 pub enum RegisterOp {
-    /// A `?consistent` read and the value it saw (`None`: no such key).
+    /// A read (`?consistent` or default) and the value it saw (`None`: no such key).
     Read(Option<u32>),
     /// A plain write of a unique value.
     Write(u32),
@@ -247,8 +247,10 @@ impl Workload {
         self.servers[rng.below(self.servers.len())]
     }
 
-    /// A consistent read of a register, recorded (only when it answered: a failed read has
-    /// no effect to check). Returns the value and its `ModifyIndex`.
+    /// A read of a register, recorded (only when it answered: a failed read has no effect to
+    /// check). Even processes read with `?consistent` (ReadIndex), odd ones with Consul's
+    /// default mode (the leader's lease): both must be linearizable. Returns the value and
+    /// its `ModifyIndex`.
     pub fn read_register(
         &self,
         server: SocketAddr,
@@ -256,7 +258,8 @@ impl Workload {
         process: usize,
     ) -> Option<(Option<u32>, u64)> {
         let invoked = self.tick();
-        let answer = get_value(server, &format!("/v1/kv/reg/{key}?consistent"))?;
+        let mode = if process.is_multiple_of(2) { "?consistent" } else { "" };
+        let answer = get_value(server, &format!("/v1/kv/reg/{key}{mode}"))?;
         let value = answer.as_ref().map(|(bytes, _)| parse_u32(bytes));
         self.record_register(key, process, RegisterOp::Read(value), Outcome::Ok, invoked);
         Some((value, answer.map_or(0, |(_, index)| index)))
