@@ -258,7 +258,11 @@ impl Workload {
         process: usize,
     ) -> Option<(Option<u32>, u64)> {
         let invoked = self.tick();
-        let mode = if process.is_multiple_of(2) { "?consistent" } else { "" };
+        let mode = if process.is_multiple_of(2) {
+            "?consistent"
+        } else {
+            ""
+        };
         let answer = get_value(server, &format!("/v1/kv/reg/{key}{mode}"))?;
         let value = answer.as_ref().map(|(bytes, _)| parse_u32(bytes));
         self.record_register(key, process, RegisterOp::Read(value), Outcome::Ok, invoked);
