@@ -80,6 +80,16 @@ impl Idempotency for Get {
     }
 }
 
+/// AIMD starting at, and capped at, `limit` calls in flight.
+fn aimd_limit(limit: u32) -> LimitConfig {
+    LimitConfig {
+        algorithm: LimitAlgorithm::aimd(),
+        limit_initial: limit,
+        limit_min: 1,
+        limit_max: limit,
+    }
+}
+
 fn breaker_config() -> BreakerConfig {
     BreakerConfig::default()
 }
@@ -142,12 +152,7 @@ fn limiters(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("concurrency");
-    let config = LimitConfig {
-        algorithm: LimitAlgorithm::aimd(),
-        limit_initial: 1_000,
-        limit_min: 1,
-        limit_max: 1_000,
-    };
+    let config = aimd_limit(1_000);
     let mut layer = LimitLayer::new(
         ConcurrencyLimiter::new(config),
         Observe::silent("l"),
@@ -415,12 +420,7 @@ fn paths(c: &mut Criterion) {
     )
     .layer(Ready);
     let limit = LimitLayer::new(
-        ConcurrencyLimiter::new(LimitConfig {
-            algorithm: LimitAlgorithm::aimd(),
-            limit_initial: 1_000,
-            limit_min: 1,
-            limit_max: 1_000,
-        }),
+        ConcurrencyLimiter::new(aimd_limit(1_000)),
         Observe::silent("l"),
         clock.clone(),
     )
@@ -514,12 +514,7 @@ fn paths(c: &mut Criterion) {
         b.iter(|| governor.check().expect_err("limited"))
     });
     let full = LimitLayer::new(
-        ConcurrencyLimiter::new(LimitConfig {
-            algorithm: LimitAlgorithm::aimd(),
-            limit_initial: 1,
-            limit_min: 1,
-            limit_max: 1,
-        }),
+        ConcurrencyLimiter::new(aimd_limit(1)),
         Observe::silent("l"),
         clock.clone(),
     );
@@ -536,12 +531,7 @@ fn paths(c: &mut Criterion) {
     let mut with_limit = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(LimitLayer::new(
-            ConcurrencyLimiter::new(LimitConfig {
-                algorithm: LimitAlgorithm::aimd(),
-                limit_initial: 1_000,
-                limit_min: 1,
-                limit_max: 1_000,
-            }),
+            ConcurrencyLimiter::new(aimd_limit(1_000)),
             Observe::silent("l"),
             clock.clone(),
         ))
@@ -562,12 +552,7 @@ fn paths(c: &mut Criterion) {
     let mut with_both = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(LimitLayer::new(
-            ConcurrencyLimiter::new(LimitConfig {
-                algorithm: LimitAlgorithm::aimd(),
-                limit_initial: 1_000,
-                limit_min: 1,
-                limit_max: 1_000,
-            }),
+            ConcurrencyLimiter::new(aimd_limit(1_000)),
             Observe::silent("l"),
             clock.clone(),
         ))

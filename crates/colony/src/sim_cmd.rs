@@ -219,6 +219,16 @@ fn time(s: &str, what: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("--{what}"))
 }
 
+/// Prints the failure-detection line: p50, p99, max and first detection (ms), and how many
+/// of the killed members were detected everywhere.
+fn print_detection(times_ms: [Option<f64>; 4], detected: usize, killed: usize) {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    let [p50, p99, max, first] = times_ms.map(ms);
+    println!(
+        "failure detection     p50 {p50}  p99 {p99}  max {max}  first {first}  ({detected} of {killed} victims)"
+    );
+}
+
 /// `colony sim membership --impl foca`: the baseline on the same network model.
 fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::Result<()> {
     if args.slow_fraction > 0.0 || args.slow_delay.is_some() || args.churn > 0.0 || args.warm {
@@ -252,14 +262,15 @@ fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::
         result.nodes, result.seed, result.implementation, result.trace_hash
     );
     println!("join convergence      {}", ms(result.join_convergence_ms));
-    println!(
-        "failure detection     p50 {}  p99 {}  max {}  first {}  ({} of {} victims)",
-        ms(result.detection_ms_p50),
-        ms(result.detection_ms_p99),
-        ms(result.detection_ms_max),
-        ms(result.first_detection_ms),
+    print_detection(
+        [
+            result.detection_ms_p50,
+            result.detection_ms_p99,
+            result.detection_ms_max,
+            result.first_detection_ms,
+        ],
         result.detected,
-        scenario.kill
+        scenario.kill,
     );
     println!(
         "false positives       {} members declared down ({} declarations)",
@@ -365,14 +376,15 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         rounds(result.dissemination_rounds_max),
         result.dissemination_informed * 100.0
     );
-    println!(
-        "failure detection     p50 {}  p99 {}  max {}  first {}  ({} of {} victims)",
-        ms(result.detection_ms_p50),
-        ms(result.detection_ms_p99),
-        ms(result.detection_ms_max),
-        ms(result.first_detection_ms),
+    print_detection(
+        [
+            result.detection_ms_p50,
+            result.detection_ms_p99,
+            result.detection_ms_max,
+            result.first_detection_ms,
+        ],
         result.detected,
-        scenario.kill
+        scenario.kill,
     );
     println!(
         "false positives       {} suspicions ({} of healthy members), {} members declared failed ({} declarations)",
