@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Simulator figures for BENCHMARKS.md (issue 3): scaling of dissemination and detection with n,
 # false positives under loss, Lifeguard on/off with slow members, partition healing, churn,
-# and simulator speed. Every run is deterministic: the seed is in the file name.
+# simulator speed, and the foca baseline beside colony's core. Every run is deterministic: the seed is in the file name.
 # Usage: bench/membership/sim.sh [COLONY_BIN]    (default: target/release/colony)
 # Output: bench-results/sim/*.json, then a summary table and bench-results/sim/scaling.svg.
 set -euo pipefail
@@ -23,6 +23,13 @@ for s in 1 2 3; do
   run "join_n1000_s$s" --nodes 1000 --seed "$s" --duration 40s --kill 0 --injections 0
 done
 for s in 1 2; do run "scale_n10000_s$s" --nodes 10000 --seed "$s" --warm; done
+# The foca baseline on the same phases (n >= 1,000 warm as above; 10,000 nodes take ~5 min).
+for s in 1 2 3 4 5; do
+  run "foca_n10_s$s" --nodes 10 --seed "$s" --impl foca
+  run "foca_n100_s$s" --nodes 100 --seed "$s" --impl foca
+done
+for s in 1 2 3; do run "foca_n1000_s$s" --nodes 1000 --seed "$s" --impl foca --warm; done
+run foca_n10000_s1 --nodes 10000 --seed 1 --impl foca --warm
 for loss in 0.1 0.2; do for s in 1 2 3; do
   run "loss${loss}_s$s" --nodes 100 --seed "$s" --loss "$loss" --duration 3600s
 done; done

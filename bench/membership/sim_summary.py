@@ -28,25 +28,30 @@ def fmt(v, unit=""):
     return f"{v:,.0f}{unit}" if abs(v) >= 10 else f"{v:.2f}{unit}"
 
 
-def scaling_svg(points, path):
-    """Two lines against log10(n): rounds to 100% informed and detection seconds."""
-    w, h, x0, y0, pw, ph = 640, 320, 60, 30, 520, 240
-    ns = [p[0] for p in points]
+def scaling_svg(points, path, baseline=()):
+    """Lines against log10(n): rounds to 100% informed (blue) and detection seconds (red),
+    solid for colony, dashed for the foca baseline."""
+    w, h, x0, y0, pw, ph = 640, 340, 60, 30, 520, 240
+    every = list(points) + list(baseline)
+    ns = sorted({p[0] for p in every})
     lx = lambda n: x0 + pw * (math.log10(n) - 1) / max(1e-9, math.log10(max(ns)) - 1)
-    ymax = max(max(p[1] or 0 for p in points), max(p[2] or 0 for p in points), 1) * 1.2
+    ymax = max(max(p[1] or 0 for p in every), max(p[2] or 0 for p in every), 1) * 1.2
     ly = lambda v: y0 + ph - ph * v / ymax
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
              f'<rect width="{w}" height="{h}" fill="white"/>',
              f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>',
-             f'<text x="{x0}" y="20">max dissemination rounds (blue) and detection seconds (red) vs nodes</text>']
+             f'<text x="{x0}" y="20">max dissemination rounds (blue) and detection seconds (red) vs nodes</text>',
+             f'<text x="{x0}" y="{y0 + ph + 40}">solid: colony core' + (', dashed: foca 2.0 baseline' if baseline else '') + '</text>']
     for n in ns:
         parts.append(f'<text x="{lx(n):.0f}" y="{y0 + ph + 16}" text-anchor="middle">{n}</text>')
     for k in range(5):
         v = ymax * k / 4
         parts.append(f'<text x="{x0 - 6}" y="{ly(v) + 4:.0f}" text-anchor="end">{v:.1f}</text>')
-    for idx, color in ((1, "#1f77b4"), (2, "#d62728")):
-        pts = " ".join(f"{lx(p[0]):.1f},{ly(p[idx]):.1f}" for p in points if p[idx] is not None)
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+    for series, dash in ((points, ""), (baseline, ' stroke-dasharray="6,4"')):
+        for idx, color in ((1, "#1f77b4"), (2, "#d62728")):
+            pts = " ".join(f"{lx(p[0]):.1f},{ly(p[idx]):.1f}" for p in series if p[idx] is not None)
+            if pts:
+                parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
     parts.append("</svg>")
     open(path, "w").write("".join(parts))
 
@@ -68,8 +73,23 @@ def main(out):
               f"| {fmt(med(rs, 'msgs_per_node_per_s'))} | {fmt(med(rs, 'bytes_per_node_per_s'))} "
               f"| {fmt(med(rs, 'node_seconds_per_wall_second'))} |")
         points.append((n, mx(rs, "dissemination_rounds_max"), det and det / 1000))
+    baseline = []
+    for n in (10, 100, 1000, 10000):
+        rs = load(out, f"foca_n{n}_s*")
+        if not rs:
+            continue
+        if not baseline:
+            print("\nfoca 2.0 baseline, same phases:\n")
+            print("| n | runs | dissemination rounds p50 / max | informed (worst run) | detection s p50 / max | msgs/s/node | B/s/node |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
+        det = med(rs, "detection_ms_max")
+        worst = min(r["dissemination_informed"] for r in rs)
+        print(f"| {n} | {len(rs)} | {fmt(med(rs, 'dissemination_rounds_max'))} / {fmt(mx(rs, 'dissemination_rounds_max'))} "
+              f"| {worst:.1%} | {fmt(det and det / 1000)} / {fmt(mx(rs, 'detection_ms_max') and mx(rs, 'detection_ms_max') / 1000)} "
+              f"| {fmt(med(rs, 'msgs_per_node_per_s'))} | {fmt(med(rs, 'bytes_per_node_per_s'))} |")
+        baseline.append((n, mx(rs, "dissemination_rounds_max"), det and det / 1000))
     if points:
-        scaling_svg(points, os.path.join(out, "scaling.svg"))
+        scaling_svg(points, os.path.join(out, "scaling.svg"), baseline)
     j50 = load(out, "join_n50_s*")
     if j50:
         xs = sorted(r["join_convergence_ms"] for r in j50 if r["join_convergence_ms"] is not None)

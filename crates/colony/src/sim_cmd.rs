@@ -229,11 +229,20 @@ fn print_detection(times_ms: [Option<f64>; 4], detected: usize, killed: usize) {
     );
 }
 
+/// Prints the dissemination line of a membership run (rounds p50, p99, max; informed share).
+fn print_dissemination(rounds: [Option<f64>; 3], informed: f64) {
+    let [p50, p99, max] = rounds.map(|v| v.map_or("-".to_string(), |v| format!("{v:.0}")));
+    println!(
+        "dissemination rounds  p50 {p50}  p99 {p99}  max {max}  ({:.1}% informed)",
+        informed * 100.0
+    );
+}
+
 /// `colony sim membership --impl foca`: the baseline on the same network model.
 fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::Result<()> {
-    if args.slow_fraction > 0.0 || args.slow_delay.is_some() || args.churn > 0.0 || args.warm {
+    if args.slow_fraction > 0.0 || args.slow_delay.is_some() || args.churn > 0.0 {
         bail!(
-            "--impl foca runs the join, idle and kill phases only: drop --slow-fraction, --slow-delay, --churn and --warm"
+            "--impl foca runs the join (or warm start), idle, rumour and kill phases only: drop --slow-fraction, --slow-delay and --churn"
         );
     }
     let scenario = colony_sim::foca_baseline::BaselineScenario {
@@ -242,6 +251,8 @@ fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::
         duration: time(&args.duration, "duration")?,
         net,
         kill: args.kill,
+        injections: args.injections,
+        warm: args.warm,
     };
     if !json {
         eprintln!(
@@ -262,6 +273,14 @@ fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::
         result.nodes, result.seed, result.implementation, result.trace_hash
     );
     println!("join convergence      {}", ms(result.join_convergence_ms));
+    print_dissemination(
+        [
+            result.dissemination_rounds_p50,
+            result.dissemination_rounds_p99,
+            result.dissemination_rounds_max,
+        ],
+        result.dissemination_informed,
+    );
     print_detection(
         [
             result.detection_ms_p50,
@@ -360,7 +379,6 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
-    let rounds = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     println!(
         "nodes {}  seed {}  lifeguard {}  trace {}",
         result.nodes,
@@ -369,12 +387,13 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         result.trace_hash
     );
     println!("join convergence      {}", ms(result.join_convergence_ms));
-    println!(
-        "dissemination rounds  p50 {}  p99 {}  max {}  ({:.1}% informed)",
-        rounds(result.dissemination_rounds_p50),
-        rounds(result.dissemination_rounds_p99),
-        rounds(result.dissemination_rounds_max),
-        result.dissemination_informed * 100.0
+    print_dissemination(
+        [
+            result.dissemination_rounds_p50,
+            result.dissemination_rounds_p99,
+            result.dissemination_rounds_max,
+        ],
+        result.dissemination_informed,
     );
     print_detection(
         [

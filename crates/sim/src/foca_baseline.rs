@@ -3,19 +3,25 @@
 //! [`EventQueue`] and [`NetModel`] as colony's core, through the same join-idle-kill phases
 //! as [`crate::scenario::run_membership`], so that the two are compared on equal terms.
 //!
-//! What foca does not expose is not measured: it has no metadata updates to time (so no
-//! dissemination rounds) and no suspicion notifications (so no false suspicions); what it
-//! does expose (members up and down) gives join convergence, detection times, false failures
+//! Dissemination is timed with foca's custom broadcasts (small rumours piggybacked on its
+//! messages, as colony's metadata updates are on its own): each node notes when it first
+//! hears each rumour. foca has no suspicion notifications, so false suspicions are not
+//! measured; members up and down give join convergence, detection times, false failures
 //! and traffic.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
+use std::rc::Rc;
 use std::time::Duration;
 
 use colony_base::SplitMix64;
-use foca::{Foca, Identity, Notification, PostcardCodec, Runtime, Timer};
+use foca::{
+    BroadcastHandler, Foca, Identity, Invalidates, Member, Notification, PostcardCodec, Runtime,
+    Timer,
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -25,6 +31,8 @@ use crate::queue::EventQueue;
 use crate::scenario::percentile;
 
 const SECOND: u64 = 1_000_000;
+/// foca's LAN gossip period (µs), the unit of a dissemination round.
+const GOSSIP_PERIOD: u64 = 200_000;
 
 /// A node's identity in the baseline: its slot (the address) and a generation that a
 /// restart would renew.
@@ -64,8 +72,12 @@ pub struct BaselineScenario {
     pub duration: u64,
     /// Network behaviour.
     pub net: NetModel,
-    /// Nodes killed after the idle window.
+    /// Nodes killed after the rumours.
     pub kill: usize,
+    /// Rumours (custom broadcasts) whose dissemination is timed, one every 3 s.
+    pub injections: usize,
+    /// Start with full membership everywhere instead of joining through node 0.
+    pub warm: bool,
 }
 
 /// What a baseline run measured (times in ms of virtual time).
@@ -81,6 +93,15 @@ pub struct BaselineResult {
     pub trace_hash: String,
     /// All nodes joined node 0 at 0: time until every node knew all others.
     pub join_convergence_ms: Option<f64>,
+    /// Per rumour, gossip rounds (200 ms, foca's gossip period as colony's) until every
+    /// live node had it: median over rumours.
+    pub dissemination_rounds_p50: Option<f64>,
+    /// Same, 99th percentile.
+    pub dissemination_rounds_p99: Option<f64>,
+    /// Same, slowest rumour.
+    pub dissemination_rounds_max: Option<f64>,
+    /// Fraction of (rumour, live node) pairs that were informed by the end.
+    pub dissemination_informed: f64,
     /// Per killed node, time until every live node declared it down: median over victims.
     pub detection_ms_p50: Option<f64>,
     /// Same, 99th percentile.
@@ -138,7 +159,69 @@ impl Runtime<SlotId> for Outputs {
     }
 }
 
-type Node = Foca<SlotId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>;
+/// A rumour's identity: its origin and the origin's counter; a newer one from the same
+/// origin replaces an older one in foca's broadcast queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RumourKey {
+    origin: u32,
+    rev: u32,
+}
+
+impl Invalidates for RumourKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.origin == other.origin && self.rev >= other.rev
+    }
+}
+
+/// Why a custom broadcast was refused (only a malformed one is).
+#[derive(Debug, thiserror::Error)]
+#[error("a rumour is 8 bytes, got {0}")]
+struct BadRumour(usize);
+
+/// One node's custom-broadcast handler: accepts each rumour once (so foca forwards it a
+/// bounded number of times) and logs the first hearing for the world to time.
+struct Rumours {
+    node: usize,
+    latest: HashMap<u32, u32>,
+    heard: Rc<RefCell<Vec<(usize, RumourKey)>>>,
+}
+
+impl BroadcastHandler<SlotId> for Rumours {
+    type Key = RumourKey;
+    type Error = BadRumour;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&SlotId>,
+    ) -> Result<Option<RumourKey>, BadRumour> {
+        let bytes: [u8; 8] = data.try_into().map_err(|_| BadRumour(data.len()))?;
+        let [o0, o1, o2, o3, r0, r1, r2, r3] = bytes;
+        let key = RumourKey {
+            origin: u32::from_le_bytes([o0, o1, o2, o3]),
+            rev: u32::from_le_bytes([r0, r1, r2, r3]),
+        };
+        if self
+            .latest
+            .get(&key.origin)
+            .is_some_and(|&rev| rev >= key.rev)
+        {
+            return Ok(None);
+        }
+        self.latest.insert(key.origin, key.rev);
+        self.heard.borrow_mut().push((self.node, key));
+        Ok(Some(key))
+    }
+}
+
+fn rumour(key: RumourKey) -> [u8; 8] {
+    let mut out = [0; 8];
+    out[..4].copy_from_slice(&key.origin.to_le_bytes());
+    out[4..].copy_from_slice(&key.rev.to_le_bytes());
+    out
+}
+
+type Node = Foca<SlotId, PostcardCodec, SmallRng, Rumours>;
 
 struct BaselineWorld {
     queue: EventQueue<Event>,
@@ -158,11 +241,16 @@ struct BaselineWorld {
     converged_at: Option<u64>,
     /// (observer, member) down declarations, with when.
     downs: Vec<(u64, usize, usize)>,
+    /// Rumours heard since the last input, filled by the handlers.
+    heard: Rc<RefCell<Vec<(usize, RumourKey)>>>,
+    /// Per rumour, when each node first heard it.
+    hearings: BTreeMap<(u32, u32), BTreeMap<usize, u64>>,
 }
 
 impl BaselineWorld {
     fn new(n: usize, seed: u64, net: NetModel) -> Self {
         let mut rng = SplitMix64::new(seed);
+        let heard = Rc::new(RefCell::new(Vec::new()));
         let size =
             NonZeroU32::new(u32::try_from(n.max(1)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         let nodes = (0..n)
@@ -172,11 +260,17 @@ impl BaselineWorld {
                     generation: 0,
                 };
                 let node_rng = SmallRng::seed_from_u64(rng.next_u64());
-                Some(Foca::new(
+                let handler = Rumours {
+                    node: i,
+                    latest: HashMap::new(),
+                    heard: Rc::clone(&heard),
+                };
+                Some(Foca::with_custom_broadcast(
                     id,
                     foca::Config::new_lan(size),
                     node_rng,
                     PostcardCodec,
+                    handler,
                 ))
             })
             .collect();
@@ -195,6 +289,8 @@ impl BaselineWorld {
             full_count: 0,
             converged_at: None,
             downs: Vec::new(),
+            heard,
+            hearings: BTreeMap::new(),
         }
     }
 
@@ -243,6 +339,29 @@ impl BaselineWorld {
         for id in out.downs {
             self.downs.push((now, i, id.slot as usize));
         }
+        for (node, key) in self.heard.borrow_mut().drain(..) {
+            self.hearings
+                .entry((key.origin, key.rev))
+                .or_default()
+                .entry(node)
+                .or_insert(now);
+        }
+    }
+
+    /// Lets every node know every other (as after a completed join), without traffic.
+    fn warm_start(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            let others = (0..n).filter(|&j| j != i).map(|j| {
+                Member::alive(SlotId {
+                    slot: j as u32,
+                    generation: 0,
+                })
+            });
+            self.input(i, |node, out| {
+                let _ = node.apply_many(others, false, out);
+            });
+        }
     }
 
     fn run_until(&mut self, until: u64) {
@@ -275,14 +394,19 @@ pub fn run_foca_baseline(s: &BaselineScenario) -> BaselineResult {
     let wall = std::time::Instant::now();
     let n = s.nodes.max(2);
     let mut world = BaselineWorld::new(n, s.seed, s.net.clone());
-    let seed_id = SlotId {
-        slot: 0,
-        generation: 0,
-    };
-    for i in 1..n {
-        world.input(i, |node, out| {
-            let _ = node.announce(seed_id, out);
-        });
+    if s.warm {
+        world.warm_start();
+        world.converged_at = Some(0);
+    } else {
+        let seed_id = SlotId {
+            slot: 0,
+            generation: 0,
+        };
+        for i in 1..n {
+            world.input(i, |node, out| {
+                let _ = node.announce(seed_id, out);
+            });
+        }
     }
     let join_deadline = (60 * SECOND).min(s.duration);
     while world.converged_at.is_none() && world.queue.now() < join_deadline {
@@ -300,8 +424,48 @@ pub fn run_foca_baseline(s: &BaselineScenario) -> BaselineResult {
     let msgs = (world.packets_out - before.0) as f64 / n as f64 / secs;
     let bytes = (world.bytes_out - before.1) as f64 / n as f64 / secs;
 
-    let kill_at = world.queue.now();
     let victims: BTreeSet<usize> = (n - s.kill.min(n - 1)..n).collect();
+    let healthy = n - victims.len();
+    let mut rumours = Vec::new();
+    for k in 0..s.injections {
+        let origin = 1 + (k * 7919) % (healthy - 1).max(1);
+        let key = RumourKey {
+            origin: origin as u32,
+            rev: k as u32,
+        };
+        let at = world.queue.now();
+        rumours.push((at, key));
+        world.input(origin, |node, _| {
+            let _ = node.add_broadcast(&rumour(key));
+        });
+        world.run_until(at + 3 * SECOND);
+    }
+    let mut rounds = Vec::new();
+    let mut informed = 0usize;
+    for (at, key) in &rumours {
+        let got = world
+            .hearings
+            .remove(&(key.origin, key.rev))
+            .unwrap_or_default();
+        let targets = (0..healthy).filter(|&i| i != key.origin as usize);
+        let mut last = Some(*at);
+        for i in targets {
+            match got.get(&i) {
+                Some(&t) => {
+                    informed += 1;
+                    last = last.map(|l| l.max(t));
+                }
+                None => last = None,
+            }
+        }
+        if let Some(last) = last {
+            rounds.push(((last - at) as f64 / GOSSIP_PERIOD as f64).ceil());
+        }
+    }
+    rounds.sort_by(f64::total_cmp);
+    let pairs = rumours.len() * (healthy - 1);
+
+    let kill_at = world.queue.now();
     for &v in &victims {
         world.nodes[v] = None;
     }
@@ -344,8 +508,16 @@ pub fn run_foca_baseline(s: &BaselineScenario) -> BaselineResult {
         seed: s.seed,
         trace_hash: format!("{:016x}", world.trace.finish()),
         join_convergence_ms: converged.map(|at| at as f64 / 1000.0),
-        detection_ms_p50: percentile(&complete, 50.0),
-        detection_ms_p99: percentile(&complete, 99.0),
+        dissemination_rounds_p50: percentile(&rounds, 0.5),
+        dissemination_rounds_p99: percentile(&rounds, 0.99),
+        dissemination_rounds_max: rounds.last().copied(),
+        dissemination_informed: if pairs == 0 {
+            1.0
+        } else {
+            informed as f64 / pairs as f64
+        },
+        detection_ms_p50: percentile(&complete, 0.5),
+        detection_ms_p99: percentile(&complete, 0.99),
         detection_ms_max: complete.last().copied(),
         first_detection_ms: first,
         detected: complete.len(),
@@ -369,6 +541,8 @@ mod tests {
             duration: 60 * SECOND,
             net: NetModel::default(),
             kill: 1,
+            injections: 3,
+            warm: false,
         }
     }
 
@@ -376,6 +550,8 @@ mod tests {
     fn foca_baseline_joins_detects_and_replays_by_seed() {
         let a = run_foca_baseline(&scenario(3));
         assert!(a.join_convergence_ms.is_some(), "{a:?}");
+        assert!(a.dissemination_informed > 0.8, "{a:?}");
+        assert!(a.dissemination_rounds_max.is_some(), "{a:?}");
         assert_eq!(
             a.detected, 1,
             "the killed node is declared down everywhere: {a:?}"
@@ -387,5 +563,20 @@ mod tests {
         assert_eq!(a.detection_ms_p50, b.detection_ms_p50);
         let c = run_foca_baseline(&scenario(4));
         assert_ne!(a.trace_hash, c.trace_hash);
+    }
+
+    #[test]
+    fn foca_baseline_warm_start_knows_everyone_without_a_join() {
+        let mut s = scenario(5);
+        s.warm = true;
+        s.kill = 3;
+        let r = run_foca_baseline(&s);
+        assert_eq!(r.join_convergence_ms, Some(0.0), "{r:?}");
+        assert_eq!(r.detected, 3, "every victim declared down: {r:?}");
+        assert!(
+            r.detection_ms_p50 <= r.detection_ms_max && r.detection_ms_p50 >= r.first_detection_ms,
+            "percentiles are ordered: {r:?}"
+        );
+        assert!(r.dissemination_informed > 0.8, "{r:?}");
     }
 }

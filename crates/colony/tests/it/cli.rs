@@ -290,6 +290,18 @@ fn cli_sim_membership_runs_foca_as_a_baseline_and_refuses_what_it_cannot_model()
     );
     assert_eq!(result["false_positive_failures"], 0, "{result}");
     assert!(result["join_convergence_ms"].as_f64().is_some(), "{result}");
+    assert!(
+        result["dissemination_informed"]
+            .as_f64()
+            .is_some_and(|f| f > 0.8),
+        "rumours spread (foca sends each only 4 times at this size, so not always to all): {result}"
+    );
+    assert!(
+        result["dissemination_rounds_max"]
+            .as_f64()
+            .is_some_and(|r| r >= 1.0),
+        "{result}"
+    );
     let again: serde_json::Value =
         serde_json::from_slice(&run(&["--seed", "5"]).stdout).expect("JSON");
     assert_eq!(
@@ -300,8 +312,9 @@ fn cli_sim_membership_runs_foca_as_a_baseline_and_refuses_what_it_cannot_model()
     let refused = run(&["--slow-fraction", "0.1"]);
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("--impl foca runs the join, idle and kill phases only"),
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "--impl foca runs the join (or warm start), idle, rumour and kill phases only"
+        ),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
