@@ -305,7 +305,11 @@ impl Agent {
             state: state.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
-            peers: Arc::new(Peers::new(raft_id, directory.clone())),
+            peers: Arc::new(Peers::new(
+                raft_id,
+                directory.clone(),
+                metrics.raft_streams_closed_by_peer.clone(),
+            )),
             status: status_tx,
             fatal: fatal_tx,
             snapshot_every_entries: config.snapshot_every_entries,

@@ -648,6 +648,7 @@ impl RpcHandler for RpcEndpoint {
             return;
         };
         if replicated.status().leader != Some(from) {
+            tracing::debug!(from = %crate::cluster::server_id_text(from), "a raft stream closed (not the leader's)");
             return;
         }
         let Some(addr) = replicated.directory.get(from).map(|info| info.rpc_addr) else {
@@ -666,11 +667,17 @@ impl RpcHandler for RpcEndpoint {
                 .await;
                 match probe {
                     Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        tracing::debug!(%addr, attempt, "the leader's RPC port refuses connections");
                         let _ = inputs.try_send(RaftInput::PeerDown(from));
                         return;
                     }
-                    Ok(Ok(_)) => {}
-                    _ => return,
+                    Ok(Ok(_)) => {
+                        tracing::debug!(%addr, attempt, "the leader's RPC port still accepts connections");
+                    }
+                    other => {
+                        tracing::debug!(%addr, attempt, ?other, "probe of the leader's RPC port inconclusive");
+                        return;
+                    }
                 }
             }
         });

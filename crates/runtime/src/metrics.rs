@@ -76,6 +76,9 @@ pub struct Metrics {
     /// Default-consistency read index requests this server, as leader, answered from its
     /// lease without a quorum round.
     pub lease_read_index_answers: Counter,
+    /// Outbound Raft streams that ended because the peer closed them (it stopped or
+    /// restarted); the next message opens a new stream.
+    pub raft_streams_closed_by_peer: Counter,
     /// 1 for the current mode of each subsystem, 0 for the others.
     pub modes: Family<ModeLabels, Gauge>,
 }
@@ -96,6 +99,7 @@ impl Metrics {
         let read_barriers = Counter::default();
         let read_index_requests = Counter::default();
         let lease_read_index_answers = Counter::default();
+        let raft_streams_closed_by_peer = Counter::default();
         let modes = Family::<ModeLabels, Gauge>::default();
         registry.register(
             "http_requests",
@@ -149,6 +153,11 @@ impl Metrics {
             lease_read_index_answers.clone(),
         );
         registry.register(
+            "raft_streams_closed_by_peer",
+            "Outbound Raft streams that ended because the peer closed them (it stopped or restarted)",
+            raft_streams_closed_by_peer.clone(),
+        );
+        registry.register(
             "subsystem_mode",
             "Current mode per subsystem",
             modes.clone(),
@@ -166,6 +175,7 @@ impl Metrics {
             read_barriers,
             read_index_requests,
             lease_read_index_answers,
+            raft_streams_closed_by_peer,
             modes,
         }
     }

@@ -166,6 +166,8 @@ struct Driver {
     reads: HashMap<u64, oneshot::Sender<Result<u64, ClusterError>>>,
     next_read_ctx: u64,
     last_contact_wall_ms: u64,
+    /// Role, term and leader last logged, so that each change is logged once.
+    logged_role: (Role, u64, Option<u64>),
 }
 
 impl RaftNode {
@@ -197,6 +199,7 @@ impl RaftNode {
             reads: HashMap::new(),
             next_read_ctx: 1,
             last_contact_wall_ms: 0,
+            logged_role: (Role::Follower, 0, None),
         };
         driver.publish_status();
         loop {
@@ -549,6 +552,16 @@ impl Driver {
         let status = self.raft.status();
         let is_leader = status.role == Role::Leader;
         let wall_now = (self.wall_ms)();
+        let role = (status.role, status.term, status.leader);
+        if role != self.logged_role {
+            self.logged_role = role;
+            tracing::info!(
+                role = ?status.role,
+                term = status.term,
+                leader = %status.leader.map_or("none".into(), crate::cluster::server_id_text),
+                "raft role or term changed"
+            );
+        }
         if is_leader {
             self.last_contact_wall_ms = wall_now;
         }

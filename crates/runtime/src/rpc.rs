@@ -15,6 +15,7 @@
 use crate::raft_node::ClusterError;
 use colony_raft::Message;
 use colony_store::{Command, Outcome, Session};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -279,16 +280,25 @@ pub(crate) struct Peers {
     queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
     runtime: tokio::runtime::Handle,
     dropped: AtomicU64,
+    /// Streams that ended because the peer closed them (its process ended or restarted).
+    closed_by_peer: Counter,
 }
 
 impl Peers {
-    pub(crate) fn new(local_id: u64, directory: Arc<ServerDirectory>) -> Self {
+    /// Streams to the servers in `directory`; `closed_by_peer` counts streams their peer
+    /// closed.
+    pub(crate) fn new(
+        local_id: u64,
+        directory: Arc<ServerDirectory>,
+        closed_by_peer: Counter,
+    ) -> Self {
         Peers {
             local_id,
             directory,
             queues: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             dropped: AtomicU64::new(0),
+            closed_by_peer,
         }
     }
 
@@ -299,8 +309,9 @@ impl Peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             let directory = self.directory.clone();
             let from = self.local_id;
+            let closed = self.closed_by_peer.clone();
             self.runtime
-                .spawn(async move { run_peer_stream(from, to, directory, rx).await });
+                .spawn(async move { run_peer_stream(from, to, directory, rx, closed).await });
             tx
         });
         if queue.try_send(message).is_err() {
@@ -311,11 +322,18 @@ impl Peers {
 
 /// Keeps a connection to peer `to` and writes its queued messages; while the peer is
 /// unreachable, queued messages are dropped.
+///
+/// The peer never writes on a Raft stream, so anything the read half sees (end of stream
+/// or an error) means the peer closed it: its process ended or restarted. The stream is
+/// dropped at once and the next message opens a new one. Without this, the first message
+/// after a peer's restart would be written into the dead connection and lost, and a lost
+/// pre-vote or its answer costs a whole election timeout.
 async fn run_peer_stream(
     from: u64,
     to: u64,
     directory: Arc<ServerDirectory>,
     mut queue: mpsc::Receiver<Message>,
+    closed_by_peer: Counter,
 ) {
     loop {
         let Some(first) = queue.recv().await else {
@@ -333,7 +351,8 @@ async fn run_peer_stream(
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut writer = BufWriter::new(stream);
+        let (mut reader, writer) = stream.into_split();
+        let mut writer = BufWriter::new(writer);
         let result = async {
             writer
                 .write_all(&encode_frame(&RpcFrame::RaftHello { from, to }))
@@ -341,6 +360,7 @@ async fn run_peer_stream(
             writer
                 .write_all(&encode_frame(&RpcFrame::Raft(first)))
                 .await?;
+            let mut probe = [0u8; 1];
             loop {
                 while let Ok(message) = queue.try_recv() {
                     writer
@@ -348,25 +368,42 @@ async fn run_peer_stream(
                         .await?;
                 }
                 writer.flush().await?;
-                match queue.recv().await {
-                    Some(message) => {
-                        writer
-                            .write_all(&encode_frame(&RpcFrame::Raft(message)))
-                            .await?;
-                    }
-                    None => return Ok::<(), std::io::Error>(()),
+                tokio::select! {
+                    // A closed peer is noticed before anything more is written to it.
+                    biased;
+                    _ = reader.read(&mut probe) => return Ok(StreamEnd::ClosedByPeer),
+                    message = queue.recv() => match message {
+                        Some(message) => {
+                            writer
+                                .write_all(&encode_frame(&RpcFrame::Raft(message)))
+                                .await?;
+                        }
+                        None => return Ok::<_, std::io::Error>(StreamEnd::Done),
+                    },
                 }
             }
         }
         .await;
         match result {
-            Ok(()) => return,
+            Ok(StreamEnd::Done) => return,
+            Ok(StreamEnd::ClosedByPeer) => {
+                closed_by_peer.inc();
+                tracing::debug!(peer = to, %addr, "raft stream closed by the peer; a new one opens with the next message");
+            }
             Err(error) => {
                 tracing::debug!(peer = to, %addr, %error, "raft stream to peer broke; reconnecting");
                 tokio::time::sleep(RECONNECT_DELAY).await;
             }
         }
     }
+}
+
+/// Why an outbound Raft stream ended without an error.
+enum StreamEnd {
+    /// The queue closed: this server is stopping.
+    Done,
+    /// The peer closed the connection.
+    ClosedByPeer,
 }
 
 /// What a server does with what arrives on its RPC port.
@@ -658,5 +695,79 @@ mod tests {
         assert!(error.to_string().contains("bytes"), "{error}");
         let mut truncated = &frame[..frame.len() - 1];
         assert!(read_frame(&mut truncated).await.is_err());
+    }
+
+    async fn expect_raft_frames(stream: &mut TcpStream, from: u64, term: u64) {
+        let mut reader = tokio::io::BufReader::new(stream);
+        let deadline = Duration::from_secs(5);
+        let hello = tokio::time::timeout(deadline, read_frame(&mut reader))
+            .await
+            .expect("a hello in time")
+            .expect("readable");
+        assert!(
+            matches!(hello, Some(RpcFrame::RaftHello { from: f, to: 2 }) if f == from),
+            "{hello:?}"
+        );
+        let message = tokio::time::timeout(deadline, read_frame(&mut reader))
+            .await
+            .expect("a message in time")
+            .expect("readable");
+        assert!(
+            matches!(message, Some(RpcFrame::Raft(Message::PreVote { term: t, .. })) if t == term),
+            "the first message sent is the first one received: {message:?}"
+        );
+    }
+
+    fn pre_vote(term: u64) -> Message {
+        Message::PreVote {
+            term,
+            last_index: 0,
+            last_term: 0,
+        }
+    }
+
+    /// A peer that restarts on the same address gets the very first message sent after its
+    /// restart (before the fix it was written into the dead connection and lost, which cost
+    /// a whole election timeout when that message was a pre-vote).
+    #[tokio::test]
+    async fn raft_stream_to_a_restarted_peer_delivers_the_first_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let directory = Arc::new(ServerDirectory::default());
+        directory.upsert(
+            2,
+            ServerInfo {
+                name: "peer".into(),
+                rpc_addr: addr,
+                alive: true,
+                grpc_url: None,
+            },
+        );
+        let closed = Counter::default();
+        let peers = Peers::new(1, directory, closed.clone());
+        peers.send(2, pre_vote(1));
+        let (mut first, _) = listener.accept().await.expect("accept");
+        expect_raft_frames(&mut first, 1, 1).await;
+
+        // The peer's process ends: its connection and its listener close.
+        drop(first);
+        drop(listener);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while closed.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream never noticed that its peer closed it"
+            );
+            tokio::task::yield_now().await;
+        }
+
+        // It restarts on the same address; one message is sent and must arrive.
+        let listener = TcpListener::bind(addr).await.expect("rebind the same port");
+        peers.send(2, pre_vote(2));
+        let (mut second, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("a new connection after the restart")
+            .expect("accept");
+        expect_raft_frames(&mut second, 1, 2).await;
     }
 }
