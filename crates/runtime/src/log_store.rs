@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE_NAME: &str = "colony.lock";
 /// The snapshot file's name inside the data dir.
 pub const SNAPSHOT_FILE_NAME: &str = "snapshot";
+/// A snapshot is written and synced this many bytes at a time.
+const SNAPSHOT_SYNC_BYTES: usize = 1 << 20;
 /// The directory of log segments inside the data dir.
 pub const WAL_DIR_NAME: &str = "wal";
 /// The size a segment is created with (a batch larger than this gets a segment of its own).
@@ -500,6 +502,11 @@ pub struct SnapshotFile {
 }
 
 impl SnapshotFile {
+    /// Where the snapshot lives.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE_NAME)
+    }
+
     /// Writes `state_bytes`, the state at `index`.
     ///
     /// # Errors
@@ -516,7 +523,12 @@ impl SnapshotFile {
         let written = (|| {
             let mut file = File::create(&temp)?;
             file.write_all(&header)?;
-            file.write_all(state_bytes)?;
+            // In slices, each made durable before the next: one large write-back would hold
+            // up the log's own fsyncs (every acknowledged write) until all of it is on disk.
+            for slice in state_bytes.chunks(SNAPSHOT_SYNC_BYTES) {
+                file.write_all(slice)?;
+                file.sync_data()?;
+            }
             file.sync_all()?;
             std::fs::rename(&temp, &path)?;
             File::open(&self.dir)?.sync_all()

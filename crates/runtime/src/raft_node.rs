@@ -129,6 +129,8 @@ pub(crate) struct RaftNode {
 const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 /// How long compaction waits after a snapshot could not be written for lack of space.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
+/// How often (ms) the raft thread looks whether a snapshot being written has finished.
+const SNAPSHOT_POLL_MS: u64 = 5;
 
 struct Pending {
     term: u64,
@@ -168,6 +170,31 @@ struct Driver {
     last_contact_wall_ms: u64,
     /// Role, term and leader last logged, so that each change is logged once.
     logged_role: (Role, u64, Option<u64>),
+    /// A snapshot of this node's state being written on its own thread.
+    snapshot_job: Option<SnapshotJob>,
+}
+
+/// A snapshot of the node's own state, being encoded and made durable off the raft thread
+/// (a large state takes long to write and fsync; heartbeats, appends and reads go on
+/// meanwhile). The log is compacted once it is durable.
+struct SnapshotJob {
+    index: u64,
+    /// The snapshot file, for error messages.
+    path: std::path::PathBuf,
+    /// Time spent on the raft thread copying the state.
+    capture: Duration,
+    started: Instant,
+    thread: std::thread::JoinHandle<(Snapshot, Result<(), AppendError>)>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // A restart in the same process must not find this snapshot still being renamed
+        // into place under it.
+        if let Some(job) = self.snapshot_job.take() {
+            let _ = job.thread.join();
+        }
+    }
 }
 
 impl RaftNode {
@@ -200,6 +227,7 @@ impl RaftNode {
             next_read_ctx: 1,
             last_contact_wall_ms: 0,
             logged_role: (Role::Follower, 0, None),
+            snapshot_job: None,
         };
         driver.publish_status();
         loop {
@@ -208,7 +236,11 @@ impl RaftNode {
                 .raft
                 .next_deadline_ms()
                 .map_or(0, |at| at.saturating_sub(now))
-                .min(1_000);
+                .min(if driver.snapshot_job.is_some() {
+                    SNAPSHOT_POLL_MS
+                } else {
+                    1_000
+                });
             let first = match runtime.block_on(tokio::time::timeout(
                 Duration::from_millis(wait_ms),
                 rx.recv(),
@@ -381,6 +413,13 @@ impl Driver {
                 }
                 None => break,
             };
+            if ready.snapshot.is_some() {
+                // The leader's snapshot supersedes ours: let ours finish writing (so that it
+                // cannot replace the installed one on disk) and drop it.
+                if let Some(job) = self.snapshot_job.take() {
+                    let _ = job.thread.join();
+                }
+            }
             let started = Instant::now();
             match self
                 .storage
@@ -498,6 +537,13 @@ impl Driver {
     /// Snapshots the state machine every `snapshot_every_entries` applied entries, saves
     /// it, and lets the core drop the log it covers.
     fn maybe_compact(&mut self) -> Result<(), ()> {
+        if let Some(job) = self.snapshot_job.take() {
+            if !job.thread.is_finished() {
+                self.snapshot_job = Some(job);
+                return Ok(());
+            }
+            return self.finish_snapshot(job);
+        }
         if Instant::now() < self.compact_retry_at {
             return Ok(());
         }
@@ -508,22 +554,71 @@ impl Driver {
         let Some(term) = self.raft.term_at(applied) else {
             return Ok(());
         };
-        let data = {
+        // A copy of the state is quicker to take than its encoding; the encoding, the write
+        // and the fsync happen on the snapshot thread (as the single-node writer does).
+        let captured = Instant::now();
+        let state = {
             let state = self.state.read().expect("state lock poisoned");
             if state.applied_index() != applied {
                 return Ok(());
             }
-            state.to_snapshot()
+            state.clone()
         };
-        let snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index: applied,
-                term,
-            },
-            voters: self.raft.voters().to_vec(),
-            data,
+        let capture = captured.elapsed();
+        let meta = SnapshotMeta {
+            index: applied,
+            term,
         };
-        match self.storage.save_snapshot(&snapshot) {
+        let voters = self.raft.voters().to_vec();
+        let writer = self.storage.snapshot_writer();
+        let path = writer.path();
+        let started = Instant::now();
+        let thread = std::thread::Builder::new()
+            .name("colony-snapshot".into())
+            .spawn(move || {
+                let snapshot = Snapshot {
+                    meta,
+                    voters,
+                    data: state.to_snapshot(),
+                };
+                let result = writer.write(&snapshot);
+                (snapshot, result)
+            });
+        match thread {
+            Ok(thread) => {
+                self.snapshot_job = Some(SnapshotJob {
+                    index: applied,
+                    path,
+                    capture,
+                    started,
+                    thread,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                // No thread to spare: try again later rather than stall this one.
+                tracing::warn!(%error, "could not start the snapshot writer thread");
+                self.compact_retry_at = Instant::now() + SNAPSHOT_RETRY;
+                Ok(())
+            }
+        }
+    }
+
+    /// A snapshot writer thread is done: compact the log up to it, or degrade the storage
+    /// mode if the disk had no room for it.
+    fn finish_snapshot(&mut self, job: SnapshotJob) -> Result<(), ()> {
+        let Ok((snapshot, result)) = job.thread.join() else {
+            let error = AppendError::Fatal {
+                path: job.path,
+                detail: format!(
+                    "the thread writing the snapshot at index {} panicked",
+                    job.index
+                ),
+            };
+            self.report_fatal(&error);
+            return Err(());
+        };
+        match result {
             Ok(()) => {}
             Err(error @ AppendError::DiskFull { .. }) => {
                 // The log keeps growing until a snapshot fits; writes still work.
@@ -543,8 +638,18 @@ impl Driver {
                 return Err(());
             }
         }
-        self.raft.compact(applied, snapshot.data);
+        let index = snapshot.meta.index;
+        let bytes = snapshot.data.len();
+        self.storage.handle_snapshot_written(index);
+        self.raft.compact(index, snapshot.data);
         self.metrics.snapshots.inc();
+        tracing::info!(
+            index,
+            bytes,
+            capture_ms = job.capture.as_millis() as u64,
+            write_ms = job.started.elapsed().as_millis() as u64,
+            "snapshot written; the log is compacted up to it"
+        );
         Ok(())
     }
 

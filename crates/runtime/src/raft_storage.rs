@@ -194,21 +194,22 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Saves a snapshot the node took of its own state machine and drops the log segments
-    /// it covers.
-    ///
-    /// # Errors
-    /// As [`RaftStorage::persist`]; the previous snapshot stays valid.
-    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), AppendError> {
-        self.write_snapshot(snapshot)?;
-        self.log.handle_snapshot_written(snapshot.meta.index);
-        Ok(())
+    fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), AppendError> {
+        self.snapshot_writer().write(snapshot)
     }
 
-    fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), AppendError> {
-        self.log
-            .snapshot_file()
-            .write(&encode(snapshot), snapshot.meta.index)
+    /// A handle that writes a snapshot the node took of its own state from another thread;
+    /// once it has, [`RaftStorage::handle_snapshot_written`] drops the segments it covers.
+    pub fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter {
+            file: self.log.snapshot_file(),
+        }
+    }
+
+    /// Records that a snapshot written through [`RaftStorage::snapshot_writer`] at `index`
+    /// is durable, and deletes the log segments it covers.
+    pub fn handle_snapshot_written(&mut self, index: u64) {
+        self.log.handle_snapshot_written(index);
     }
 
     fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), AppendError> {
@@ -262,6 +263,27 @@ fn read_hard_state(path: &Path) -> Result<HardState, OpenError> {
         voted_for: (voted_for != 0).then_some(voted_for),
         commit: word(24),
     })
+}
+
+/// Writes (encodes, writes, fsyncs) one snapshot; it does not touch the log, so it may run
+/// on another thread while the raft thread keeps appending.
+pub struct SnapshotWriter {
+    file: crate::log_store::SnapshotFile,
+}
+
+impl SnapshotWriter {
+    /// Where the snapshot lives.
+    pub fn path(&self) -> PathBuf {
+        self.file.path()
+    }
+
+    /// Encodes `snapshot` and makes it durable (temp file, fsync, rename).
+    ///
+    /// # Errors
+    /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
+    pub fn write(&self, snapshot: &Snapshot) -> Result<(), AppendError> {
+        self.file.write(&encode(snapshot), snapshot.meta.index)
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -866,3 +866,57 @@ fn replication_follower_default_reads_ride_the_leader_lease_and_see_every_write(
         "?consistent reads do not use the lease"
     );
 }
+
+/// Servers snapshot their state and compact their logs as they go (the snapshot is written
+/// off the raft thread); a server that was down while the others compacted past everything
+/// it holds catches up by installing the leader's snapshot, and keeps it across a restart.
+#[test]
+fn replication_compacted_logs_catch_up_a_lagging_server_by_snapshot() {
+    let extra = ["--snapshot-every", "50"];
+    let mut cluster = Cluster::start(3, &extra);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let lagging = (leader + 1) % 3;
+    cluster.servers[lagging].kill();
+    for i in 0..200 {
+        assert_eq!(
+            cluster.servers[leader].put(&format!("snap/k{i}"), &format!("v{i}")),
+            Some(200),
+            "put {i}"
+        );
+    }
+    let snapshots = "colony_store_snapshots_total";
+    wait_until("the leader's snapshots", Duration::from_secs(10), || {
+        counter(&cluster.servers[leader], snapshots) >= 2.0
+    });
+
+    let seed = cluster.servers[leader].gossip;
+    let restart = |server: &mut Server| {
+        server.start(3, Some(seed), &extra);
+        wait_until(
+            "the lagging server has every write",
+            Duration::from_secs(20),
+            || server.get_text("/v1/kv/snap/k199?stale&raw") == Some((200, "v199".to_string())),
+        );
+    };
+    restart(&mut cluster.servers[lagging]);
+    let log = cluster.servers[lagging].log_text();
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "the lagging server caught up by snapshot:\n{}",
+        cluster.dump_logs()
+    );
+    assert!(
+        cluster.servers[leader]
+            .log_text()
+            .contains("snapshot written; the log is compacted up to it"),
+        "{}",
+        cluster.dump_logs()
+    );
+    // What it installed is durable: after another restart it still answers on its own.
+    cluster.servers[lagging].kill();
+    restart(&mut cluster.servers[lagging]);
+    let (status, first) = cluster.servers[lagging]
+        .get_text("/v1/kv/snap/k0?stale&raw")
+        .expect("read");
+    assert_eq!((status, first.as_str()), (200, "v0"));
+}
