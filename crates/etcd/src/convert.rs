@@ -22,7 +22,7 @@ pub fn key_value(entry: &KvEntry) -> KeyValue {
         create_revision: entry.create_index as i64,
         mod_revision: entry.modify_index as i64,
         version: entry.version as i64,
-        value: entry.value.clone(),
+        value: entry.value.to_vec(),
         lease: entry.lease,
     }
 }

@@ -230,7 +230,7 @@ impl Election for ElectionService {
             if !result.succeeded {
                 return Err(not_leader());
             }
-            mine.value = request.value;
+            mine.value = request.value.into();
             revision = at;
         }
         Ok(Response::new(CampaignResponse {

@@ -464,16 +464,16 @@ impl StateMachine {
                 ),
                 KvOp::Put(put) => {
                     let prev = self.kv.get(&put.key).cloned();
-                    let value = match (&prev, put.ignore_value) {
-                        (Some(old), true) => old.value.clone(),
-                        _ => put.value.clone(),
+                    let value: &[u8] = match (&prev, put.ignore_value) {
+                        (Some(old), true) => &old.value,
+                        _ => &put.value,
                     };
                     let lease = match (&prev, put.ignore_lease) {
                         (Some(old), true) => old.lease,
                         _ => put.lease,
                     };
                     let flags = prev.as_ref().map_or(0, |old| old.flags);
-                    self.kv_upsert(ctx, &put.key, &value, flags, lease);
+                    self.kv_upsert(ctx, &put.key, value, flags, lease);
                     KvOpResult::Put {
                         prev: prev.filter(|_| put.prev_kv),
                     }
@@ -540,7 +540,7 @@ fn compare_entry(compare: &Compare, entry: Option<&KvEntry>) -> bool {
         CompareTarget::Mod(v) => entry.map_or(0, |e| e.modify_index).cmp(v),
         CompareTarget::Lease(v) => entry.map_or(0, |e| e.lease).cmp(v),
         CompareTarget::Value(v) => match entry {
-            Some(e) => e.value.as_slice().cmp(v.as_slice()),
+            Some(e) => e.value.as_ref().cmp(v.as_slice()),
             None => return false,
         },
     };

@@ -238,7 +238,7 @@ fn compaction_and_future_revisions_are_refused() {
             },
         )
     };
-    assert_eq!(at(&state, 2).expect("kept").kvs[0].value, b"1");
+    assert_eq!(at(&state, 2).expect("kept").kvs[0].value[..], b"1"[..]);
     assert!(matches!(at(&state, 6), Err(RangeError::Future { .. })));
     assert_eq!(
         apply(&mut state, Command::KvCompact { revision: 3 }),
@@ -249,8 +249,8 @@ fn compaction_and_future_revisions_are_refused() {
         at(&state, 3)
             .expect("compacted revision itself is kept")
             .kvs[0]
-            .value,
-        b"2"
+            .value[..],
+        b"2"[..]
     );
     assert!(state.history().since(2).is_err());
     assert_eq!(state.history().since(3).expect("kept").count(), 3);
@@ -352,7 +352,7 @@ fn a_txn_range_at_its_own_revision_is_refused_not_applied() {
     });
     let outcome = apply(&mut state, txn);
     assert!(matches!(outcome, Outcome::Rejected(r) if r.message == reject::FUTURE_REV));
-    assert_eq!(state.kv_get("k").expect("kept").value, b"v");
+    assert_eq!(state.kv_get("k").expect("kept").value[..], b"v"[..]);
 }
 
 #[test]
@@ -375,7 +375,7 @@ fn reads_inside_a_txn_see_its_earlier_writes() {
     let Outcome::KvTxn(result) = apply(&mut state, txn) else {
         panic!("a txn result");
     };
-    assert!(matches!(&result.results[1], KvOpResult::Range(r) if r.kvs[0].value == b"new"));
+    assert!(matches!(&result.results[1], KvOpResult::Range(r) if r.kvs[0].value[..] == b"new"[..]));
 }
 
 #[test]
@@ -452,7 +452,7 @@ fn ignore_value_and_ignore_lease_need_an_existing_key() {
     apply(&mut state, keep(true, true));
     let entry = state.kv_get("k").expect("kept");
     assert_eq!(
-        (entry.value.as_slice(), entry.lease, entry.version),
+        (entry.value.as_ref(), entry.lease, entry.version),
         (&b"v1"[..], 5, 2)
     );
 }

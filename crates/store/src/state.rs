@@ -361,7 +361,7 @@ impl StateMachine {
         ctx.touch(Table::Kvs);
         let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
             key: key.to_string(),
-            value: Vec::new(),
+            value: bytes::Bytes::new(),
             flags: 0,
             session: None,
             lock_index: 0,
@@ -370,7 +370,7 @@ impl StateMachine {
             version: 0,
             lease: 0,
         });
-        entry.value = value.to_vec();
+        entry.value = bytes::Bytes::copy_from_slice(value);
         entry.flags = flags;
         entry.modify_index = index;
         entry.version += 1;

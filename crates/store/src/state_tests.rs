@@ -101,7 +101,7 @@ fn kv_cas_zero_creates_only_when_absent() {
     let mut h = Harness::new();
     assert_eq!(h.set("k", "a", KvSetMode::Cas(0)), Outcome::Bool(true));
     assert_eq!(h.set("k", "b", KvSetMode::Cas(0)), Outcome::Bool(false));
-    assert_eq!(h.state.kv_get("k").expect("exists").value, b"a");
+    assert_eq!(h.state.kv_get("k").expect("exists").value[..], b"a"[..]);
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn txn_failure_rolls_back_everything() {
         ],
     });
     assert!(matches!(outcome, Outcome::Txn(TxnOutcome::RolledBack(ref e)) if e[0].op_index == 2));
-    assert_eq!(h.state.kv_get("a").expect("kept").value, b"1");
+    assert_eq!(h.state.kv_get("a").expect("kept").value[..], b"1"[..]);
     assert!(h.state.kv_get("new").is_none());
 }
 
@@ -389,4 +389,39 @@ proptest::proptest! {
         let restored = StateMachine::from_snapshot(&a.state.to_snapshot()).expect("snapshot");
         proptest::prop_assert_eq!(restored, a.state);
     }
+}
+
+/// Values became reference-counted `Bytes` after snapshots were written with `Vec<u8>`
+/// values: both must encode alike, so that existing data directories still load.
+#[test]
+fn kv_entry_values_encode_exactly_as_vectors_did() {
+    #[derive(serde::Serialize)]
+    struct VecValued {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: Option<String>,
+        lock_index: u64,
+        create_index: u64,
+        modify_index: u64,
+        version: u64,
+        lease: i64,
+    }
+    let value: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let old = VecValued {
+        key: "k".into(),
+        value: value.clone(),
+        flags: 7,
+        session: Some("s".into()),
+        lock_index: 2,
+        create_index: 3,
+        modify_index: 4,
+        version: 5,
+        lease: -6,
+    };
+    let old_bytes = postcard::to_allocvec(&old).expect("encode");
+    let entry: crate::KvEntry = postcard::from_bytes(&old_bytes).expect("decode");
+    assert_eq!(&entry.value[..], &value[..]);
+    assert_eq!(entry.lease, -6);
+    assert_eq!(postcard::to_allocvec(&entry).expect("encode"), old_bytes);
 }

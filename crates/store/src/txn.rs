@@ -38,7 +38,7 @@ impl StateMachine {
     ) -> Result<Vec<TxnResult>, String> {
         let written = |entry: KvEntry| {
             vec![TxnResult::Kv(KvEntry {
-                value: Vec::new(),
+                value: bytes::Bytes::new(),
                 ..entry
             })]
         };

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 pub struct KvEntry {
     /// The key.
     pub key: String,
-    /// The value, opaque bytes.
-    pub value: Vec<u8>,
+    /// The value, opaque bytes, shared by reference count (so that copies of the state,
+    /// for snapshots and history, do not copy values); encoded exactly as a `Vec<u8>`.
+    pub value: bytes::Bytes,
     /// Opaque client flags.
     pub flags: u64,
     /// The session holding the lock on this key, if any.

@@ -100,7 +100,7 @@ pub(crate) async fn get(
     }
     if raw_value {
         let mut answer = StoreAnswer::json(&(), index, evidence);
-        answer.body = entries[0].value.clone();
+        answer.body = entries[0].value.to_vec();
         answer.content_type = "application/octet-stream";
         return Ok(answer.into_response());
     }
