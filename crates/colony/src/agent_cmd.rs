@@ -37,7 +37,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
     /// Snapshot the state and delete covered log segments every this many entries (etcd's
-    /// --snapshot-count default). A snapshot serializes the whole state on the writer thread.
+    /// --snapshot-count default). The writer (or raft) thread copies the state; a background
+    /// thread serializes and writes it.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub snapshot_every: u64,
     /// Smallest session TTL accepted (Consul's default: 10s).
