@@ -459,6 +459,15 @@ impl Driver {
             self.raft.advance();
             self.maybe_compact()?;
         }
+        // A snapshot that finished while nothing else happened is collected here (the loop
+        // above only looks after a Ready).
+        if self
+            .snapshot_job
+            .as_ref()
+            .is_some_and(|job| job.thread.is_finished())
+        {
+            self.maybe_compact()?;
+        }
         if was_leader && !self.raft.is_leader() {
             // Entries appended as leader may still commit under the next leader, or be
             // overwritten: the outcome is unknown, and the proposers must be told so.
