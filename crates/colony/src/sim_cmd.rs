@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use colony_sim::{Latency, MembershipScenario, NetModel, Partition, run_membership};
+use colony_sim::{Latency, MembershipScenario, NetModel, Partition, SpreadFigures, run_membership};
 use colony_swim::{Config, SECOND};
 
 /// Simulator scenarios.
@@ -219,22 +219,25 @@ fn time(s: &str, what: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("--{what}"))
 }
 
-/// Prints the failure-detection line: p50, p99, max and first detection (ms), and how many
-/// of the killed members were detected everywhere.
-fn print_detection(times_ms: [Option<f64>; 4], detected: usize, killed: usize) {
+/// Prints the join, dissemination and failure-detection lines of a membership run.
+fn print_spread(spread: &SpreadFigures, killed: usize) {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
-    let [p50, p99, max, first] = times_ms.map(ms);
+    let rounds = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    println!("join convergence      {}", ms(spread.join_convergence_ms));
     println!(
-        "failure detection     p50 {p50}  p99 {p99}  max {max}  first {first}  ({detected} of {killed} victims)"
+        "dissemination rounds  p50 {}  p99 {}  max {}  ({:.1}% informed)",
+        rounds(spread.dissemination_rounds_p50),
+        rounds(spread.dissemination_rounds_p99),
+        rounds(spread.dissemination_rounds_max),
+        spread.dissemination_informed * 100.0
     );
-}
-
-/// Prints the dissemination line of a membership run (rounds p50, p99, max; informed share).
-fn print_dissemination(rounds: [Option<f64>; 3], informed: f64) {
-    let [p50, p99, max] = rounds.map(|v| v.map_or("-".to_string(), |v| format!("{v:.0}")));
     println!(
-        "dissemination rounds  p50 {p50}  p99 {p99}  max {max}  ({:.1}% informed)",
-        informed * 100.0
+        "failure detection     p50 {}  p99 {}  max {}  first {}  ({} of {killed} victims)",
+        ms(spread.detection_ms_p50),
+        ms(spread.detection_ms_p99),
+        ms(spread.detection_ms_max),
+        ms(spread.first_detection_ms),
+        spread.detected
     );
 }
 
@@ -267,30 +270,11 @@ fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
     println!(
         "nodes {}  seed {}  {}  trace {}",
         result.nodes, result.seed, result.implementation, result.trace_hash
     );
-    println!("join convergence      {}", ms(result.join_convergence_ms));
-    print_dissemination(
-        [
-            result.dissemination_rounds_p50,
-            result.dissemination_rounds_p99,
-            result.dissemination_rounds_max,
-        ],
-        result.dissemination_informed,
-    );
-    print_detection(
-        [
-            result.detection_ms_p50,
-            result.detection_ms_p99,
-            result.detection_ms_max,
-            result.first_detection_ms,
-        ],
-        result.detected,
-        scenario.kill,
-    );
+    print_spread(&result.spread, scenario.kill);
     println!(
         "false positives       {} members declared down ({} declarations)",
         result.false_positive_failures, result.false_failure_declarations
@@ -386,25 +370,7 @@ fn membership(args: MembershipArgs, json: bool) -> anyhow::Result<()> {
         if result.lifeguard { "on" } else { "off" },
         result.trace_hash
     );
-    println!("join convergence      {}", ms(result.join_convergence_ms));
-    print_dissemination(
-        [
-            result.dissemination_rounds_p50,
-            result.dissemination_rounds_p99,
-            result.dissemination_rounds_max,
-        ],
-        result.dissemination_informed,
-    );
-    print_detection(
-        [
-            result.detection_ms_p50,
-            result.detection_ms_p99,
-            result.detection_ms_max,
-            result.first_detection_ms,
-        ],
-        result.detected,
-        scenario.kill,
-    );
+    print_spread(&result.spread, scenario.kill);
     println!(
         "false positives       {} suspicions ({} of healthy members), {} members declared failed ({} declarations)",
         result.false_positive_suspicions,

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::NetModel;
 use crate::queue::EventQueue;
-use crate::scenario::percentile;
+use crate::scenario::{SpreadFigures, percentile};
 
 const SECOND: u64 = 1_000_000;
 /// foca's LAN gossip period (µs), the unit of a dissemination round.
@@ -91,27 +91,9 @@ pub struct BaselineResult {
     pub seed: u64,
     /// Hash of every delivered event: equal seeds give equal hashes.
     pub trace_hash: String,
-    /// All nodes joined node 0 at 0: time until every node knew all others.
-    pub join_convergence_ms: Option<f64>,
-    /// Per rumour, gossip rounds (200 ms, foca's gossip period as colony's) until every
-    /// live node had it: median over rumours.
-    pub dissemination_rounds_p50: Option<f64>,
-    /// Same, 99th percentile.
-    pub dissemination_rounds_p99: Option<f64>,
-    /// Same, slowest rumour.
-    pub dissemination_rounds_max: Option<f64>,
-    /// Fraction of (rumour, live node) pairs that were informed by the end.
-    pub dissemination_informed: f64,
-    /// Per killed node, time until every live node declared it down: median over victims.
-    pub detection_ms_p50: Option<f64>,
-    /// Same, 99th percentile.
-    pub detection_ms_p99: Option<f64>,
-    /// Same, worst victim.
-    pub detection_ms_max: Option<f64>,
-    /// Earliest down declaration of a killed node.
-    pub first_detection_ms: Option<f64>,
-    /// Victims whose detection completed.
-    pub detected: usize,
+    /// Join, dissemination (foca's custom broadcasts) and detection, as colony's are measured.
+    #[serde(flatten)]
+    pub spread: SpreadFigures,
     /// Live members ever declared down by anyone.
     pub false_positive_failures: u64,
     /// Same, as declarations (one per observer).
@@ -507,20 +489,22 @@ pub fn run_foca_baseline(s: &BaselineScenario) -> BaselineResult {
         nodes: n,
         seed: s.seed,
         trace_hash: format!("{:016x}", world.trace.finish()),
-        join_convergence_ms: converged.map(|at| at as f64 / 1000.0),
-        dissemination_rounds_p50: percentile(&rounds, 0.5),
-        dissemination_rounds_p99: percentile(&rounds, 0.99),
-        dissemination_rounds_max: rounds.last().copied(),
-        dissemination_informed: if pairs == 0 {
-            1.0
-        } else {
-            informed as f64 / pairs as f64
+        spread: SpreadFigures {
+            join_convergence_ms: converged.map(|at| at as f64 / 1000.0),
+            dissemination_rounds_p50: percentile(&rounds, 0.5),
+            dissemination_rounds_p99: percentile(&rounds, 0.99),
+            dissemination_rounds_max: rounds.last().copied(),
+            dissemination_informed: if pairs == 0 {
+                1.0
+            } else {
+                informed as f64 / pairs as f64
+            },
+            detection_ms_p50: percentile(&complete, 0.5),
+            detection_ms_p99: percentile(&complete, 0.99),
+            detection_ms_max: complete.last().copied(),
+            first_detection_ms: first,
+            detected: complete.len(),
         },
-        detection_ms_p50: percentile(&complete, 0.5),
-        detection_ms_p99: percentile(&complete, 0.99),
-        detection_ms_max: complete.last().copied(),
-        first_detection_ms: first,
-        detected: complete.len(),
         false_positive_failures: false_failed.len() as u64,
         false_failure_declarations: false_declarations,
         msgs_per_node_per_s: msgs,
@@ -549,18 +533,18 @@ mod tests {
     #[test]
     fn foca_baseline_joins_detects_and_replays_by_seed() {
         let a = run_foca_baseline(&scenario(3));
-        assert!(a.join_convergence_ms.is_some(), "{a:?}");
-        assert!(a.dissemination_informed > 0.8, "{a:?}");
-        assert!(a.dissemination_rounds_max.is_some(), "{a:?}");
+        assert!(a.spread.join_convergence_ms.is_some(), "{a:?}");
+        assert!(a.spread.dissemination_informed > 0.8, "{a:?}");
+        assert!(a.spread.dissemination_rounds_max.is_some(), "{a:?}");
         assert_eq!(
-            a.detected, 1,
+            a.spread.detected, 1,
             "the killed node is declared down everywhere: {a:?}"
         );
         assert_eq!(a.false_positive_failures, 0, "{a:?}");
         assert!(a.msgs_per_node_per_s > 0.5, "{a:?}");
         let b = run_foca_baseline(&scenario(3));
         assert_eq!(a.trace_hash, b.trace_hash);
-        assert_eq!(a.detection_ms_p50, b.detection_ms_p50);
+        assert_eq!(a.spread.detection_ms_p50, b.spread.detection_ms_p50);
         let c = run_foca_baseline(&scenario(4));
         assert_ne!(a.trace_hash, c.trace_hash);
     }
@@ -571,12 +555,13 @@ mod tests {
         s.warm = true;
         s.kill = 3;
         let r = run_foca_baseline(&s);
-        assert_eq!(r.join_convergence_ms, Some(0.0), "{r:?}");
-        assert_eq!(r.detected, 3, "every victim declared down: {r:?}");
+        assert_eq!(r.spread.join_convergence_ms, Some(0.0), "{r:?}");
+        assert_eq!(r.spread.detected, 3, "every victim declared down: {r:?}");
         assert!(
-            r.detection_ms_p50 <= r.detection_ms_max && r.detection_ms_p50 >= r.first_detection_ms,
+            r.spread.detection_ms_p50 <= r.spread.detection_ms_max
+                && r.spread.detection_ms_p50 >= r.spread.first_detection_ms,
             "percentiles are ordered: {r:?}"
         );
-        assert!(r.dissemination_informed > 0.8, "{r:?}");
+        assert!(r.spread.dissemination_informed > 0.8, "{r:?}");
     }
 }

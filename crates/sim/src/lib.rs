@@ -13,5 +13,7 @@ pub mod world;
 
 pub use net::{Latency, NetModel, Partition};
 pub use queue::EventQueue;
-pub use scenario::{MembershipResult, MembershipScenario, percentile, run_membership};
+pub use scenario::{
+    MembershipResult, MembershipScenario, SpreadFigures, percentile, run_membership,
+};
 pub use world::{DutyCycle, Note, World};

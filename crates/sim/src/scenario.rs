@@ -66,6 +66,34 @@ impl Default for MembershipScenario {
     }
 }
 
+/// How fast news spreads, as every membership implementation in the simulator measures it
+/// (times in ms of virtual time; `None` when the run ended before the event).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpreadFigures {
+    /// All nodes started at 0 and joined node 0 (or started warm, then 0): time until every
+    /// node knew all others.
+    pub join_convergence_ms: Option<f64>,
+    /// Rounds (gossip intervals of 200 ms) until every live node had an update: median over
+    /// updates.
+    pub dissemination_rounds_p50: Option<f64>,
+    /// Same, 99th percentile.
+    pub dissemination_rounds_p99: Option<f64>,
+    /// Same, slowest update.
+    pub dissemination_rounds_max: Option<f64>,
+    /// Fraction of (update, live node) pairs informed by the end of the update phase.
+    pub dissemination_informed: f64,
+    /// Per killed node, time until every live node declared it failed: median over victims.
+    pub detection_ms_p50: Option<f64>,
+    /// Same, 99th percentile.
+    pub detection_ms_p99: Option<f64>,
+    /// Same, worst victim.
+    pub detection_ms_max: Option<f64>,
+    /// Earliest failure declaration of a killed node.
+    pub first_detection_ms: Option<f64>,
+    /// Victims whose detection completed.
+    pub detected: usize,
+}
+
 /// What a run measured. Times in milliseconds of virtual time; `None` when the run ended
 /// before the event (for example a detection that did not complete within `duration`).
 #[derive(Debug, Clone, Serialize)]
@@ -78,29 +106,11 @@ pub struct MembershipResult {
     pub trace_hash: String,
     /// Whether Lifeguard was on.
     pub lifeguard: bool,
-    /// All nodes started at 0 and joined node 0: time until every node saw all others alive.
-    pub join_convergence_ms: Option<f64>,
-    /// Rounds (gossip intervals) until every live node had a metadata update: median over
-    /// injections.
-    pub dissemination_rounds_p50: Option<f64>,
-    /// Same, 99th percentile.
-    pub dissemination_rounds_p99: Option<f64>,
-    /// Same, worst injection.
-    pub dissemination_rounds_max: Option<f64>,
-    /// Fraction of (injection, node) pairs informed before the next phase.
-    pub dissemination_informed: f64,
-    /// Per killed node, time until every live node marked it failed: median over victims.
-    pub detection_ms_p50: Option<f64>,
-    /// Same, 99th percentile.
-    pub detection_ms_p99: Option<f64>,
-    /// Same, worst victim.
-    pub detection_ms_max: Option<f64>,
-    /// Earliest failure declaration of a killed node.
-    pub first_detection_ms: Option<f64>,
+    /// Join, dissemination and detection, measured alike for every implementation.
+    #[serde(flatten)]
+    pub spread: SpreadFigures,
     /// Earliest suspicion of a killed node.
     pub first_suspicion_ms: Option<f64>,
-    /// Victims whose detection completed.
-    pub detected: usize,
     /// Suspicion episodes (member, incarnation) raised against members that were alive.
     pub false_positive_suspicions: u64,
     /// Suspicion episodes raised against healthy members (neither slow nor killed): the
@@ -366,19 +376,22 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         seed: s.seed,
         trace_hash: format!("{:016x}", world.trace_hash()),
         lifeguard: s.config.lifeguard,
-        join_convergence_ms: obs.converged_at.map(|t| t as f64 / 1000.0),
-        dissemination_rounds_p50: percentile(&rounds, 0.5),
-        dissemination_rounds_p99: percentile(&rounds, 0.99),
-        dissemination_rounds_max: rounds.last().copied(),
-        dissemination_informed: if total_pairs == 0 {
-            1.0
-        } else {
-            informed_pairs as f64 / total_pairs as f64
+        spread: SpreadFigures {
+            join_convergence_ms: obs.converged_at.map(|t| t as f64 / 1000.0),
+            dissemination_rounds_p50: percentile(&rounds, 0.5),
+            dissemination_rounds_p99: percentile(&rounds, 0.99),
+            dissemination_rounds_max: rounds.last().copied(),
+            dissemination_informed: if total_pairs == 0 {
+                1.0
+            } else {
+                informed_pairs as f64 / total_pairs as f64
+            },
+            detection_ms_p50: percentile(&detections, 0.5),
+            detection_ms_p99: percentile(&detections, 0.99),
+            detection_ms_max: detections.last().copied(),
+            first_detection_ms: first.map(|f| f as f64 / 1000.0),
+            detected: detections.len(),
         },
-        detection_ms_p50: percentile(&detections, 0.5),
-        detection_ms_p99: percentile(&detections, 0.99),
-        detection_ms_max: detections.last().copied(),
-        first_detection_ms: first.map(|f| f as f64 / 1000.0),
         first_suspicion_ms: obs.first_suspicion.map(|f| f as f64 / 1000.0),
         partition_heal_ms: heal_at
             .and_then(|h| healed_at.map(|t| t.saturating_sub(h) as f64 / 1000.0)),
@@ -391,7 +404,6 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
             s.table_bytes() as f64 / s.members().len().max(1) as f64
         }),
         version_regressions: world.version_regressions().0,
-        detected: detections.len(),
         false_positive_suspicions: obs.false_suspects.len() as u64,
         false_suspicions_of_healthy: obs
             .false_suspects
