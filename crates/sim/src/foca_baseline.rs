@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::NetModel;
 use crate::queue::EventQueue;
-use crate::scenario::{SpreadFigures, percentile};
+use crate::scenario::SpreadFigures;
 
 const SECOND: u64 = 1_000_000;
 /// foca's LAN gossip period (µs), the unit of a dissemination round.
@@ -489,22 +489,13 @@ pub fn run_foca_baseline(s: &BaselineScenario) -> BaselineResult {
         nodes: n,
         seed: s.seed,
         trace_hash: format!("{:016x}", world.trace.finish()),
-        spread: SpreadFigures {
-            join_convergence_ms: converged.map(|at| at as f64 / 1000.0),
-            dissemination_rounds_p50: percentile(&rounds, 0.5),
-            dissemination_rounds_p99: percentile(&rounds, 0.99),
-            dissemination_rounds_max: rounds.last().copied(),
-            dissemination_informed: if pairs == 0 {
-                1.0
-            } else {
-                informed as f64 / pairs as f64
-            },
-            detection_ms_p50: percentile(&complete, 0.5),
-            detection_ms_p99: percentile(&complete, 0.99),
-            detection_ms_max: complete.last().copied(),
-            first_detection_ms: first,
-            detected: complete.len(),
-        },
+        spread: SpreadFigures::from_samples(
+            converged.map(|at| at as f64 / 1000.0),
+            &rounds,
+            (informed, pairs),
+            &complete,
+            first,
+        ),
         false_positive_failures: false_failed.len() as u64,
         false_failure_declarations: false_declarations,
         msgs_per_node_per_s: msgs,

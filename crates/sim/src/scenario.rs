@@ -94,6 +94,37 @@ pub struct SpreadFigures {
     pub detected: usize,
 }
 
+impl SpreadFigures {
+    /// The figures from their samples: `rounds` per update that reached every live node and
+    /// `detections_ms` per victim every live node declared failed (both sorted), and
+    /// `informed` as (informed, total) (update, node) pairs.
+    pub fn from_samples(
+        join_convergence_ms: Option<f64>,
+        rounds: &[f64],
+        informed: (usize, usize),
+        detections_ms: &[f64],
+        first_detection_ms: Option<f64>,
+    ) -> Self {
+        let (informed, total) = informed;
+        SpreadFigures {
+            join_convergence_ms,
+            dissemination_rounds_p50: percentile(rounds, 0.5),
+            dissemination_rounds_p99: percentile(rounds, 0.99),
+            dissemination_rounds_max: rounds.last().copied(),
+            dissemination_informed: if total == 0 {
+                1.0
+            } else {
+                informed as f64 / total as f64
+            },
+            detection_ms_p50: percentile(detections_ms, 0.5),
+            detection_ms_p99: percentile(detections_ms, 0.99),
+            detection_ms_max: detections_ms.last().copied(),
+            first_detection_ms,
+            detected: detections_ms.len(),
+        }
+    }
+}
+
 /// What a run measured. Times in milliseconds of virtual time; `None` when the run ended
 /// before the event (for example a detection that did not complete within `duration`).
 #[derive(Debug, Clone, Serialize)]
@@ -376,22 +407,13 @@ pub fn run_membership(s: &MembershipScenario) -> MembershipResult {
         seed: s.seed,
         trace_hash: format!("{:016x}", world.trace_hash()),
         lifeguard: s.config.lifeguard,
-        spread: SpreadFigures {
-            join_convergence_ms: obs.converged_at.map(|t| t as f64 / 1000.0),
-            dissemination_rounds_p50: percentile(&rounds, 0.5),
-            dissemination_rounds_p99: percentile(&rounds, 0.99),
-            dissemination_rounds_max: rounds.last().copied(),
-            dissemination_informed: if total_pairs == 0 {
-                1.0
-            } else {
-                informed_pairs as f64 / total_pairs as f64
-            },
-            detection_ms_p50: percentile(&detections, 0.5),
-            detection_ms_p99: percentile(&detections, 0.99),
-            detection_ms_max: detections.last().copied(),
-            first_detection_ms: first.map(|f| f as f64 / 1000.0),
-            detected: detections.len(),
-        },
+        spread: SpreadFigures::from_samples(
+            obs.converged_at.map(|t| t as f64 / 1000.0),
+            &rounds,
+            (informed_pairs, total_pairs),
+            &detections,
+            first.map(|f| f as f64 / 1000.0),
+        ),
         first_suspicion_ms: obs.first_suspicion.map(|f| f as f64 / 1000.0),
         partition_heal_ms: heal_at
             .and_then(|h| healed_at.map(|t| t.saturating_sub(h) as f64 / 1000.0)),
