@@ -189,12 +189,17 @@ fn limiters(c: &mut Criterion) {
     group.finish();
 }
 
-fn stack(c: &mut Criterion) {
-    // The deadline layer arms a tokio timer per call, so this group runs inside a runtime.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A current-thread tokio runtime with timers: the deadline layer arms one per call.
+fn timer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .expect("runtime builds");
+        .expect("runtime builds")
+}
+
+fn stack(c: &mut Criterion) {
+    // The deadline layer arms a tokio timer per call, so this group runs inside a runtime.
+    let runtime = timer_runtime();
     let _entered = runtime.enter();
     let clock = Clock::new();
     let balance = Balance::new(
@@ -401,10 +406,7 @@ where
 }
 
 fn paths(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime builds");
+    let runtime = timer_runtime();
     let _entered = runtime.enter();
     let clock = Clock::new();
     let breaker = BreakerLayer::with_clock(
