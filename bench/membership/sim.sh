@@ -30,6 +30,11 @@ for s in 1 2 3 4 5; do
 done
 for s in 1 2 3; do run "foca_n1000_s$s" --nodes 1000 --seed "$s" --impl foca --warm; done
 run foca_n10000_s1 --nodes 10000 --seed 1 --impl foca --warm
+# Loss, steady state (warm start), both implementations.
+for loss in 0.1 0.2; do for s in 1 2 3; do
+  run "warmloss${loss}_s$s" --nodes 100 --seed "$s" --loss "$loss" --duration 3600s --warm
+  run "foca_loss${loss}_s$s" --nodes 100 --seed "$s" --loss "$loss" --duration 3600s --warm --impl foca
+done; done
 for loss in 0.1 0.2; do for s in 1 2 3; do
   run "loss${loss}_s$s" --nodes 100 --seed "$s" --loss "$loss" --duration 3600s
 done; done

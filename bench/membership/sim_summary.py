@@ -107,6 +107,14 @@ def main(out):
         if rs:
             fs = med(rs, "false_positive_suspicions")
             print(f"| {name} | {len(rs)} | {fmt(fs)} | {fmt(fs / nodes / hours)} | {fmt(mx(rs, 'false_positive_failures'))} | {fmt(med(rs, 'detection_ms_max'))} |")
+    both = [(loss, load(out, f"warmloss{loss}_s*"), load(out, f"foca_loss{loss}_s*")) for loss in ("0.1", "0.2")]
+    if any(c or f for _, c, f in both):
+        print("\n| loss, n=100, 1 h, warm | runs | false suspicions, colony / foca | per node-hour | members falsely declared failed (max) |")
+        print("| --- | --- | --- | --- | --- |")
+        for loss, c, f in both:
+            cs, fs = med(c, "false_positive_suspicions"), med(f, "false_positive_suspicions")
+            print(f"| {float(loss):.0%} | {len(c)} / {len(f)} | {fmt(cs)} / {fmt(fs)} | {fmt(cs and cs / 100)} / {fmt(fs and fs / 100)} "
+                  f"| {fmt(mx(c, 'false_positive_failures'))} / {fmt(mx(f, 'false_positive_failures'))} |")
     rs = load(out, "partition_s*")
     if rs:
         print(f"\npartition 25/25 for 120 s: one view everywhere {fmt(med(rs, 'partition_heal_ms'))} ms (max {fmt(mx(rs, 'partition_heal_ms'))}) after the heal, {len(rs)} seeds")

@@ -275,8 +275,11 @@ fn foca_membership(args: &MembershipArgs, net: NetModel, json: bool) -> anyhow::
         result.nodes, result.seed, result.implementation, result.trace_hash
     );
     print_spread(&result.spread, scenario.kill);
+    let suspicions = result
+        .false_positive_suspicions
+        .map_or("-".to_string(), |n| n.to_string());
     println!(
-        "false positives       {} members declared down ({} declarations)",
+        "false positives       {suspicions} suspicions, {} members declared down ({} declarations)",
         result.false_positive_failures, result.false_failure_declarations
     );
     println!(
