@@ -7,29 +7,14 @@
 set -euo pipefail
 bin=${1:-target/release/colony}
 runs=${2:-3}
+. "$(dirname "${BASH_SOURCE[0]}")/three-servers.sh"
 for run in $(seq 1 "$runs"); do
   dir=$(mktemp -d /tmp/colony-snap-XXXXXX)
   pids=()
   cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
   trap cleanup EXIT
-  for i in 0 1 2; do
-    joins=()
-    for j in 0 1 2; do [ "$j" != "$i" ] && joins+=(--retry-join "127.0.0.1:$((18401 + j))"); done
-    "$bin" agent --server --bootstrap-expect 3 --node "s$i" --log-level info \
-      --bind "127.0.0.1:$((18401 + i))" --rpc-addr "127.0.0.1:$((18400 + 10 * (i + 1)))" \
-      --http-addr "127.0.0.1:$((18600 + i))" --grpc-addr "127.0.0.1:$((12479 + i))" \
-      --retry-interval 200ms --snapshot-every 20000 --data-dir "$dir/s$i" "${joins[@]}" \
-      >"$dir/s$i.log" 2>&1 &
-    pids+=($!)
-  done
-  leader=""
-  for _ in $(seq 1 300); do
-    leader=$(curl -sf http://127.0.0.1:18600/v1/status/leader | tr -d '"' || true)
-    [ -n "$leader" ] && break
-    sleep 0.1
-  done
-  [ -n "$leader" ] || { echo "no leader within 30 s" >&2; exit 1; }
-  port=$(( (${leader##*:} - 18400) / 10 - 1 + 18600 ))
+  start_three_servers "$bin" "$dir" 100 --log-level info --snapshot-every 20000
+  port=$((18600 + leader_index))
   python3 - "$port" 22 >"$dir/probe.txt" <<'PY' &
 import sys, time, urllib.request
 port, duration = sys.argv[1], float(sys.argv[2])
