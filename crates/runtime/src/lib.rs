@@ -21,6 +21,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 mod agent;
+mod background;
 mod checks;
 pub mod client_agent;
 pub mod cluster;

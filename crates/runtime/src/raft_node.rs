@@ -4,6 +4,7 @@
 //! the state machine, and answers proposers and readers. It replaces the single-node writer
 //! when the agent runs as a replicated server.
 
+use crate::background::BackgroundJob;
 use crate::log_store::AppendError;
 use crate::metrics::Metrics;
 use crate::raft_storage::RaftStorage;
@@ -184,17 +185,9 @@ struct SnapshotJob {
     /// Time spent on the raft thread copying the state.
     capture: Duration,
     started: Instant,
-    thread: std::thread::JoinHandle<(Snapshot, Result<(), AppendError>)>,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // A restart in the same process must not find this snapshot still being renamed
-        // into place under it.
-        if let Some(job) = self.snapshot_job.take() {
-            let _ = job.thread.join();
-        }
-    }
+    /// Joined when dropped, so a restart in the same process never finds this snapshot
+    /// still being renamed into place under it.
+    thread: BackgroundJob<(Snapshot, Result<(), AppendError>)>,
 }
 
 impl RaftNode {
@@ -416,9 +409,7 @@ impl Driver {
             if ready.snapshot.is_some() {
                 // The leader's snapshot supersedes ours: let ours finish writing (so that it
                 // cannot replace the installed one on disk) and drop it.
-                if let Some(job) = self.snapshot_job.take() {
-                    let _ = job.thread.join();
-                }
+                drop(self.snapshot_job.take());
             }
             let started = Instant::now();
             match self
@@ -582,17 +573,15 @@ impl Driver {
         let writer = self.storage.snapshot_writer();
         let path = writer.path();
         let started = Instant::now();
-        let thread = std::thread::Builder::new()
-            .name("colony-snapshot".into())
-            .spawn(move || {
-                let snapshot = Snapshot {
-                    meta,
-                    voters,
-                    data: state.to_snapshot(),
-                };
-                let result = writer.write(&snapshot);
-                (snapshot, result)
-            });
+        let thread = BackgroundJob::spawn("colony-snapshot", move || {
+            let snapshot = Snapshot {
+                meta,
+                voters,
+                data: state.to_snapshot(),
+            };
+            let result = writer.write(&snapshot);
+            (snapshot, result)
+        });
         match thread {
             Ok(thread) => {
                 self.snapshot_job = Some(SnapshotJob {

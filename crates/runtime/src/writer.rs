@@ -3,6 +3,7 @@
 //! watchers. It also runs the storage mode machine: a full disk sends storage to Floor (writes
 //! refused, reads served) and probes bring it back through Recovery.
 
+use crate::background::BackgroundJob;
 use crate::log_store::{AppendError, LogStore};
 use crate::metrics::Metrics;
 use crate::watch_hub::WatchHub;
@@ -127,8 +128,8 @@ pub(crate) struct Writer {
     pub(crate) fatal: watch::Sender<Option<String>>,
     pub(crate) snapshot_every_entries: u64,
     pub(crate) wall_ms: fn() -> u64,
-    /// The snapshot being written by a background thread, if any: its result arrives here.
-    pub(crate) snapshot_in_flight: Option<std::sync::mpsc::Receiver<Result<u64, AppendError>>>,
+    /// The snapshot being written by a background thread, if any.
+    pub(crate) snapshot_in_flight: Option<BackgroundJob<Result<u64, AppendError>>>,
 }
 
 impl Writer {
@@ -251,41 +252,41 @@ impl Writer {
         let state = self.state.read().expect("state lock poisoned").clone();
         assert_eq!(state.applied_index(), index);
         let file = self.store.snapshot_file();
-        let (done, result) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("colony-snapshot".into())
-            .spawn(move || {
-                let bytes = state.to_snapshot();
-                let _ = done.send(file.write(&bytes, index).map(|()| index));
-            })
-            .expect("spawning the snapshot thread");
-        self.snapshot_in_flight = Some(result);
+        match BackgroundJob::spawn("colony-snapshot", move || {
+            let bytes = state.to_snapshot();
+            file.write(&bytes, index).map(|()| index)
+        }) {
+            Ok(job) => self.snapshot_in_flight = Some(job),
+            // Tried again after the next commit; the log keeps growing meanwhile.
+            Err(error) => tracing::warn!(%error, "could not start the snapshot writer thread"),
+        }
     }
 
     /// Takes the result of a finished background snapshot: deletes the segments it covers, or
     /// handles its failure like a failed append. `Err` means the writer must stop.
     fn collect_snapshot(&mut self) -> Result<(), ()> {
-        let Some(result) = &self.snapshot_in_flight else {
+        if !self
+            .snapshot_in_flight
+            .as_ref()
+            .is_some_and(BackgroundJob::is_finished)
+        {
+            return Ok(());
+        }
+        let Some(job) = self.snapshot_in_flight.take() else {
             return Ok(());
         };
-        match result.try_recv() {
-            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(()),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+        match job.join() {
+            Err(_) => {
                 tracing::error!("the snapshot thread stopped without an answer; retrying later");
-                self.snapshot_in_flight = None;
                 Ok(())
             }
             Ok(Ok(index)) => {
-                self.snapshot_in_flight = None;
                 self.store.handle_snapshot_written(index);
                 self.metrics.snapshots.inc();
                 tracing::debug!(index, "snapshot written");
                 Ok(())
             }
-            Ok(Err(error)) => {
-                self.snapshot_in_flight = None;
-                self.handle_append_error(error, Vec::new())
-            }
+            Ok(Err(error)) => self.handle_append_error(error, Vec::new()),
         }
     }
 

@@ -184,10 +184,10 @@ impl BroadcastHandler<SlotId> for Rumours {
         _sender: Option<&SlotId>,
     ) -> Result<Option<RumourKey>, BadRumour> {
         let bytes: [u8; 8] = data.try_into().map_err(|_| BadRumour(data.len()))?;
-        let [o0, o1, o2, o3, r0, r1, r2, r3] = bytes;
+        let word = u64::from_le_bytes(bytes);
         let key = RumourKey {
-            origin: u32::from_le_bytes([o0, o1, o2, o3]),
-            rev: u32::from_le_bytes([r0, r1, r2, r3]),
+            origin: word as u32,
+            rev: (word >> 32) as u32,
         };
         if self
             .latest
@@ -202,11 +202,9 @@ impl BroadcastHandler<SlotId> for Rumours {
     }
 }
 
+/// A rumour on the wire: origin in the low half, counter in the high half.
 fn rumour(key: RumourKey) -> [u8; 8] {
-    let mut out = [0; 8];
-    out[..4].copy_from_slice(&key.origin.to_le_bytes());
-    out[4..].copy_from_slice(&key.rev.to_le_bytes());
-    out
+    ((u64::from(key.rev) << 32) | u64::from(key.origin)).to_le_bytes()
 }
 
 type Node = Foca<SlotId, PostcardCodec, SmallRng, Rumours>;
