@@ -512,23 +512,50 @@ impl SnapshotFile {
     /// # Errors
     /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
     pub fn write(&self, state_bytes: &[u8], index: u64) -> Result<(), AppendError> {
+        self.write_with(index, |out| out.write_all(state_bytes))
+    }
+
+    /// Writes the state at `index` as `encode` produces it, streamed: `encode` writes into a
+    /// 1 MiB buffer that goes to the file (and is made durable) each time it fills, so no
+    /// copy of the whole encoding is ever held in memory. The header, which holds the
+    /// payload's length and checksum, is written last, before the rename.
+    ///
+    /// # Errors
+    /// [`AppendError::DiskFull`] or [`AppendError::Fatal`] (including an error `encode`
+    /// returned); the previous snapshot stays valid.
+    pub fn write_with(
+        &self,
+        index: u64,
+        encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), AppendError> {
+        use std::io::{Seek as _, SeekFrom};
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
         let temp = self.dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
-        let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
-        header.extend_from_slice(SNAPSHOT_MAGIC);
-        header.extend_from_slice(&index.to_le_bytes());
-        header.extend_from_slice(&(state_bytes.len() as u64).to_le_bytes());
-        header.extend_from_slice(&crc32fast::hash(state_bytes).to_le_bytes());
-        assert_eq!(header.len(), SNAPSHOT_HEADER_BYTES);
         let written = (|| {
             let mut file = File::create(&temp)?;
+            file.write_all(&[0; SNAPSHOT_HEADER_BYTES])?;
+            let mut sink = SnapshotSink {
+                file,
+                buffer: Vec::with_capacity(SNAPSHOT_SYNC_BYTES),
+                hasher: crc32fast::Hasher::new(),
+                len: 0,
+            };
+            encode(&mut sink)?;
+            sink.write_buffer()?;
+            let SnapshotSink {
+                mut file,
+                hasher,
+                len,
+                ..
+            } = sink;
+            let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
+            header.extend_from_slice(SNAPSHOT_MAGIC);
+            header.extend_from_slice(&index.to_le_bytes());
+            header.extend_from_slice(&len.to_le_bytes());
+            header.extend_from_slice(&hasher.finalize().to_le_bytes());
+            assert_eq!(header.len(), SNAPSHOT_HEADER_BYTES);
+            file.seek(SeekFrom::Start(0))?;
             file.write_all(&header)?;
-            // In slices, each made durable before the next: one large write-back would hold
-            // up the log's own fsyncs (every acknowledged write) until all of it is on disk.
-            for slice in state_bytes.chunks(SNAPSHOT_SYNC_BYTES) {
-                file.write_all(slice)?;
-                file.sync_data()?;
-            }
             file.sync_all()?;
             std::fs::rename(&temp, &path)?;
             File::open(&self.dir)?.sync_all()
@@ -537,6 +564,47 @@ impl SnapshotFile {
             let _ = std::fs::remove_file(&temp);
             return Err(classify(&path, error));
         }
+        Ok(())
+    }
+}
+
+/// Where a snapshot's payload is encoded to: a buffer written to the file, checksummed and
+/// made durable each time it holds [`SNAPSHOT_SYNC_BYTES`]. Durable slice by slice, because
+/// one large write-back would hold up the log's own fsyncs (every acknowledged write) until
+/// all of it is on disk.
+struct SnapshotSink {
+    file: File,
+    buffer: Vec<u8>,
+    hasher: crc32fast::Hasher,
+    len: u64,
+}
+
+impl SnapshotSink {
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.buffer)?;
+        self.file.sync_data()?;
+        self.hasher.update(&self.buffer);
+        self.len += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl std::io::Write for SnapshotSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = SNAPSHOT_SYNC_BYTES - self.buffer.len();
+        let taken = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == SNAPSHOT_SYNC_BYTES {
+            self.write_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -1002,6 +1070,52 @@ mod tests {
         drop(store);
         let records = raw_indexes(dir.path());
         assert_eq!(records.len() as u64, boundary - 1);
+    }
+
+    #[test]
+    fn log_store_streamed_snapshot_spanning_several_slices_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 3.5 slices, written in odd-sized pieces that straddle the slice boundaries.
+        let payload: Vec<u8> = (0..SNAPSHOT_SYNC_BYTES * 7 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        {
+            let (store, _) = LogStore::open_raw(dir.path(), 8192).expect("open");
+            store
+                .snapshot_file()
+                .write_with(0, |out| {
+                    for piece in payload.chunks(100_003) {
+                        out.write_all(piece)?;
+                    }
+                    Ok(())
+                })
+                .expect("snapshot");
+        }
+        let (_, recovered) = LogStore::open_raw(dir.path(), 8192).expect("open");
+        assert_eq!(recovered.snapshot, Some((0, payload)));
+    }
+
+    #[test]
+    fn log_store_failed_streamed_snapshot_keeps_the_previous_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = LogStore::open_raw(dir.path(), 8192).expect("open");
+        let file = store.snapshot_file();
+        file.write(b"the good one", 0).expect("snapshot");
+        let error = file
+            .write_with(0, |out| {
+                out.write_all(&[1; SNAPSHOT_SYNC_BYTES + 10])?;
+                Err(std::io::Error::from_raw_os_error(28))
+            })
+            .expect_err("the encoder failed");
+        assert!(matches!(error, AppendError::DiskFull { .. }), "{error}");
+        assert!(
+            !dir.path()
+                .join(format!("{SNAPSHOT_FILE_NAME}.tmp"))
+                .exists()
+        );
+        drop(store);
+        let (_, recovered) = LogStore::open_raw(dir.path(), 8192).expect("open");
+        assert_eq!(recovered.snapshot, Some((0, b"the good one".to_vec())));
     }
 
     #[test]

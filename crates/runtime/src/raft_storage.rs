@@ -277,12 +277,17 @@ impl SnapshotWriter {
         self.file.path()
     }
 
-    /// Encodes `snapshot` and makes it durable (temp file, fsync, rename).
+    /// Encodes `snapshot` and makes it durable (temp file, fsync, rename), streamed to the
+    /// file as it is encoded (the bytes `encode` would return, without a second copy of the
+    /// state in memory).
     ///
     /// # Errors
     /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
     pub fn write(&self, snapshot: &Snapshot) -> Result<(), AppendError> {
-        self.file.write(&encode(snapshot), snapshot.meta.index)
+        self.file.write_with(snapshot.meta.index, |out| {
+            out.write_all(&[RAFT_FORMAT_VERSION])?;
+            colony_store::encode_into(snapshot, out)
+        })
     }
 }
 

@@ -37,7 +37,7 @@ pub use mvcc::{
     Compacted, HISTORY_BYTES_MAX, HISTORY_EVENTS_MAX, KeyRange, KvEvent, KvHistory, prefix_end,
 };
 pub use session_ttl::SessionTtlTracker;
-pub use state::{Change, SNAPSHOT_FORMAT_VERSION, SnapshotError, StateMachine, Table};
+pub use state::{Change, SNAPSHOT_FORMAT_VERSION, SnapshotError, StateMachine, Table, encode_into};
 pub use types::{
     Check, CheckDefinition, HealthStatus, KvEntry, Node, Service, Session, SessionBehavior, Weights,
 };

@@ -138,6 +138,16 @@ impl StateMachine {
             .expect("encoding to a Vec cannot fail")
     }
 
+    /// Writes the bytes [`StateMachine::to_snapshot`] returns to `out`, as they are encoded
+    /// (no copy of the whole encoding is held).
+    ///
+    /// # Errors
+    /// The first error `out` returned.
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        encode_into(self, out)
+    }
+
     /// Restores a state from [`StateMachine::to_snapshot`] bytes.
     ///
     /// # Errors
@@ -978,4 +988,87 @@ pub(crate) fn rejected_invalid_session(session: &str) -> Outcome {
         RejectionKind::NotFound,
         format!("invalid session {session:?}"),
     )
+}
+
+/// Writes `value`'s postcard encoding to `out` as it is produced (the bytes
+/// `postcard::to_allocvec` would return), for encodings too large to want a second copy:
+/// postcard writes into a 64 KiB buffer, handed to `out` each time it fills.
+///
+/// # Errors
+/// The first error `out` returned.
+pub fn encode_into<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut error = None;
+    let flavor = ChunkFlavor {
+        buffer: Vec::with_capacity(ENCODE_CHUNK_BYTES),
+        out,
+        error: &mut error,
+    };
+    match postcard::serialize_with_flavor(value, flavor) {
+        Ok(()) => Ok(()),
+        Err(postcard_error) => {
+            Err(error
+                .unwrap_or_else(|| std::io::Error::other(format!("encoding: {postcard_error}"))))
+        }
+    }
+}
+
+/// The buffer [`encode_into`] fills before each write.
+const ENCODE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// postcard's output for [`encode_into`]: bytes go into `buffer` (postcard pushes many of
+/// them one at a time, so this must be cheap), and a full buffer goes to `out`. The first
+/// error `out` returns is left in `error`: postcard's own error cannot carry it.
+struct ChunkFlavor<'a, 'b> {
+    buffer: Vec<u8>,
+    out: &'a mut dyn std::io::Write,
+    error: &'b mut Option<std::io::Error>,
+}
+
+impl ChunkFlavor<'_, '_> {
+    fn write_out(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.out.write_all(bytes).map_err(|error| {
+            self.error.get_or_insert(error);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+
+    fn spill(&mut self) -> postcard::Result<()> {
+        let buffer = std::mem::take(&mut self.buffer);
+        let written = self.write_out(&buffer);
+        self.buffer = buffer;
+        self.buffer.clear();
+        written
+    }
+}
+
+impl postcard::ser_flavors::Flavor for ChunkFlavor<'_, '_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.buffer.len() == ENCODE_CHUNK_BYTES {
+            self.spill()?;
+        }
+        self.buffer.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        if self.buffer.len() + bytes.len() > ENCODE_CHUNK_BYTES {
+            self.spill()?;
+            if bytes.len() > ENCODE_CHUNK_BYTES {
+                return self.write_out(bytes);
+            }
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.spill()
+    }
 }

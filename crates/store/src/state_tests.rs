@@ -386,9 +386,58 @@ proptest::proptest! {
             proptest::prop_assert_eq!(left, right);
         }
         proptest::prop_assert_eq!(&a.state, &b.state);
-        let restored = StateMachine::from_snapshot(&a.state.to_snapshot()).expect("snapshot");
+        let bytes = a.state.to_snapshot();
+        let mut streamed = Vec::new();
+        a.state.write_snapshot(&mut streamed).expect("write to a Vec");
+        proptest::prop_assert_eq!(&streamed, &bytes);
+        let restored = StateMachine::from_snapshot(&bytes).expect("snapshot");
         proptest::prop_assert_eq!(restored, a.state);
     }
+}
+
+/// A writer that takes `room` bytes, then fails as a full disk does.
+struct FullAfter {
+    room: usize,
+}
+
+impl std::io::Write for FullAfter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        let taken = bytes.len().min(self.room);
+        self.room -= taken;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_streamed_snapshot_reports_the_writers_own_error() {
+    let mut harness = Harness::new();
+    for n in 0..50 {
+        harness.apply(Command::KvSet {
+            key: format!("k{n}"),
+            value: vec![7; 100],
+            flags: 0,
+            mode: KvSetMode::Set,
+        });
+    }
+    let full = harness.state.to_snapshot().len();
+    for room in [0, 1, full / 2, full - 1] {
+        let error = harness
+            .state
+            .write_snapshot(&mut FullAfter { room })
+            .expect_err("the writer runs out of room");
+        assert_eq!(error.raw_os_error(), Some(28), "room {room}: {error}");
+    }
+    harness
+        .state
+        .write_snapshot(&mut FullAfter { room: full })
+        .expect("exactly enough room");
 }
 
 /// Values became reference-counted `Bytes` after snapshots were written with `Vec<u8>`
