@@ -46,6 +46,20 @@ impl<T> Drop for BackgroundJob<T> {
     }
 }
 
+/// A runtime of its own for a dedicated thread (the writer, the raft thread) to wait on its
+/// input channel with a timeout. Its timer belongs to the thread, not to the agent's runtime:
+/// a timeout registered on the agent's runtime while that runtime shuts down (an agent that
+/// fails to start) panics in tokio.
+///
+/// # Panics
+/// If the OS refuses the runtime's resources (as `Runtime::new` would).
+pub(crate) fn wait_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("building a thread's timer runtime")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,7 @@ impl RaftNode {
     /// Runs until every input sender is gone or storage fails.
     pub(crate) fn run(self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<RaftInput>) {
         let _context = runtime.enter();
+        let waiting = crate::background::wait_runtime();
         let raft = Raft::new(self.id, &[], self.config.clone(), self.seed, self.restored);
         let mut driver = Driver {
             raft,
@@ -234,7 +235,7 @@ impl RaftNode {
                 } else {
                     1_000
                 });
-            let first = match runtime.block_on(tokio::time::timeout(
+            let first = match waiting.block_on(tokio::time::timeout(
                 Duration::from_millis(wait_ms),
                 rx.recv(),
             )) {

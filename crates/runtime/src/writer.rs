@@ -136,6 +136,7 @@ impl Writer {
     /// Runs until every proposer is gone or a fatal error stops the agent.
     pub(crate) fn run(mut self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<Proposal>) {
         let _context = runtime.enter();
+        let waiting = crate::background::wait_runtime();
         let mut last_probe = Instant::now();
         loop {
             let floor = self.mode.mode() == Mode::Floor;
@@ -144,7 +145,7 @@ impl Writer {
             } else {
                 Duration::from_secs(3600)
             };
-            let first = match runtime.block_on(tokio::time::timeout(wait, rx.recv())) {
+            let first = match waiting.block_on(tokio::time::timeout(wait, rx.recv())) {
                 Ok(Some(proposal)) => Some(proposal),
                 Ok(None) => return,
                 Err(_) => None,
@@ -253,8 +254,9 @@ impl Writer {
         assert_eq!(state.applied_index(), index);
         let file = self.store.snapshot_file();
         match BackgroundJob::spawn("colony-snapshot", move || {
-            let bytes = state.to_snapshot();
-            file.write(&bytes, index).map(|()| index)
+            // Streamed to the file as it is encoded: no second copy of the state in memory.
+            file.write_with(index, |out| state.write_snapshot(out))
+                .map(|()| index)
         }) {
             Ok(job) => self.snapshot_in_flight = Some(job),
             // Tried again after the next commit; the log keeps growing meanwhile.
