@@ -17,10 +17,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // A task woken by the task that runs goes to the back of the queue, not next: an HTTP/2
+    // connection then writes every answer its streams finished meanwhile in one write,
+    // instead of one write per answer (docs/decisions.md §24). `COLONY_LIFO_SLOT=on` keeps
+    // tokio's default, to measure the difference.
+    #[cfg(tokio_unstable)]
+    if std::env::var("COLONY_LIFO_SLOT").as_deref() != Ok("on") {
+        builder.disable_lifo_slot();
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
