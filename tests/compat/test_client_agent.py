@@ -98,3 +98,29 @@ def test_a_client_without_a_server_says_so(agent_factory):
     assert resp.status_code == 503, (resp.status_code, resp.text)
     assert "no known consul servers" in resp.text.lower(), resp.text
     assert lone.client.status.leader() == ""
+
+
+def test_a_client_keeps_registrations_made_with_no_server_and_syncs_them(agent_factory):
+    # As a Consul agent does with its local state: the registration succeeds with no
+    # server, the agent's own endpoints show it, and anti-entropy writes it to the catalog
+    # once a server is reachable.
+    lone = agent_factory(join="127.0.0.1:9", retry_join=True, start=False)
+    lone.start_serving()
+    c = lone.client
+    name = unique("offline")
+    assert c.agent.service.register(name, service_id=name, port=9100, check=Check.ttl("30s")) is True
+    services = c.agent.services()
+    assert services[name]["Port"] == 9100, services
+    assert c.agent.checks()[f"service:{name}"]["Status"] == "critical"
+
+    server = agent_factory()
+    assert server.client.agent.join(lone.gossip_addr()) is True
+    nodes = wait_until(
+        lambda: server.client.catalog.service(name)[1],
+        T,
+        message=lambda: f"{name} to reach the catalog through anti-entropy",
+    )
+    assert [n["Node"] for n in nodes] == [lone.node], nodes
+    assert nodes[0]["ServicePort"] == 9100
+    # Once synced, the client's agent endpoints are the servers' view again.
+    assert c.agent.services()[name]["Port"] == 9100

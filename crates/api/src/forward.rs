@@ -23,6 +23,7 @@ use colony_store::{HealthStatus, Node};
 use tower::ServiceExt as _;
 
 use crate::error::{ApiError, ApiResult};
+use crate::local_state::LocalState;
 
 /// The answer header naming the server that served a forwarded request.
 pub const FORWARDED_TO_HEADER: &str = "x-colony-forwarded-to";
@@ -135,17 +136,72 @@ fn end_to_end_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>)>
         .collect()
 }
 
-/// The client side: forwards HTTP API requests to a live server, and restarts the TTL of a
-/// check the client runs once an update of it was written.
+/// The client side: forwards HTTP API requests to a live server, restarts the TTL of a
+/// check the client runs once an update of it was written, and keeps the client's own
+/// registrations (`crate::local_state`).
 pub struct ClientForwarder {
     link: Arc<ClientLink>,
     checks: Arc<ClientChecks>,
+    local: Arc<LocalState>,
 }
 
 impl ClientForwarder {
-    /// A forwarder over `link`, for a client agent whose checks `checks` runs.
-    pub fn new(link: Arc<ClientLink>, checks: Arc<ClientChecks>) -> Self {
-        ClientForwarder { link, checks }
+    /// A forwarder over `link`, for a client agent whose checks `checks` runs and whose
+    /// registrations `local` keeps.
+    pub fn new(link: Arc<ClientLink>, checks: Arc<ClientChecks>, local: Arc<LocalState>) -> Self {
+        ClientForwarder {
+            link,
+            checks,
+            local,
+        }
+    }
+
+    /// The status this agent's runner last wrote for check `id`, as of its last poll.
+    pub fn check_status(&self, id: &str) -> Option<HealthStatus> {
+        self.checks.last_status(id)
+    }
+
+    /// Whether membership names a live server.
+    pub fn knows_a_server(&self) -> bool {
+        !self.link.servers().is_empty()
+    }
+
+    /// The client agent's own registrations.
+    pub fn local(&self) -> &LocalState {
+        &self.local
+    }
+
+    /// Sends one request to a server (as this client's node) and returns the status and
+    /// body of its answer; used by anti-entropy.
+    ///
+    /// # Errors
+    /// No server could be reached, or the answer was not an HTTP answer.
+    pub async fn exchange(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        let forwarded = ForwardedHttp {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body,
+            origin: self.link.origin().clone(),
+        };
+        let request = RpcRequest::Http(Box::new(forwarded));
+        match self
+            .link
+            .call(request, FORWARD_TIMEOUT, method == "GET")
+            .await
+        {
+            Ok((_, RpcResponse::Http(answer))) => Ok((
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                answer.body,
+            )),
+            Ok((server, other)) => Err(format!("server {server} answered {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     /// Forwards `request` to a server and relays its answer; tries the next server while
@@ -158,19 +214,8 @@ impl ClientForwarder {
     }
 
     async fn try_forward(&self, request: Request) -> ApiResult<Response> {
-        let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, crate::REQUEST_BODY_BYTES_MAX)
-            .await
-            .map_err(|e| {
-                ApiError::too_large(format!(
-                    "request body too large or unreadable (at most {} bytes): {e}",
-                    crate::REQUEST_BODY_BYTES_MAX
-                ))
-            })?;
-        let uri = parts.uri.path_and_query().map_or_else(
-            || parts.uri.path().to_string(),
-            |pq| pq.as_str().to_string(),
-        );
+        let (parts, body) = split_request(request).await?;
+        let uri = path_and_query(&parts);
         let timeout = forward_timeout(parts.uri.query())?;
         let forwarded = ForwardedHttp {
             method: parts.method.as_str().to_string(),
@@ -193,6 +238,30 @@ impl ClientForwarder {
             }),
         }
     }
+}
+
+/// A request's head and its whole body (at most [`crate::REQUEST_BODY_BYTES_MAX`] bytes).
+pub(crate) async fn split_request(
+    request: Request,
+) -> ApiResult<(axum::http::request::Parts, axum::body::Bytes)> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, crate::REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|e| {
+            ApiError::too_large(format!(
+                "request body too large or unreadable (at most {} bytes): {e}",
+                crate::REQUEST_BODY_BYTES_MAX
+            ))
+        })?;
+    Ok((parts, body))
+}
+
+/// A request's path with its query.
+pub(crate) fn path_and_query(parts: &axum::http::request::Parts) -> String {
+    parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    )
 }
 
 /// Consul's answer when a client agent knows no server.

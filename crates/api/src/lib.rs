@@ -12,11 +12,14 @@
 //! Driving it: build the router with [`router`] and serve it with [`serve`].
 #![deny(unreachable_pub)]
 
+pub mod anti_entropy;
 pub mod blocking;
 pub mod consul;
 pub mod error;
 pub mod forward;
 pub mod json;
+pub mod local_endpoints;
+pub mod local_state;
 pub mod membership;
 pub mod query;
 pub mod respond;

@@ -471,9 +471,10 @@ async fn keyring_remove(
 }
 
 /// Routes of a client agent: membership is served here; `/v1/agent/self` describes this
-/// agent; everything else (catalog, health, KV, sessions, transactions, this node's services
-/// and checks) is forwarded to a server over its RPC port, and answers 503 "No known Consul
-/// servers" while none is known.
+/// agent; registrations of this node's services and checks are kept by this agent
+/// (`crate::local_state`) and forwarded; everything else (catalog, health, KV, sessions,
+/// transactions, reads of this node's services and checks) is forwarded to a server over its
+/// RPC port, and answers 503 "No known Consul servers" while none is known.
 pub fn client_router(
     state: MembershipState,
     forwarder: Arc<crate::forward::ClientForwarder>,
@@ -486,15 +487,67 @@ pub fn client_router(
         .route("/v1/agent/check/warn/{id}", put(ttl).get(ttl))
         .route("/v1/agent/check/fail/{id}", put(ttl).get(ttl))
         .route("/v1/agent/check/update/{id}", put(ttl))
+        .route("/v1/agent/services", get(crate::local_endpoints::services))
+        .route(
+            "/v1/agent/service/{id}",
+            get(crate::local_endpoints::service),
+        )
+        .route("/v1/agent/checks", get(crate::local_endpoints::checks))
+        .route(
+            "/v1/agent/service/register",
+            put(crate::local_endpoints::register_service),
+        )
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(crate::local_endpoints::deregister_service),
+        )
+        .route(
+            "/v1/agent/check/register",
+            put(crate::local_endpoints::register_check),
+        )
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(crate::local_endpoints::deregister_check),
+        )
         .fallback(crate::forward::forward_handler)
-        .with_state(forwarder);
+        .with_state(forwarder.clone());
     routes(state.clone())
         .route("/v1/agent/self", get(client_self).with_state(state.clone()))
-        .route("/v1/agent/metrics", get(client_metrics).with_state(state))
+        .route(
+            "/v1/agent/metrics",
+            get(client_metrics).with_state((state.clone(), forwarder.clone())),
+        )
         .merge(forwarded)
+        .layer(axum::middleware::from_fn_with_state(state, client_evidence))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::REQUEST_BODY_BYTES_MAX,
         ))
+}
+
+/// Gives a client agent's own answers (its refusals, a registration it keeps pending, "no
+/// known servers") the evidence header every answer carries: this agent's view, eventual.
+/// Forwarded answers carry the server's.
+async fn client_evidence(
+    State(st): State<MembershipState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let binding = format!("http:{}", request.uri().path());
+    let mut response = next.run(request).await;
+    if !response
+        .headers()
+        .contains_key(crate::respond::EVIDENCE_HEADER)
+    {
+        let view = st.gossip.view();
+        let name = view.local.as_ref().map_or("", |m| m.name.as_str());
+        let evidence = Evidence {
+            binding,
+            source: "agent".to_string(),
+            ..view_evidence(name, crate::now_ms())
+        };
+        crate::respond::insert_evidence(response.headers_mut(), &evidence);
+    }
+    response
 }
 
 async fn client_self(State(st): State<MembershipState>) -> Response {
@@ -628,16 +681,46 @@ fn gossip_counters(
 
 /// `/v1/agent/metrics` on a client agent: membership's metrics (the store's live on the
 /// servers), as Consul's JSON or, with `?format=prometheus`, Prometheus text.
-async fn client_metrics(State(st): State<MembershipState>, RawQuery(raw): RawQuery) -> Response {
+/// A client agent's metrics: membership as it sees it, and its registrations' anti-entropy.
+async fn client_metrics(
+    State((st, forwarder)): State<(MembershipState, Arc<crate::forward::ClientForwarder>)>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    use std::fmt::Write as _;
+    let local = forwarder.local();
     let query = Query::parse(raw.as_deref());
     if query.get("format") == Some("prometheus") {
+        let mut text = gossip_prometheus(&st.gossip);
+        let _ = writeln!(
+            text,
+            "# HELP colony_local_registrations_pending Registrations no server has taken yet.\n\
+             # TYPE colony_local_registrations_pending gauge\n\
+             colony_local_registrations_pending {}",
+            local.pending()
+        );
+        for (name, help, value) in local.sync_counters.values() {
+            let _ = writeln!(
+                text,
+                "# HELP colony_anti_entropy_{name} {help}\n\
+                 # TYPE colony_anti_entropy_{name} counter\n\
+                 colony_anti_entropy_{name}_total {value}"
+            );
+        }
         return (
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            gossip_prometheus(&st.gossip),
+            text,
         )
             .into_response();
     }
-    let (gauges, counters) = gossip_consul_metrics(&st.gossip);
+    let (mut gauges, mut counters) = gossip_consul_metrics(&st.gossip);
+    gauges.push(json!({"Name": "colony.local.registrations_pending", "Value": local.pending(), "Labels": {}}));
+    for (name, _, value) in local.sync_counters.values() {
+        counters.push(json!({
+            "Name": format!("colony.anti_entropy.{name}"),
+            "Count": value, "Sum": value, "Min": value, "Max": value, "Mean": value,
+            "Rate": 0, "Stddev": 0, "Labels": {},
+        }));
+    }
     let now = crate::now_ms();
     let body = json!({
         "Timestamp": now.to_string(),

@@ -334,11 +334,31 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
             address: advertise.to_string(),
         },
     ));
+    let local = colony_api::local_state::LocalState::open(&node_name, args.data_dir.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .in_datacenter(&args.datacenter);
+    if let Some(file) = local.file() {
+        let kept = local.registrations();
+        tracing::info!(
+            file = %file.display(),
+            services = kept.services.len(),
+            checks = kept.checks.len(),
+            "this agent's registrations"
+        );
+    } else {
+        tracing::warn!(
+            "no --data-dir: services and checks registered through this agent are kept in \
+             memory only, and after a restart anti-entropy removes them from the catalog \
+             (as Consul does for an agent whose data dir is lost)"
+        );
+    }
     let checks = colony_runtime::client_agent::ClientChecks::start(link.clone());
     let forwarder = Arc::new(colony_api::forward::ClientForwarder::new(
         link,
         checks.clone(),
+        Arc::new(local),
     ));
+    let anti_entropy = colony_api::anti_entropy::spawn(forwarder.clone());
     let router = colony_api::membership::client_router(
         MembershipState {
             gossip: gossip.clone(),
@@ -360,6 +380,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         () = stop.notified() => tracing::info!("left the cluster; shutting down"),
     }
     checks.stop();
+    anti_entropy.abort();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(ExitCode::SUCCESS)

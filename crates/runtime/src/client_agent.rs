@@ -177,6 +177,16 @@ impl ClientChecks {
             .reset_ttl(check_id, crate::agent::wall_ms(), status);
     }
 
+    /// The status of check `check_id` in the catalog as of the last poll (the last one
+    /// this agent's runner wrote), if the catalog had the check.
+    pub fn last_status(&self, check_id: &str) -> Option<HealthStatus> {
+        self.catalog
+            .lock()
+            .expect("catalog lock poisoned")
+            .get(check_id)
+            .copied()
+    }
+
     /// Stops every runner.
     pub fn stop(&self) {
         self.manager.stop_all();
@@ -239,11 +249,7 @@ impl CheckHost for ClientChecks {
     fn count_result(&self, _kind: &str, _status: HealthStatus) {}
 
     fn catalog_status(&self, check_id: &str) -> Option<HealthStatus> {
-        self.catalog
-            .lock()
-            .expect("catalog lock poisoned")
-            .get(check_id)
-            .copied()
+        self.last_status(check_id)
     }
 
     async fn submit(&self, command: Command) -> Result<(), String> {

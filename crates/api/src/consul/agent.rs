@@ -157,6 +157,23 @@ pub(crate) async fn register_service(
 
 /// Builds the catalog registration for a service registered at this agent.
 fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<CatalogRegistration> {
+    let (service, checks) = service_and_checks(request, acting_node(agent), agent.now_ms())?;
+    let node = acting_node_record(agent)?;
+    Ok(CatalogRegistration {
+        node,
+        service: Some(service),
+        checks,
+        replace_service_checks: false,
+    })
+}
+
+/// Validates a service registration for `node` and builds the service and its checks
+/// (a client agent validates with this before it keeps a registration of its own).
+pub(crate) fn service_and_checks(
+    request: ServiceRequest,
+    node: String,
+    now_ms: u64,
+) -> ApiResult<(Service, Vec<Check>)> {
     let name = request
         .name
         .filter(|n| !n.is_empty())
@@ -178,7 +195,7 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
         return Err(ApiError::bad_request("Passing must be greater than 0"));
     }
     let service = Service {
-        node: acting_node(agent),
+        node,
         id: id.clone(),
         name: name.clone(),
         tags: request.tags.unwrap_or_default(),
@@ -201,17 +218,22 @@ fn service_registration(agent: &Agent, request: ServiceRequest) -> ApiResult<Cat
             format!("service:{id}")
         };
         let default_name = format!("Service '{name}' check");
-        let mut built = build_check(check, default_id, default_name, agent.now_ms())?;
+        let mut built = build_check(check, default_id, default_name, now_ms)?;
         built.service_id = id.clone();
         checks.push(built);
     }
-    let node = acting_node_record(agent)?;
-    Ok(CatalogRegistration {
-        node,
-        service: Some(service),
-        checks,
-        replace_service_checks: false,
-    })
+    Ok((service, checks))
+}
+
+/// Validates a check registered on its own (`/v1/agent/check/register`: it needs a name,
+/// which is also its default ID) and builds the store check.
+pub(crate) fn standalone_check(request: CheckRequest, now_ms: u64) -> ApiResult<Check> {
+    let name = request
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Missing check name"))?;
+    build_check(request, name.clone(), name, now_ms)
 }
 
 /// Validates a check request and builds the store check (with its definition).
@@ -353,14 +375,8 @@ pub(crate) async fn register_check(
     State(app): State<AppState>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let request: CheckRequest = decode(&body)?;
     let agent = &app.agent;
-    let name = request
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request("Missing check name"))?;
-    let check = build_check(request, name.clone(), name, agent.now_ms())?;
+    let check = standalone_check(decode(&body)?, agent.now_ms())?;
     let node_name = acting_node(agent);
     if !check.service_id.is_empty()
         && agent.read(|s| s.service(&node_name, &check.service_id).is_none())

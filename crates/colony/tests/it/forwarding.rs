@@ -7,7 +7,7 @@ use crate::support::{Agent, wait_until};
 use std::time::{Duration, Instant};
 
 /// The gossip address of an agent, read from its own member list.
-fn gossip_addr(agent: &Agent) -> String {
+pub(crate) fn gossip_addr(agent: &Agent) -> String {
     let members = agent.get("/v1/colony/members").json();
     members["Members"]
         .as_array()

@@ -1,5 +1,6 @@
 //! Integration tests: the real `colony` binary on ephemeral loopback ports.
 
+mod anti_entropy;
 mod bad_input;
 mod blocking;
 mod cli;
