@@ -23,13 +23,13 @@ for s in 1 2 3; do
   run "join_n1000_s$s" --nodes 1000 --seed "$s" --duration 40s --kill 0 --injections 0
 done
 for s in 1 2; do run "scale_n10000_s$s" --nodes 10000 --seed "$s" --warm; done
-# The foca baseline on the same phases (n >= 1,000 warm as above; 10,000 nodes take ~5 min).
+# The foca baseline on the same phases (n >= 1,000 warm as above; 10,000 nodes take 3.5–5 min a seed).
 for s in 1 2 3 4 5; do
   run "foca_n10_s$s" --nodes 10 --seed "$s" --impl foca
   run "foca_n100_s$s" --nodes 100 --seed "$s" --impl foca
 done
 for s in 1 2 3; do run "foca_n1000_s$s" --nodes 1000 --seed "$s" --impl foca --warm; done
-run foca_n10000_s1 --nodes 10000 --seed 1 --impl foca --warm
+for s in 1 2; do run "foca_n10000_s$s" --nodes 10000 --seed "$s" --impl foca --warm; done
 # Loss, steady state (warm start), both implementations.
 for loss in 0.1 0.2; do for s in 1 2 3; do
   run "warmloss${loss}_s$s" --nodes 100 --seed "$s" --loss "$loss" --duration 3600s --warm
