@@ -74,6 +74,7 @@ pub struct Entry {
     /// Command or no-op.
     pub kind: EntryKind,
     /// The command bytes (empty for [`EntryKind::Empty`]).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -107,6 +108,7 @@ pub struct Snapshot {
     /// The voters as of `meta.index`, sorted.
     pub voters: Vec<u64>,
     /// The caller's encoded state machine.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

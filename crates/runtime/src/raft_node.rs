@@ -173,6 +173,8 @@ struct Driver {
     logged_role: (Role, u64, Option<u64>),
     /// A snapshot of this node's state being written on its own thread.
     snapshot_job: Option<SnapshotJob>,
+    /// The size of the last snapshot written, bytes: the next one's buffer starts that large.
+    snapshot_bytes_last: usize,
 }
 
 /// A snapshot of the node's own state, being encoded and made durable off the raft thread
@@ -222,6 +224,7 @@ impl RaftNode {
             last_contact_wall_ms: 0,
             logged_role: (Role::Follower, 0, None),
             snapshot_job: None,
+            snapshot_bytes_last: 0,
         };
         driver.publish_status();
         loop {
@@ -574,11 +577,13 @@ impl Driver {
         let writer = self.storage.snapshot_writer();
         let path = writer.path();
         let started = Instant::now();
+        // Room for some growth since the last one.
+        let capacity_hint = self.snapshot_bytes_last + self.snapshot_bytes_last / 8;
         let thread = BackgroundJob::spawn("colony-snapshot", move || {
             let snapshot = Snapshot {
                 meta,
                 voters,
-                data: state.to_snapshot(),
+                data: state.to_snapshot_sized(capacity_hint),
             };
             let result = writer.write(&snapshot);
             (snapshot, result)
@@ -639,6 +644,7 @@ impl Driver {
         }
         let index = snapshot.meta.index;
         let bytes = snapshot.data.len();
+        self.snapshot_bytes_last = bytes;
         self.storage.handle_snapshot_written(index);
         self.raft.compact(index, snapshot.data);
         self.metrics.snapshots.inc();

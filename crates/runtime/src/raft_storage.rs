@@ -331,6 +331,47 @@ mod tests {
         }
     }
 
+    /// Entries and snapshots written before their byte fields were encoded as byte strings
+    /// (`serde_bytes`) used postcard's sequence of `u8`: the bytes must be the same, so
+    /// that logs and snapshots on disk stay readable.
+    #[test]
+    fn raft_storage_byte_fields_encode_as_before() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct PlainEntry {
+            index: u64,
+            term: u64,
+            kind: EntryKind,
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..=255u8).chain(0..44).collect();
+        let new = Entry {
+            data: data.clone(),
+            ..entry(300, 7)
+        };
+        let old = PlainEntry {
+            index: 300,
+            term: 7,
+            kind: EntryKind::Normal,
+            data,
+        };
+        let encoded = postcard::to_allocvec(&old).expect("encode");
+        assert_eq!(postcard::to_allocvec(&new).expect("encode"), encoded);
+        assert_eq!(
+            postcard::from_bytes::<Entry>(&encoded).expect("decode"),
+            new
+        );
+        let snapshot = Snapshot {
+            meta: SnapshotMeta { index: 9, term: 2 },
+            voters: vec![1, 2, 3],
+            data: vec![7; 200],
+        };
+        let plain = (SnapshotMeta { index: 9, term: 2 }, vec![1u64, 2, 3], vec![7u8; 200]);
+        assert_eq!(
+            postcard::to_allocvec(&snapshot).expect("encode"),
+            postcard::to_allocvec(&plain).expect("encode")
+        );
+    }
+
     #[test]
     fn raft_storage_restores_what_was_persisted_with_overwrites() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -96,6 +96,7 @@ pub struct ForwardedHttp {
     /// Request headers (hop-by-hop headers removed).
     pub headers: Vec<(String, Vec<u8>)>,
     /// Request body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The client agent the request came through.
     pub origin: OriginNode,
@@ -119,6 +120,7 @@ pub struct HttpAnswer {
     /// Response headers.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Response body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

@@ -95,6 +95,7 @@ pub enum TxnOp {
         /// Key.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Flags.
         flags: u64,
@@ -104,6 +105,7 @@ pub enum TxnOp {
         /// Key.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Flags.
         flags: u64,
@@ -115,6 +117,7 @@ pub enum TxnOp {
         /// Key.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Flags.
         flags: u64,
@@ -126,6 +129,7 @@ pub enum TxnOp {
         /// Key.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Flags.
         flags: u64,
@@ -190,6 +194,7 @@ pub enum Command {
         /// Key.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Flags.
         flags: u64,

@@ -98,6 +98,7 @@ pub struct PutOp {
     /// The key.
     pub key: String,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease to attach the key to (0: none).
     pub lease: i64,
@@ -128,6 +129,7 @@ pub enum CompareTarget {
     /// The modify revision (0 for a missing key).
     Mod(u64),
     /// The value (a missing key never matches).
+    #[serde(with = "serde_bytes")]
     Value(Vec<u8>),
     /// The lease (0 for a missing key or none).
     Lease(i64),

@@ -25,8 +25,10 @@ pub const HISTORY_BYTES_MAX: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyRange {
     /// First key (inclusive).
+    #[serde(with = "serde_bytes")]
     pub start: Vec<u8>,
     /// End key (exclusive), or empty for one key, or `[0]` for no upper bound.
+    #[serde(with = "serde_bytes")]
     pub end: Vec<u8>,
 }
 

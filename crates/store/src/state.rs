@@ -134,8 +134,16 @@ impl StateMachine {
 
     /// Serializes the whole state for a snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        postcard::to_extend(self, vec![SNAPSHOT_FORMAT_VERSION])
-            .expect("encoding to a Vec cannot fail")
+        self.to_snapshot_sized(0)
+    }
+
+    /// [`StateMachine::to_snapshot`] into a buffer that starts with room for
+    /// `capacity_hint` bytes (the previous snapshot's size, say), so that a large state is not
+    /// copied again each time the buffer grows.
+    pub fn to_snapshot_sized(&self, capacity_hint: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(capacity_hint.max(1));
+        out.push(SNAPSHOT_FORMAT_VERSION);
+        postcard::to_extend(self, out).expect("encoding to a Vec cannot fail")
     }
 
     /// Writes the bytes [`StateMachine::to_snapshot`] returns to `out`, as they are encoded
