@@ -84,18 +84,26 @@ impl Evidence {
     /// Renders the evidence as an RFC 8941 structured-field dictionary, the value of the
     /// `X-Colony-Evidence` header.
     pub fn to_header_value(&self) -> String {
+        // Written in place (every answer carries one): no intermediate strings.
         let mut out = String::with_capacity(192);
-        let _ = write!(
-            out,
-            "scope={}, source={}, freshness={}, observed=\"{}@{}\", lifetime={}, binding={}",
-            sf_string(&self.scope),
-            sf_string(&self.source),
-            sf_string(self.freshness.name()),
-            self.observed,
-            sf_escape(&self.observed_by),
-            sf_string(&self.lifetime.to_wire()),
-            sf_string(&self.binding),
-        );
+        out.push_str("scope=");
+        push_sf_string(&mut out, &self.scope);
+        out.push_str(", source=");
+        push_sf_string(&mut out, &self.source);
+        out.push_str(", freshness=");
+        push_sf_string(&mut out, self.freshness.name());
+        let _ = write!(out, ", observed=\"{}@", self.observed);
+        push_sf_escaped(&mut out, &self.observed_by);
+        out.push_str("\", lifetime=");
+        match self.lifetime {
+            Lifetime::Ms(ms) => push_sf_string(&mut out, &format_go_duration(ms)),
+            Lifetime::UntilIndex(index) => {
+                let _ = write!(out, "\"until-index:{index}\"");
+            }
+            Lifetime::Immutable => out.push_str("\"immutable\""),
+        }
+        out.push_str(", binding=");
+        push_sf_string(&mut out, &self.binding);
         if let Freshness::BoundedStale { age_ms, bound_ms } = self.freshness {
             let _ = write!(out, ", age={age_ms}, bound={bound_ms}");
         }
@@ -123,24 +131,29 @@ impl Evidence {
     }
 }
 
-fn sf_escape(text: &str) -> String {
+/// Appends `text` as the inside of an RFC 8941 string: printable ASCII only (anything else
+/// dropped), with `"` and `\\` escaped.
+fn push_sf_escaped(out: &mut String, text: &str) {
     let plain = text
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
     if plain {
-        return text.to_string();
+        out.push_str(text);
+        return;
     }
-    text.chars()
-        .filter(|c| (' '..='~').contains(c))
-        .flat_map(|c| match c {
-            '"' | '\\' => vec!['\\', c],
-            _ => vec![c],
-        })
-        .collect()
+    for c in text.chars().filter(|c| (' '..='~').contains(c)) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
 }
 
-fn sf_string(text: &str) -> String {
-    format!("\"{}\"", sf_escape(text))
+/// Appends `text` as an RFC 8941 string, quotes included.
+fn push_sf_string(out: &mut String, text: &str) {
+    out.push('"');
+    push_sf_escaped(out, text);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -182,6 +195,24 @@ mod tests {
         .to_header_value();
         assert!(header.contains("freshness=\"bounded-stale\""));
         assert!(header.ends_with(", age=120, bound=500"));
+    }
+
+    #[test]
+    fn evidence_header_writes_every_lifetime_as_its_wire_form() {
+        for lifetime in [
+            Lifetime::Ms(1_500),
+            Lifetime::UntilIndex(1042),
+            Lifetime::Immutable,
+        ] {
+            let mut evidence = sample(Freshness::Fresh);
+            evidence.lifetime = lifetime.clone();
+            let expected = format!(", lifetime=\"{}\", binding=", lifetime.to_wire());
+            assert!(
+                evidence.to_header_value().contains(&expected),
+                "{lifetime:?}: {}",
+                evidence.to_header_value()
+            );
+        }
     }
 
     #[test]

@@ -365,7 +365,11 @@ mod tests {
             voters: vec![1, 2, 3],
             data: vec![7; 200],
         };
-        let plain = (SnapshotMeta { index: 9, term: 2 }, vec![1u64, 2, 3], vec![7u8; 200]);
+        let plain = (
+            SnapshotMeta { index: 9, term: 2 },
+            vec![1u64, 2, 3],
+            vec![7u8; 200],
+        );
         assert_eq!(
             postcard::to_allocvec(&snapshot).expect("encode"),
             postcard::to_allocvec(&plain).expect("encode")
