@@ -10,9 +10,23 @@ pub fn colony_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_colony"))
 }
 
+/// A loopback address with a port nothing listens on now, and that no earlier call in this
+/// test process returned: the kernel may hand a released port out again, and two agents
+/// started by parallel tests (or one agent's HTTP and another's RPC address) must not be
+/// given the same one before either binds it.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local addr");
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Polls `condition` until it holds or `deadline` passes.
