@@ -55,11 +55,19 @@ def colony_bin() -> Path:
     return REPO_ROOT / "target" / "debug" / "colony"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """Pick a free ephemeral loopback port by binding to port 0."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """Pick a free ephemeral loopback port by binding to port 0, never one this process
+    handed out before (the kernel may give a released port again before its user binds it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def unique(prefix: str) -> str:
