@@ -679,9 +679,9 @@ fn gossip_counters(
     ]
 }
 
-/// `/v1/agent/metrics` on a client agent: membership's metrics (the store's live on the
-/// servers), as Consul's JSON or, with `?format=prometheus`, Prometheus text.
-/// A client agent's metrics: membership as it sees it, and its registrations' anti-entropy.
+/// `/v1/agent/metrics` on a client agent: membership as it sees it and its registrations'
+/// anti-entropy (the store's metrics live on the servers), as Consul's JSON or, with
+/// `?format=prometheus`, Prometheus text.
 async fn client_metrics(
     State((st, forwarder)): State<(MembershipState, Arc<crate::forward::ClientForwarder>)>,
     RawQuery(raw): RawQuery,
