@@ -289,6 +289,21 @@ fn stack(c: &mut Criterion) {
             )
         })
     });
+    // The balancing core alone: pick and report with the time given (no clock, no future).
+    let core = colony_client::policy::balance::Balancer::new(BalanceConfig::default());
+    let mut core = core;
+    for _ in 0..10 {
+        core.add(None);
+    }
+    let mut rng = colony_base::SplitMix64::new(1);
+    let mut now = 0u64;
+    group.bench_function("balance core (pick + result, time given)", |b| {
+        b.iter(|| {
+            now += 100;
+            let index = core.pick(black_box(now), &mut rng).expect("endpoints");
+            core.handle_result(now + 50, index, 50, true)
+        })
+    });
     let mut balance_only = balance;
     group.bench_function("balance (p2c peak-ewma) alone", |b| {
         b.iter(|| {

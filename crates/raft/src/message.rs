@@ -214,6 +214,25 @@ pub enum Message {
         /// The leader's term.
         term: u64,
     },
+    /// A follower asks its leader for a read index on behalf of the reads it holds (thesis
+    /// §6.4). Sent after those reads arrived, by a node still following this leader in
+    /// `term`, it also counts as that node's answer in the round confirming the index.
+    ReadIndex {
+        /// The follower's term.
+        term: u64,
+        /// The follower's request number, echoed in the answer.
+        id: u64,
+    },
+    /// Answer to [`Message::ReadIndex`].
+    ReadIndexResponse {
+        /// The responder's term.
+        term: u64,
+        /// The `id` of the request answered.
+        id: u64,
+        /// The index to apply before serving the reads; `None` if the responder cannot give
+        /// one now (it no longer leads, or has committed nothing in its term yet).
+        index: Option<u64>,
+    },
 }
 
 impl Message {
@@ -229,7 +248,9 @@ impl Message {
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResponse { term, .. }
             | Message::InstallSnapshot { term, .. }
-            | Message::TimeoutNow { term } => *term,
+            | Message::TimeoutNow { term }
+            | Message::ReadIndex { term, .. }
+            | Message::ReadIndexResponse { term, .. } => *term,
         }
     }
 

@@ -133,6 +133,10 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     /// Linearizable reads confirmed by a quorum: serve each once applied up to its index.
     pub read_states: Vec<ReadState>,
+    /// Reads given to [`Raft::read_index`] that will never be answered (this node stopped
+    /// leading, started an election, or found no leader to ask in time), by `ctx`: ask
+    /// again, wherever the leader now is.
+    pub read_failures: Vec<u64>,
 }
 
 impl Ready {
@@ -145,6 +149,7 @@ impl Ready {
             && self.leader_messages.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
+            && self.read_failures.is_empty()
     }
 }
 
@@ -220,11 +225,65 @@ struct Transfer {
     deadline_ms: u64,
 }
 
+/// A read a leader holds until a heartbeat round confirms it still leads.
 #[derive(Debug, Clone)]
 struct PendingRead {
-    ctx: u64,
+    origin: ReadOrigin,
     index: u64,
+    /// The round that confirms it.
     seq: u64,
+    /// A voter whose request for this read already showed it follows this leader.
+    acked_by: Option<u64>,
+}
+
+/// Who asked for a read index.
+#[derive(Debug, Clone, Copy)]
+enum ReadOrigin {
+    /// This node's caller, with its `ctx`.
+    Local(u64),
+    /// A follower's [`Message::ReadIndex`] request `id`.
+    Remote { from: u64, id: u64 },
+}
+
+/// A follower's reads on their way to the leader: a request covers every read that arrived
+/// before it was sent, and one is out at a time.
+#[derive(Debug, Clone, Default)]
+struct ForwardedReads {
+    /// Reads no request sent covers yet, as (ctx, arrived at).
+    waiting: Vec<(u64, u64)>,
+    /// The request out, if any.
+    in_flight: Option<ReadRequest>,
+    /// The last request id used. Ids start at a random point, so that a node restarted
+    /// in the same term cannot take an answer meant for a request of its previous life.
+    last_id: u64,
+    /// No request before this time (the leader could not answer the last one).
+    retry_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ReadRequest {
+    id: u64,
+    /// The leader asked.
+    to: u64,
+    sent_ms: u64,
+    /// The reads it covers, as (ctx, arrived at).
+    reads: Vec<(u64, u64)>,
+}
+
+impl ForwardedReads {
+    fn len(&self) -> usize {
+        self.waiting.len() + self.in_flight.as_ref().map_or(0, |r| r.reads.len())
+    }
+
+    /// Puts the reads of the request out back with the waiting ones: a later request,
+    /// sent after they arrived, serves them as well.
+    fn requeue(&mut self) {
+        if let Some(request) = self.in_flight.take() {
+            let mut reads = request.reads;
+            reads.append(&mut self.waiting);
+            self.waiting = reads;
+        }
+    }
 }
 
 /// One Raft node, sans-IO. See the crate documentation for how to drive it.
@@ -264,6 +323,9 @@ pub struct Raft {
     reads: VecDeque<PendingRead>,
     read_seq: u64,
     read_states: Vec<ReadState>,
+    read_failures: Vec<u64>,
+    /// Follower only: reads waiting for a read index from the leader.
+    forwarded: ForwardedReads,
 }
 
 impl Raft {
@@ -328,6 +390,12 @@ impl Raft {
             reads: VecDeque::new(),
             read_seq: 0,
             read_states: Vec::new(),
+            read_failures: Vec::new(),
+            forwarded: ForwardedReads {
+                // A stream of its own, so that the election timers draw what they always did.
+                last_id: SplitMix64::new(seed ^ 0x5EAD_1D5E_ED00_0000).next_u64(),
+                ..ForwardedReads::default()
+            },
         };
         raft.check_invariants();
         raft
@@ -539,7 +607,10 @@ impl Raft {
 
     fn send(&mut self, to: u64, message: Message) {
         assert_ne!(to, self.id, "no message to self");
-        if self.role == Role::Leader && message.is_from_leader() {
+        // A leader's read index promises nothing about its disk either: it is a commit
+        // index, which counts this node's entries only once persisted.
+        let is_leader_read = matches!(message, Message::ReadIndexResponse { .. });
+        if self.role == Role::Leader && (message.is_from_leader() || is_leader_read) {
             self.leader_messages.push(Envelope { to, message });
         } else {
             self.messages.push(Envelope { to, message });
@@ -589,8 +660,18 @@ impl Raft {
         self.progress.clear();
         self.votes.clear();
         self.transfer = None;
-        self.reads.clear();
+        // Reads a leader held fail (its caller asks again); a follower's request to a
+        // leader it no longer follows goes to the next one.
+        for read in std::mem::take(&mut self.reads) {
+            if let ReadOrigin::Local(ctx) = read.origin {
+                self.read_failures.push(ctx);
+            }
+        }
+        if self.forwarded.in_flight.as_ref().map(|r| r.to) != leader {
+            self.forwarded.requeue();
+        }
         self.arm_election_timer(self.now_ms);
+        self.send_read_request();
     }
 
     fn campaign(&mut self, is_pre_vote: bool, is_transfer: bool) {
@@ -598,6 +679,7 @@ impl Raft {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.leader = None;
+        self.fail_forwarded_reads();
         self.arm_election_timer(self.now_ms);
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         if is_pre_vote {
@@ -723,17 +805,20 @@ impl Raft {
                     }
                 }
             }
-            _ => match self.election_deadline_ms {
-                None => self.arm_election_timer(now_ms),
-                Some(deadline) if now_ms >= deadline => {
-                    if self.is_voter() {
-                        self.campaign(self.config.pre_vote, false);
-                    } else {
-                        self.arm_election_timer(now_ms);
+            _ => {
+                match self.election_deadline_ms {
+                    None => self.arm_election_timer(now_ms),
+                    Some(deadline) if now_ms >= deadline => {
+                        if self.is_voter() {
+                            self.campaign(self.config.pre_vote, false);
+                        } else {
+                            self.arm_election_timer(now_ms);
+                        }
                     }
+                    Some(_) => {}
                 }
-                Some(_) => {}
-            },
+                self.tick_forwarded_reads();
+            }
         }
         self.check_invariants_in_tests();
     }
@@ -751,6 +836,7 @@ impl Raft {
         }
         self.leader = None;
         self.leader_contact_ms = None;
+        self.forwarded.requeue();
         // Followers take turns by ID, two heartbeat intervals apart, so they do not split the
         // vote; the first waits one interval, so the others' reports (their own probes of the
         // dead leader) land before its pre-vote asks them.
@@ -881,6 +967,10 @@ impl Raft {
                 if self.role == Role::Leader {
                     self.handle_heartbeat_response(from, read_seq);
                 }
+            }
+            Message::ReadIndex { id, .. } => self.handle_read_request(from, id),
+            Message::ReadIndexResponse { id, index, .. } => {
+                self.handle_read_response(from, id, index);
             }
         }
         self.check_invariants_in_tests();
@@ -1190,21 +1280,36 @@ impl Raft {
         }
     }
 
+    /// Voters known to follow this leader since round `seq` was sent: this node, those
+    /// that answered that round or a later one, and `acked_by`.
+    fn read_acks(&self, seq: u64, acked_by: Option<u64>) -> usize {
+        let others = self
+            .progress
+            .iter()
+            .filter(|&(&id, p)| p.read_seq_acked >= seq || acked_by == Some(id))
+            .count();
+        usize::from(self.voters.contains(&self.id)) + others
+    }
+
+    /// Hands a confirmed read to whoever asked for it.
+    fn answer_read(&mut self, origin: ReadOrigin, index: u64) {
+        match origin {
+            ReadOrigin::Local(ctx) => self.read_states.push(ReadState { ctx, index }),
+            ReadOrigin::Remote { from, id } => {
+                let term = self.term;
+                let index = Some(index);
+                self.send(from, Message::ReadIndexResponse { term, id, index });
+            }
+        }
+    }
+
     fn release_reads(&mut self) {
         while let Some(front) = self.reads.front() {
-            let acks = 1 + self
-                .progress
-                .values()
-                .filter(|p| p.read_seq_acked >= front.seq)
-                .count();
-            if acks < self.quorum() {
+            if self.read_acks(front.seq, front.acked_by) < self.quorum() {
                 break;
             }
             let read = self.reads.pop_front().expect("front exists");
-            self.read_states.push(ReadState {
-                ctx: read.ctx,
-                index: read.index,
-            });
+            self.answer_read(read.origin, read.index);
         }
         // The reads that arrived while that round was out go in the next one.
         if self.reads.front().is_some_and(|r| r.seq > self.read_seq) {
@@ -1331,10 +1436,21 @@ impl Raft {
     /// committed yet) or [`RequestError::Overloaded`]; nothing changed.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), RequestError> {
         if self.role != Role::Leader {
-            return Err(RequestError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return self.forward_read(ctx);
         }
+        self.queue_read(ReadOrigin::Local(ctx), None)?;
+        self.check_invariants_in_tests();
+        Ok(())
+    }
+
+    /// A leader's read: answered at the commit index once a quorum is known to follow this
+    /// leader since the read arrived — at once if `acked_by` (the follower asking) makes
+    /// the quorum, otherwise after the next heartbeat round.
+    fn queue_read(
+        &mut self,
+        origin: ReadOrigin,
+        acked_by: Option<u64>,
+    ) -> Result<(), RequestError> {
         if self.log.term_at(self.log.commit) != Some(self.term) {
             return Err(RequestError::NotReady);
         }
@@ -1342,23 +1458,145 @@ impl Raft {
             return Err(RequestError::Overloaded);
         }
         let index = self.log.commit;
-        if self.voters.len() == 1 {
-            self.read_states.push(ReadState { ctx, index });
+        let acked_by = acked_by.filter(|id| self.progress.contains_key(id));
+        // `u64::MAX`: no round answered that, so only this node and `acked_by` count.
+        if self.read_acks(u64::MAX, acked_by) >= self.quorum() {
+            self.answer_read(origin, index);
             return Ok(());
         }
         // Reads batch: each waits for the next round sent after it arrived. One round is in
         // flight at a time; reads arriving meanwhile share the round sent when it returns.
         let round_in_flight = self.reads.front().is_some_and(|r| r.seq <= self.read_seq);
         self.reads.push_back(PendingRead {
-            ctx,
+            origin,
             index,
             seq: self.read_seq + 1,
+            acked_by,
         });
         if !round_in_flight {
             self.broadcast_heartbeat();
         }
+        Ok(())
+    }
+
+    /// A follower's read: sent on to the leader (see [`Message::ReadIndex`]).
+    fn forward_read(&mut self, ctx: u64) -> Result<(), RequestError> {
+        if self.role != Role::Follower || self.leader.is_none() {
+            return Err(RequestError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.forwarded.len() >= READ_REQUESTS_MAX {
+            return Err(RequestError::Overloaded);
+        }
+        self.forwarded.waiting.push((ctx, self.now_ms));
+        self.send_read_request();
         self.check_invariants_in_tests();
         Ok(())
+    }
+
+    /// Follower: asks the leader for a read index covering the waiting reads, unless a
+    /// request is already out (the reads arriving meanwhile go in the next one).
+    fn send_read_request(&mut self) {
+        let reads = &mut self.forwarded;
+        if self.role != Role::Follower
+            || reads.in_flight.is_some()
+            || reads.waiting.is_empty()
+            || self.now_ms < reads.retry_at_ms
+        {
+            return;
+        }
+        let Some(leader) = self.leader else {
+            return;
+        };
+        reads.last_id = reads.last_id.wrapping_add(1);
+        let id = reads.last_id;
+        reads.in_flight = Some(ReadRequest {
+            id,
+            to: leader,
+            sent_ms: self.now_ms,
+            reads: std::mem::take(&mut reads.waiting),
+        });
+        let term = self.term;
+        self.send(leader, Message::ReadIndex { term, id });
+    }
+
+    /// Leader: a follower's [`Message::ReadIndex`] (of this term).
+    fn handle_read_request(&mut self, from: u64, id: u64) {
+        let origin = ReadOrigin::Remote { from, id };
+        let refused = self.role != Role::Leader || self.queue_read(origin, Some(from)).is_err();
+        if refused {
+            let term = self.term;
+            self.send(
+                from,
+                Message::ReadIndexResponse {
+                    term,
+                    id,
+                    index: None,
+                },
+            );
+        }
+    }
+
+    /// Follower: the leader's answer to a read request.
+    fn handle_read_response(&mut self, from: u64, id: u64, index: Option<u64>) {
+        let reads = &mut self.forwarded;
+        if !reads
+            .in_flight
+            .as_ref()
+            .is_some_and(|r| r.id == id && r.to == from)
+        {
+            return; // A late answer to a request given up on.
+        }
+        match index {
+            Some(index) => {
+                let request = reads.in_flight.take().expect("matched");
+                self.read_states.extend(
+                    request
+                        .reads
+                        .iter()
+                        .map(|&(ctx, _)| ReadState { ctx, index }),
+                );
+            }
+            None => {
+                reads.requeue();
+                reads.retry_at_ms = self.now_ms + self.config.heartbeat_interval_ms;
+            }
+        }
+        self.send_read_request();
+    }
+
+    /// Follower: asks again when a request went unanswered for half an election timeout,
+    /// and gives up on reads that found no leader to answer them within two.
+    fn tick_forwarded_reads(&mut self) {
+        let now_ms = self.now_ms;
+        let timeout_ms = self.config.election_timeout_ms_min;
+        let reads = &mut self.forwarded;
+        if reads
+            .in_flight
+            .as_ref()
+            .is_some_and(|r| now_ms >= r.sent_ms + timeout_ms / 2)
+        {
+            reads.requeue();
+        }
+        let give_up_before = now_ms.saturating_sub(2 * timeout_ms);
+        let failures = &mut self.read_failures;
+        reads.waiting.retain(|&(ctx, arrived_ms)| {
+            let keep = arrived_ms > give_up_before;
+            if !keep {
+                failures.push(ctx);
+            }
+            keep
+        });
+        self.send_read_request();
+    }
+
+    /// A follower turning candidate has no leader to ask: its reads fail.
+    fn fail_forwarded_reads(&mut self) {
+        self.forwarded.requeue();
+        let failed = std::mem::take(&mut self.forwarded.waiting);
+        self.read_failures
+            .extend(failed.into_iter().map(|(ctx, _)| ctx));
     }
 
     /// Drops log entries up to `index` after the caller saved a snapshot of its state
@@ -1386,6 +1624,7 @@ impl Raft {
             || !self.leader_messages.is_empty()
             || self.log.commit > self.log.applied
             || !self.read_states.is_empty()
+            || !self.read_failures.is_empty()
     }
 
     /// Takes what the caller must persist, send and apply, in the order documented on
@@ -1427,6 +1666,7 @@ impl Raft {
             leader_messages: std::mem::take(&mut self.leader_messages),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
+            read_failures: std::mem::take(&mut self.read_failures),
         }
     }
 
@@ -1528,6 +1768,14 @@ impl Raft {
                 assert!(self.reads.is_empty());
             }
         }
+        if self.role == Role::Follower {
+            if let Some(request) = &self.forwarded.in_flight {
+                assert_eq!(Some(request.to), self.leader, "reads asked of the leader");
+            }
+        } else {
+            assert_eq!(self.forwarded.len(), 0, "only a follower forwards reads");
+        }
+        assert!(self.forwarded.len() <= READ_REQUESTS_MAX);
         if self.role != Role::Leader {
             assert_ne!(
                 self.leader,

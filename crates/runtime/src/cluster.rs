@@ -342,28 +342,54 @@ impl Agent {
     ) -> Result<(), ClusterError> {
         self.metrics().read_barriers.inc();
         // Default reads (and stale ones past their bound, served as default) accept the
-        // leader's lease; `?consistent` ones need its quorum round.
-        let (request, batch) = match consistency {
-            ReadConsistency::Consistent => (RpcRequest::ReadIndex, &replicated.reads),
+        // leader's lease, asked over the RPC port; `?consistent` ones need a quorum
+        // confirmation, asked of this server's own Raft node, which goes to the leader
+        // itself (a follower's request is its own acknowledgement there: with three
+        // servers, the leader answers it without a heartbeat round).
+        let index = match consistency {
+            ReadConsistency::Consistent => {
+                let ask_raft = || async {
+                    self.metrics().read_index_requests.inc();
+                    self.raft_read_index(replicated).await
+                };
+                replicated.reads.run(ask_raft).await?
+            }
             ReadConsistency::Default | ReadConsistency::Stale { .. } => {
-                (RpcRequest::LeaseReadIndex, &replicated.lease_reads)
+                let ask_leader = || async {
+                    self.metrics().read_index_requests.inc();
+                    match self
+                        .on_leader(replicated, RpcRequest::LeaseReadIndex, true)
+                        .await
+                        .map_err(to_cluster_error)?
+                    {
+                        RpcResponse::ReadIndex(index) => Ok(index),
+                        other => Err(ClusterError::Unavailable(format!(
+                            "leader answered a read barrier with {other:?}"
+                        ))),
+                    }
+                };
+                replicated.lease_reads.run(ask_leader).await?
             }
         };
-        let ask_leader = || async {
-            self.metrics().read_index_requests.inc();
-            match self
-                .on_leader(replicated, request.clone(), true)
-                .await
-                .map_err(to_cluster_error)?
-            {
-                RpcResponse::ReadIndex(index) => Ok(index),
-                other => Err(ClusterError::Unavailable(format!(
-                    "leader answered a read barrier with {other:?}"
-                ))),
-            }
-        };
-        let index = batch.run(ask_leader).await?;
         self.wait_applied(replicated, index).await
+    }
+
+    /// A read index from this server's Raft node, waiting (up to [`WRITE_TIMEOUT`]) while
+    /// there is no leader to confirm one.
+    async fn raft_read_index(&self, replicated: &Replicated) -> Result<u64, ClusterError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            match replicated.ask(RaftInput::ReadIndex).await {
+                Err(
+                    ClusterError::NotLeader { .. } | ClusterError::NoLeader | ClusterError::Busy(_),
+                ) => {
+                    if !replicated.wait_for_change(deadline).await {
+                        return Err(ClusterError::NoLeader);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Makes a read of the store meet `consistency`: a no-op on a single-node server.

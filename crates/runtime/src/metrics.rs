@@ -71,7 +71,8 @@ pub struct Metrics {
     /// Reads that waited for a ReadIndex barrier (consistent, linearizable, or default on a
     /// follower or a leader out of its lease).
     pub read_barriers: Counter,
-    /// ReadIndex requests this server asked of the leader for them (at most one in flight).
+    /// ReadIndex requests this server made for them (at most one in flight; a follower's
+    /// Raft node sends each on to the leader).
     pub read_index_requests: Counter,
     /// Default-consistency read index requests this server, as leader, answered from its
     /// lease without a quorum round.
@@ -144,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "read_index_requests",
-            "ReadIndex requests sent to the leader (one in flight at a time per server)",
+            "ReadIndex requests made for reads (one in flight at a time per server; a follower's go to the leader)",
             read_index_requests.clone(),
         );
         registry.register(

@@ -451,6 +451,7 @@ impl Driver {
             }
             self.apply(&ready.committed_entries);
             self.answer_reads(&ready.read_states);
+            self.fail_reads(&ready.read_failures);
             self.raft.advance();
             self.maybe_compact()?;
         }
@@ -466,13 +467,9 @@ impl Driver {
         if was_leader && !self.raft.is_leader() {
             // Entries appended as leader may still commit under the next leader, or be
             // overwritten: the outcome is unknown, and the proposers must be told so.
+            // (Its reads fail through `Ready::read_failures`.)
             for (_, pending) in std::mem::take(&mut self.pending) {
                 let _ = pending.reply.send(Err(ClusterError::LeadershipLost.into()));
-            }
-            for (_, reply) in self.reads.drain() {
-                let _ = reply.send(Err(ClusterError::NotLeader {
-                    leader: self.raft.leader(),
-                }));
             }
         }
         Ok(())
@@ -534,6 +531,18 @@ impl Driver {
         for read in read_states {
             if let Some(reply) = self.reads.remove(&read.ctx) {
                 let _ = reply.send(Ok(read.index));
+            }
+        }
+    }
+
+    /// Reads the Raft node gave up on (leadership lost, no leader to ask): their callers
+    /// ask again once a leader is known.
+    fn fail_reads(&mut self, ctxs: &[u64]) {
+        for ctx in ctxs {
+            if let Some(reply) = self.reads.remove(ctx) {
+                let _ = reply.send(Err(ClusterError::NotLeader {
+                    leader: self.raft.leader(),
+                }));
             }
         }
     }

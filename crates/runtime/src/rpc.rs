@@ -56,6 +56,8 @@ pub enum RpcRequest {
     /// Propose a command and answer once it is committed and applied.
     Propose(Box<Command>),
     /// Confirm leadership and answer the commit index a linearizable read must wait for.
+    /// Servers now ask through Raft itself (`colony_raft::Message::ReadIndex`, which also
+    /// counts as the asker's acknowledgement); still answered for servers that send it.
     ReadIndex,
     /// Restart a session's TTL (the leader measures TTLs).
     RenewSession(String),

@@ -177,6 +177,8 @@ pub struct Cluster {
     /// ReadIndex requests in flight: context -> length of the committed log when asked.
     reads_asked: BTreeMap<u64, u64>,
     next_read_ctx: u64,
+    /// The highest commit index any node has reported.
+    commit_seen: u64,
     /// The store's state machine on every node and the clients' register histories, when
     /// the run has a KV layer ([`Cluster::with_kv`]).
     pub kv: Option<crate::kv::KvLayer>,
@@ -194,6 +196,10 @@ pub struct Stats {
     pub messages_dropped: u64,
     pub conf_changes: u64,
     pub reads_confirmed: u64,
+    /// Reads confirmed through a follower (its request to the leader answered).
+    pub reads_forwarded: u64,
+    /// Reads the node asked reported it would never answer.
+    pub reads_failed: u64,
     pub transfers: u64,
     /// Checks of lease safety made while some leader held a lease.
     pub lease_checks: u64,
@@ -210,6 +216,8 @@ impl std::ops::AddAssign for Stats {
         self.messages_dropped += o.messages_dropped;
         self.conf_changes += o.conf_changes;
         self.reads_confirmed += o.reads_confirmed;
+        self.reads_forwarded += o.reads_forwarded;
+        self.reads_failed += o.reads_failed;
         self.transfers += o.transfers;
         self.lease_checks += o.lease_checks;
     }
@@ -297,6 +305,7 @@ impl Cluster {
             read_states: Vec::new(),
             reads_asked: BTreeMap::new(),
             next_read_ctx: 1,
+            commit_seen: 0,
             kv: None,
         }
     }
@@ -402,6 +411,8 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(&id).and_then(|n| n.as_mut()) else {
             return false;
         };
+        // Before any early message leaves: a leader's read index may be in one.
+        self.commit_seen = self.commit_seen.max(node.raft.commit_index());
         let ready = match node.pending.take() {
             Some(ready) if is_disk_slow => {
                 node.pending = Some(ready);
@@ -461,10 +472,12 @@ impl Cluster {
             }
         }
         for read in &ready.read_states {
-            assert!(
-                read.index <= node.raft.commit_index(),
-                "read index is committed"
-            );
+            // A follower's read index is its leader's commit index, which it may not know
+            // yet itself.
+            assert!(read.index <= self.commit_seen, "read index is committed");
+            if !node.raft.is_leader() {
+                self.stats.reads_forwarded += 1;
+            }
             self.read_states.push((id, *read));
             if let Some(kv) = &mut self.kv {
                 kv.read_released(id, read.ctx, read.index);
@@ -482,6 +495,10 @@ impl Cluster {
                 );
                 self.stats.reads_confirmed += 1;
             }
+        }
+        self.stats.reads_failed += ready.read_failures.len() as u64;
+        for ctx in &ready.read_failures {
+            self.reads_asked.remove(ctx);
         }
         node.raft.advance();
         node.raft.check_invariants();
@@ -724,12 +741,13 @@ impl Cluster {
             }
         }
         if self.chance(self.faults.read_per_mille) {
-            // Reads go to every node that believes it leads, stale leaders included.
+            // Reads go to every node: leaders (stale ones included) confirm them with a
+            // heartbeat round, followers ask their leader.
             for id in self.live_ids() {
                 let ctx = self.next_read_ctx;
                 let asked = self.committed.len() as u64;
                 let raft = self.node_mut(id).expect("live");
-                if raft.is_leader() && raft.read_index(ctx).is_ok() {
+                if raft.read_index(ctx).is_ok() {
                     raft.check_invariants();
                     self.reads_asked.insert(ctx, asked);
                     self.next_read_ctx += 1;

@@ -887,3 +887,281 @@ fn read_index_batches_reads_into_one_round_at_a_time() {
 fn raft_config_lease() -> u64 {
     sim_config(0).lease_ms()
 }
+
+/// Node 1 elected by hand among `voters` (votes from the next ones up to a quorum), with its
+/// first entry committed; the Ready of all that taken.
+fn hand_leader_of(voters: &[u64]) -> Raft {
+    let config = Config {
+        pre_vote: true,
+        ..sim_config(0)
+    };
+    let mut raft = Raft::new(1, voters, config, 99, Restored::default());
+    raft.handle_tick(0);
+    raft.handle_tick(2 * ELECTION_MS);
+    let term = raft.term() + 1;
+    let quorum = voters.len() / 2 + 1;
+    let electors = &voters[1..quorum];
+    for &id in electors {
+        let granted = true;
+        raft.handle_message(
+            2 * ELECTION_MS,
+            id,
+            Message::PreVoteResponse { term, granted },
+        );
+    }
+    for &id in electors {
+        let granted = true;
+        raft.handle_message(2 * ELECTION_MS, id, Message::VoteResponse { term, granted });
+    }
+    assert_eq!(raft.role(), Role::Leader);
+    let _ = raft.ready();
+    raft.advance();
+    let noop = raft.last_index();
+    for &id in electors {
+        let ack = Message::AppendResponse {
+            term,
+            index: noop,
+            rejection: None,
+        };
+        raft.handle_message(2 * ELECTION_MS + 1, id, ack);
+    }
+    assert_eq!(raft.commit_index(), noop, "committed in its term");
+    let _ = raft.ready();
+    raft.advance();
+    raft
+}
+
+/// The read index answers (to whom, request id, index) in a Ready.
+fn read_answers(ready: &colony_raft::Ready) -> Vec<(u64, u64, Option<u64>)> {
+    ready
+        .messages
+        .iter()
+        .chain(&ready.leader_messages)
+        .filter_map(|e| match e.message {
+            Message::ReadIndexResponse { id, index, .. } => Some((e.to, id, index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower's read request shows that follower still follows the leader, after the reads
+/// it carries arrived: with three voters that and the leader are a quorum, so the leader
+/// answers at once, with no heartbeat round (and no lease involved).
+#[test]
+fn follower_read_with_three_voters_needs_no_heartbeat_round() {
+    let mut raft = hand_leader_of(&[1, 2, 3]);
+    let term = raft.term();
+    let commit = raft.commit_index();
+    raft.handle_message(2 * ELECTION_MS + 2, 2, Message::ReadIndex { term, id: 41 });
+    let ready = raft.ready();
+    raft.advance();
+    assert_eq!(read_answers(&ready), vec![(2, 41, Some(commit))]);
+    assert!(
+        ready
+            .leader_messages
+            .iter()
+            .all(|e| !matches!(e.message, Message::Heartbeat { .. })),
+        "no round needed: {:?}",
+        ready.leader_messages
+    );
+    // A non-voter's request counts for nothing: it waits for a round like a local read.
+    raft.handle_message(2 * ELECTION_MS + 3, 9, Message::ReadIndex { term, id: 5 });
+    let ready = raft.ready();
+    raft.advance();
+    assert!(read_answers(&ready).is_empty(), "a non-voter is no ack");
+    let round = ready
+        .leader_messages
+        .iter()
+        .find_map(|e| match e.message {
+            Message::Heartbeat { read_seq, .. } => Some(read_seq),
+            _ => None,
+        })
+        .expect("a round for the non-voter's read");
+    let answer = Message::HeartbeatResponse {
+        term,
+        read_seq: round,
+    };
+    raft.handle_message(2 * ELECTION_MS + 4, 3, answer);
+    let ready = raft.ready();
+    raft.advance();
+    assert_eq!(read_answers(&ready), vec![(9, 5, Some(commit))]);
+}
+
+/// With five voters the follower's request is one ack of the three needed: the leader sends a
+/// round, and one more answer to it releases the read.
+#[test]
+fn follower_read_with_five_voters_counts_the_asker_in_the_round() {
+    let mut raft = hand_leader_of(&[1, 2, 3, 4, 5]);
+    let term = raft.term();
+    let commit = raft.commit_index();
+    raft.handle_message(2 * ELECTION_MS + 2, 4, Message::ReadIndex { term, id: 8 });
+    let rounds = heartbeats_sent(&mut raft);
+    assert_eq!(
+        rounds.len(),
+        4,
+        "one round to every other voter: {rounds:?}"
+    );
+    let round = rounds[0].1;
+    raft.handle_message(
+        2 * ELECTION_MS + 3,
+        5,
+        Message::HeartbeatResponse {
+            term,
+            read_seq: round,
+        },
+    );
+    let ready = raft.ready();
+    raft.advance();
+    assert_eq!(
+        read_answers(&ready),
+        vec![(4, 8, Some(commit))],
+        "leader, asker and node 5"
+    );
+}
+
+/// A leader that cannot give a read index yet (nothing committed in its term) or no longer
+/// leads says so, and the follower asks again later.
+#[test]
+fn read_request_to_a_node_that_cannot_answer_is_refused() {
+    let config = Config {
+        pre_vote: true,
+        ..sim_config(0)
+    };
+    let mut raft = Raft::new(1, &[1, 2, 3], config, 99, Restored::default());
+    raft.handle_tick(0);
+    let term = raft.term();
+    raft.handle_message(1, 2, Message::ReadIndex { term, id: 3 });
+    let ready = raft.ready();
+    raft.advance();
+    assert_eq!(
+        read_answers(&ready),
+        vec![(2, 3, None)],
+        "a follower refuses"
+    );
+}
+
+/// A follower by hand: node 2 of {1, 2, 3}, following 1 in term 1.
+fn hand_follower() -> Raft {
+    let mut raft = Raft::new(2, &[1, 2, 3], sim_config(0), 7, Restored::default());
+    raft.handle_tick(0);
+    let heartbeat = Message::Heartbeat {
+        term: 1,
+        commit: 0,
+        read_seq: 1,
+    };
+    raft.handle_message(1, 1, heartbeat);
+    assert_eq!(raft.leader(), Some(1));
+    let _ = raft.ready();
+    raft.advance();
+    raft
+}
+
+/// The read requests a Ready sends, as (to, id).
+fn read_requests(ready: &colony_raft::Ready) -> Vec<(u64, u64)> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|e| match e.message {
+            Message::ReadIndex { id, .. } => Some((e.to, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower sends one request at a time to its leader; reads arriving while it is out go
+/// in the next, sent when the answer comes. Answers to other requests are ignored; an
+/// unanswered request is sent again; reads with no leader to ask fail.
+#[test]
+fn follower_reads_go_to_the_leader_one_request_at_a_time() {
+    let mut raft = hand_follower();
+    raft.read_index(10)
+        .expect("a follower with a leader forwards");
+    let ready = raft.ready();
+    raft.advance();
+    let first = read_requests(&ready);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, 1, "to the leader");
+    let first_id = first[0].1;
+    raft.read_index(11).expect("forwarded");
+    raft.read_index(12).expect("forwarded");
+    let ready = raft.ready();
+    raft.advance();
+    assert!(
+        read_requests(&ready).is_empty(),
+        "one request out at a time"
+    );
+    // An answer to another request (say, one sent before a restart) serves nothing.
+    let stale = Message::ReadIndexResponse {
+        term: 1,
+        id: first_id.wrapping_sub(1),
+        index: Some(1),
+    };
+    raft.handle_message(2, 1, stale);
+    assert!(!raft.has_ready(), "a stale answer releases nothing");
+    let answer = Message::ReadIndexResponse {
+        term: 1,
+        id: first_id,
+        index: Some(4),
+    };
+    raft.handle_message(3, 1, answer);
+    let ready = raft.ready();
+    raft.advance();
+    let released: Vec<(u64, u64)> = ready.read_states.iter().map(|r| (r.ctx, r.index)).collect();
+    assert_eq!(
+        released,
+        vec![(10, 4)],
+        "only the read the request was sent for"
+    );
+    let second = read_requests(&ready);
+    assert_eq!(second.len(), 1, "the next request left at once: {second:?}");
+    // The second request is lost: after half an election timeout it is sent again.
+    let mut now = 3;
+    let mut resent = Vec::new();
+    while resent.is_empty() && now < 3 + ELECTION_MS {
+        now += 5;
+        let heartbeat = Message::Heartbeat {
+            term: 1,
+            commit: 0,
+            read_seq: 1,
+        };
+        raft.handle_message(now, 1, heartbeat);
+        raft.handle_tick(now);
+        let ready = raft.ready();
+        raft.advance();
+        resent = read_requests(&ready);
+    }
+    assert_eq!(resent.len(), 1, "sent again");
+    assert_ne!(resent[0].1, second[0].1, "under a new id");
+    assert!(
+        now - 3 >= ELECTION_MS / 2,
+        "not before half an election timeout"
+    );
+    // The leader goes silent and the follower campaigns: its reads fail, to be asked again.
+    raft.handle_tick(now + 3 * ELECTION_MS);
+    assert_ne!(raft.role(), Role::Follower);
+    let ready = raft.ready();
+    raft.advance();
+    let mut failed = ready.read_failures.clone();
+    failed.sort_unstable();
+    assert_eq!(failed, vec![11, 12]);
+}
+
+/// A leader that steps down reports the reads it held as failed.
+#[test]
+fn deposed_leader_fails_the_reads_it_held() {
+    let mut raft = hand_leader_of(&[1, 2, 3]);
+    raft.read_index(1).expect("leader");
+    raft.read_index(2).expect("leader");
+    let term = raft.term();
+    let newer = Message::Heartbeat {
+        term: term + 1,
+        commit: 0,
+        read_seq: 1,
+    };
+    raft.handle_message(2 * ELECTION_MS + 10, 3, newer);
+    assert_eq!(raft.role(), Role::Follower);
+    let ready = raft.ready();
+    raft.advance();
+    assert_eq!(ready.read_failures, vec![1, 2]);
+    assert!(ready.read_states.is_empty());
+}

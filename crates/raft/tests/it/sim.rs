@@ -115,6 +115,10 @@ fn sweep(name: &str, size: u64, seeds: &[u64], steps: u64) {
             "faults were injected"
         );
         assert!(stats.lease_checks > 0, "leader leases were checked");
+        assert!(
+            stats.reads_forwarded > 0,
+            "followers' reads were confirmed through their leader"
+        );
     }
 }
 
