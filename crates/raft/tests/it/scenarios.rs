@@ -470,17 +470,7 @@ fn prevote_refused_while_the_leader_is_live() {
         check_quorum: true,
         ..sim_config(0)
     };
-    let mut follower = Raft::new(2, &[1, 2, 3], config, 5, Restored::default());
-    follower.handle_tick(0);
-    let heartbeat = Message::Heartbeat {
-        term: 1,
-        commit: 0,
-        read_seq: 0,
-    };
-    follower.handle_message(10, 1, heartbeat);
-    assert_eq!(follower.leader(), Some(1));
-    let _ = follower.ready();
-    follower.advance();
+    let mut follower = hand_follower(config, 5);
     let pre_vote = Message::PreVote {
         term: 2,
         last_index: 0,
@@ -802,18 +792,23 @@ fn leader_unreachable_reported_once_does_not_depose_a_live_leader() {
 }
 
 /// Heartbeats a Ready sends, as (to, read_seq).
-fn heartbeats_sent(raft: &mut Raft) -> Vec<(u64, u64)> {
-    let ready = raft.ready();
-    raft.advance();
+/// What `pick` finds in the messages a Ready sends, each with its destination.
+fn sent<T>(ready: &colony_raft::Ready, pick: impl Fn(&Message) -> Option<T>) -> Vec<(u64, T)> {
     ready
         .messages
         .iter()
         .chain(&ready.leader_messages)
-        .filter_map(|envelope| match envelope.message {
-            Message::Heartbeat { read_seq, .. } => Some((envelope.to, read_seq)),
-            _ => None,
-        })
+        .filter_map(|envelope| Some((envelope.to, pick(&envelope.message)?)))
         .collect()
+}
+
+fn heartbeats_sent(raft: &mut Raft) -> Vec<(u64, u64)> {
+    let ready = raft.ready();
+    raft.advance();
+    sent(&ready, |message| match message {
+        Message::Heartbeat { read_seq, .. } => Some(*read_seq),
+        _ => None,
+    })
 }
 
 /// ReadIndex requests batch: while one heartbeat round is out, later reads wait for the
@@ -933,14 +928,13 @@ fn hand_leader_of(voters: &[u64]) -> Raft {
 
 /// The read index answers (to whom, request id, index) in a Ready.
 fn read_answers(ready: &colony_raft::Ready) -> Vec<(u64, u64, Option<u64>)> {
-    ready
-        .messages
-        .iter()
-        .chain(&ready.leader_messages)
-        .filter_map(|e| match e.message {
-            Message::ReadIndexResponse { id, index, .. } => Some((e.to, id, index)),
-            _ => None,
-        })
+    let answers = sent(ready, |message| match message {
+        Message::ReadIndexResponse { id, index, .. } => Some((*id, *index)),
+        _ => None,
+    });
+    answers
+        .into_iter()
+        .map(|(to, (id, index))| (to, id, index))
         .collect()
 }
 
@@ -1040,16 +1034,16 @@ fn read_request_to_a_node_that_cannot_answer_is_refused() {
     );
 }
 
-/// A follower by hand: node 2 of {1, 2, 3}, following 1 in term 1.
-fn hand_follower() -> Raft {
-    let mut raft = Raft::new(2, &[1, 2, 3], sim_config(0), 7, Restored::default());
+/// A follower by hand: node 2 of {1, 2, 3}, following 1 in term 1 since time 10.
+fn hand_follower(config: Config, seed: u64) -> Raft {
+    let mut raft = Raft::new(2, &[1, 2, 3], config, seed, Restored::default());
     raft.handle_tick(0);
     let heartbeat = Message::Heartbeat {
         term: 1,
         commit: 0,
-        read_seq: 1,
+        read_seq: 0,
     };
-    raft.handle_message(1, 1, heartbeat);
+    raft.handle_message(10, 1, heartbeat);
     assert_eq!(raft.leader(), Some(1));
     let _ = raft.ready();
     raft.advance();
@@ -1058,14 +1052,10 @@ fn hand_follower() -> Raft {
 
 /// The read requests a Ready sends, as (to, id).
 fn read_requests(ready: &colony_raft::Ready) -> Vec<(u64, u64)> {
-    ready
-        .messages
-        .iter()
-        .filter_map(|e| match e.message {
-            Message::ReadIndex { id, .. } => Some((e.to, id)),
-            _ => None,
-        })
-        .collect()
+    sent(ready, |message| match message {
+        Message::ReadIndex { id, .. } => Some(*id),
+        _ => None,
+    })
 }
 
 /// A follower sends one request at a time to its leader; reads arriving while it is out go
@@ -1073,7 +1063,7 @@ fn read_requests(ready: &colony_raft::Ready) -> Vec<(u64, u64)> {
 /// unanswered request is sent again; reads with no leader to ask fail.
 #[test]
 fn follower_reads_go_to_the_leader_one_request_at_a_time() {
-    let mut raft = hand_follower();
+    let mut raft = hand_follower(sim_config(0), 7);
     raft.read_index(10)
         .expect("a follower with a leader forwards");
     let ready = raft.ready();
@@ -1096,14 +1086,14 @@ fn follower_reads_go_to_the_leader_one_request_at_a_time() {
         id: first_id.wrapping_sub(1),
         index: Some(1),
     };
-    raft.handle_message(2, 1, stale);
+    raft.handle_message(11, 1, stale);
     assert!(!raft.has_ready(), "a stale answer releases nothing");
     let answer = Message::ReadIndexResponse {
         term: 1,
         id: first_id,
         index: Some(4),
     };
-    raft.handle_message(3, 1, answer);
+    raft.handle_message(12, 1, answer);
     let ready = raft.ready();
     raft.advance();
     let released: Vec<(u64, u64)> = ready.read_states.iter().map(|r| (r.ctx, r.index)).collect();
@@ -1115,9 +1105,9 @@ fn follower_reads_go_to_the_leader_one_request_at_a_time() {
     let second = read_requests(&ready);
     assert_eq!(second.len(), 1, "the next request left at once: {second:?}");
     // The second request is lost: after half an election timeout it is sent again.
-    let mut now = 3;
+    let mut now = 12;
     let mut resent = Vec::new();
-    while resent.is_empty() && now < 3 + ELECTION_MS {
+    while resent.is_empty() && now < 12 + ELECTION_MS {
         now += 5;
         let heartbeat = Message::Heartbeat {
             term: 1,
@@ -1133,7 +1123,7 @@ fn follower_reads_go_to_the_leader_one_request_at_a_time() {
     assert_eq!(resent.len(), 1, "sent again");
     assert_ne!(resent[0].1, second[0].1, "under a new id");
     assert!(
-        now - 3 >= ELECTION_MS / 2,
+        now - 12 >= ELECTION_MS / 2,
         "not before half an election timeout"
     );
     // The leader goes silent and the follower campaigns: its reads fail, to be asked again.
