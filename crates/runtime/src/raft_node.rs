@@ -403,9 +403,8 @@ impl Driver {
                 Some(held) => held,
                 None if self.raft.has_ready() => {
                     let mut ready = self.raft.ready();
-                    for envelope in std::mem::take(&mut ready.leader_messages) {
-                        self.peers.send(envelope.to, envelope.message);
-                    }
+                    self.peers
+                        .send_all(std::mem::take(&mut ready.leader_messages));
                     ready
                 }
                 None => break,
@@ -443,9 +442,7 @@ impl Driver {
                     .commit_batch_entries
                     .observe(ready.entries.len() as f64);
             }
-            for envelope in ready.messages {
-                self.peers.send(envelope.to, envelope.message);
-            }
+            self.peers.send_all(ready.messages);
             if let Some(snapshot) = &ready.snapshot {
                 self.install(snapshot);
             }

@@ -13,16 +13,17 @@
 //! else is affected.
 
 use crate::raft_node::ClusterError;
-use colony_raft::Message;
+use colony_raft::{Envelope, Message};
 use colony_store::{Command, Outcome, Session};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -278,14 +279,50 @@ impl ServerDirectory {
 }
 
 /// Outbound Raft message streams, one per peer.
+///
+/// The Raft thread writes a Ready's messages for a peer straight into that peer's socket
+/// (one non-blocking write) whenever nothing is queued ahead of them, so that a message
+/// costs no hand-off to another thread. Whatever the socket does not take at once, and
+/// everything sent while the stream is connecting or while earlier bytes are still going
+/// out, is queued for the peer's stream task, which writes it when the socket is ready.
+/// Snapshots are always queued, and encoded by the task, not on the Raft thread.
 pub(crate) struct Peers {
     local_id: u64,
     directory: Arc<ServerDirectory>,
-    queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    links: Mutex<HashMap<u64, Arc<PeerLink>>>,
     runtime: tokio::runtime::Handle,
     dropped: AtomicU64,
     /// Streams that ended because the peer closed them (its process ended or restarted).
     closed_by_peer: Counter,
+}
+
+/// One peer's outbound stream, shared by the Raft thread and the stream's task.
+struct PeerLink {
+    state: Mutex<LinkState>,
+    /// Wakes the stream's task: something was queued, or the server is stopping.
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// The connected stream's write half, once its hello was written.
+    writer: Option<Arc<OwnedWriteHalf>>,
+    /// What waits for the task, oldest first.
+    queued: VecDeque<Outgoing>,
+    /// Bytes of the first queued entry already written (a partial write).
+    written_of_first: usize,
+    /// The task is writing the queue: nobody else writes meanwhile.
+    is_task_writing: bool,
+    /// The server is stopping: the task ends.
+    is_closed: bool,
+}
+
+/// Queued for a peer's stream task.
+enum Outgoing {
+    /// Frames, encoded.
+    Encoded(Vec<u8>),
+    /// A message for the task to encode (a snapshot: too large to encode on the Raft thread).
+    Message(Box<Message>),
 }
 
 impl Peers {
@@ -299,33 +336,111 @@ impl Peers {
         Peers {
             local_id,
             directory,
-            queues: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             dropped: AtomicU64::new(0),
             closed_by_peer,
         }
     }
 
-    /// Queues `message` for `to`; drops it if the queue is full.
+    fn link(&self, to: u64) -> Arc<PeerLink> {
+        let mut links = self.links.lock().expect("peers lock poisoned");
+        links
+            .entry(to)
+            .or_insert_with(|| {
+                let link = Arc::new(PeerLink {
+                    state: Mutex::new(LinkState::default()),
+                    wake: tokio::sync::Notify::new(),
+                });
+                let task_link = link.clone();
+                let directory = self.directory.clone();
+                let from = self.local_id;
+                let closed = self.closed_by_peer.clone();
+                self.runtime.spawn(async move {
+                    run_peer_stream(from, to, directory, task_link, closed).await;
+                });
+                link
+            })
+            .clone()
+    }
+
+    /// Sends `message` to `to`; dropped if too much is queued for it already.
+    #[cfg(test)]
     pub(crate) fn send(&self, to: u64, message: Message) {
-        let mut queues = self.queues.lock().expect("peers lock poisoned");
-        let queue = queues.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            let directory = self.directory.clone();
-            let from = self.local_id;
-            let closed = self.closed_by_peer.clone();
-            self.runtime
-                .spawn(async move { run_peer_stream(from, to, directory, rx, closed).await });
-            tx
-        });
-        if queue.try_send(message).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.send_all(vec![Envelope { to, message }]);
+    }
+
+    /// Sends `envelopes`, each peer's in order: one write per peer when its socket takes
+    /// them at once.
+    pub(crate) fn send_all(&self, envelopes: Vec<Envelope>) {
+        let mut by_peer: Vec<(u64, Vec<Message>)> = Vec::new();
+        for Envelope { to, message } in envelopes {
+            match by_peer.iter_mut().find(|(peer, _)| *peer == to) {
+                Some((_, messages)) => messages.push(message),
+                None => by_peer.push((to, vec![message])),
+            }
+        }
+        for (to, messages) in by_peer {
+            self.send_to(to, messages);
+        }
+    }
+
+    fn send_to(&self, to: u64, messages: Vec<Message>) {
+        let link = self.link(to);
+        let has_snapshot = messages
+            .iter()
+            .any(|m| matches!(m, Message::InstallSnapshot { .. }));
+        let mut state = link.state.lock().expect("link lock poisoned");
+        if state.queued.len() + messages.len() > PEER_QUEUE_MAX {
+            self.dropped
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        if has_snapshot {
+            state
+                .queued
+                .extend(messages.into_iter().map(|m| Outgoing::Message(Box::new(m))));
+        } else {
+            let mut bytes = Vec::new();
+            for message in &messages {
+                bytes.extend_from_slice(&encode_frame(&RpcFrame::Raft(message.clone())));
+            }
+            let written = match &state.writer {
+                Some(writer) if state.queued.is_empty() && !state.is_task_writing => {
+                    // Not writable now, or broken (the task finds out): queue it all.
+                    writer.try_write(&bytes).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if written == bytes.len() {
+                return;
+            }
+            if written > 0 {
+                // The queue was empty: the rest of these bytes comes first.
+                state.written_of_first = written;
+            }
+            state.queued.push_back(Outgoing::Encoded(bytes));
+        }
+        drop(state);
+        link.wake.notify_one();
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        for link in links.values() {
+            link.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_closed = true;
+            link.wake.notify_one();
         }
     }
 }
 
-/// Keeps a connection to peer `to` and writes its queued messages; while the peer is
-/// unreachable, queued messages are dropped.
+/// Keeps a connection to peer `to` and writes what the Raft thread could not write itself;
+/// while the peer is unreachable, queued messages are dropped.
 ///
 /// The peer never writes on a Raft stream, so anything the read half sees (end of stream
 /// or an error) means the peer closed it: its process ended or restarted. The stream is
@@ -336,58 +451,76 @@ async fn run_peer_stream(
     from: u64,
     to: u64,
     directory: Arc<ServerDirectory>,
-    mut queue: mpsc::Receiver<Message>,
+    link: Arc<PeerLink>,
     closed_by_peer: Counter,
 ) {
     loop {
-        let Some(first) = queue.recv().await else {
-            return;
-        };
+        // Something to send opens the connection.
+        loop {
+            {
+                let state = link.state.lock().expect("link lock poisoned");
+                if state.is_closed {
+                    return;
+                }
+                if !state.queued.is_empty() {
+                    break;
+                }
+            }
+            link.wake.notified().await;
+        }
         let Some(addr) = directory.get(to).map(|info| info.rpc_addr) else {
+            forget_queued(&link);
             continue;
         };
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             _ => {
                 tokio::time::sleep(RECONNECT_DELAY).await;
-                while queue.try_recv().is_ok() {}
+                forget_queued(&link);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
-        let mut writer = BufWriter::new(writer);
-        let result = async {
-            writer
-                .write_all(&encode_frame(&RpcFrame::RaftHello { from, to }))
-                .await?;
-            writer
-                .write_all(&encode_frame(&RpcFrame::Raft(first)))
-                .await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let hello = encode_frame(&RpcFrame::RaftHello { from, to });
+        if let Err(error) = writer.write_all(&hello).await {
+            tracing::debug!(peer = to, %addr, %error, "raft stream to peer broke; reconnecting");
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        }
+        let writer = Arc::new(writer);
+        {
+            let mut state = link.state.lock().expect("link lock poisoned");
+            state.writer = Some(writer.clone());
+            state.is_task_writing = true;
+        }
+        let result: std::io::Result<StreamEnd> = async {
             let mut probe = [0u8; 1];
             loop {
-                while let Ok(message) = queue.try_recv() {
-                    writer
-                        .write_all(&encode_frame(&RpcFrame::Raft(message)))
-                        .await?;
+                if write_queued(&link, &writer).await? {
+                    return Ok(StreamEnd::Done);
                 }
-                writer.flush().await?;
                 tokio::select! {
                     // A closed peer is noticed before anything more is written to it.
                     biased;
                     _ = reader.read(&mut probe) => return Ok(StreamEnd::ClosedByPeer),
-                    message = queue.recv() => match message {
-                        Some(message) => {
-                            writer
-                                .write_all(&encode_frame(&RpcFrame::Raft(message)))
-                                .await?;
-                        }
-                        None => return Ok::<_, std::io::Error>(StreamEnd::Done),
-                    },
+                    () = link.wake.notified() => {
+                        link.state.lock().expect("link lock poisoned").is_task_writing = true;
+                    }
                 }
             }
         }
         .await;
+        {
+            let mut state = link.state.lock().expect("link lock poisoned");
+            state.writer = None;
+            state.is_task_writing = false;
+            // Frames cut in the middle cannot go on a new stream.
+            if state.written_of_first > 0 {
+                state.queued.pop_front();
+                state.written_of_first = 0;
+            }
+        }
         match result {
             Ok(StreamEnd::Done) => return,
             Ok(StreamEnd::ClosedByPeer) => {
@@ -397,6 +530,72 @@ async fn run_peer_stream(
             Err(error) => {
                 tracing::debug!(peer = to, %addr, %error, "raft stream to peer broke; reconnecting");
                 tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Drops what was queued for an unreachable peer (Raft sends it again if it matters).
+fn forget_queued(link: &PeerLink) {
+    let mut state = link.state.lock().expect("link lock poisoned");
+    state.queued.clear();
+    state.written_of_first = 0;
+}
+
+/// Writes the queued entries until none is left, then lets the Raft thread write directly
+/// again. Called with `is_task_writing` set; returns whether the server is stopping.
+async fn write_queued(link: &PeerLink, writer: &OwnedWriteHalf) -> std::io::Result<bool> {
+    loop {
+        let (chunk, offset) = {
+            let mut state = link.state.lock().expect("link lock poisoned");
+            if state.is_closed {
+                return Ok(true);
+            }
+            let offset = state.written_of_first;
+            match state.queued.front_mut() {
+                // Encoded here, off the Raft thread; the entry keeps its place in the queue.
+                Some(entry @ Outgoing::Message(_)) => {
+                    let Outgoing::Message(message) =
+                        std::mem::replace(entry, Outgoing::Encoded(Vec::new()))
+                    else {
+                        unreachable!("matched a message");
+                    };
+                    (encode_frame(&RpcFrame::Raft(*message)), offset)
+                }
+                Some(Outgoing::Encoded(bytes)) => (std::mem::take(bytes), offset),
+                None => {
+                    state.is_task_writing = false;
+                    return Ok(false);
+                }
+            }
+        };
+        let mut written = offset;
+        let outcome = async {
+            while written < chunk.len() {
+                writer.writable().await?;
+                match writer.try_write(&chunk[written..]) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let mut state = link.state.lock().expect("link lock poisoned");
+        match outcome {
+            Ok(()) => {
+                state.queued.pop_front();
+                state.written_of_first = 0;
+            }
+            Err(error) => {
+                // Put the entry back as it was, for the cleanup to judge.
+                if let Some(front) = state.queued.front_mut() {
+                    *front = Outgoing::Encoded(chunk);
+                }
+                state.written_of_first = written;
+                return Err(error);
             }
         }
     }
@@ -773,5 +972,115 @@ mod tests {
             .expect("a new connection after the restart")
             .expect("accept");
         expect_raft_frames(&mut second, 1, 2).await;
+    }
+
+    async fn next_frame(
+        reader: &mut tokio::io::BufReader<TcpStream>,
+        deadline: Duration,
+    ) -> RpcFrame {
+        tokio::time::timeout(deadline, read_frame(reader))
+            .await
+            .expect("a frame in time")
+            .expect("readable")
+            .expect("not the end")
+    }
+
+    fn append(index: u64) -> Message {
+        Message::Append {
+            term: 1,
+            prev_index: index,
+            prev_term: 1,
+            entries: vec![colony_raft::Entry {
+                index: index + 1,
+                term: 1,
+                kind: colony_raft::EntryKind::Normal,
+                data: vec![7; 16 * 1024],
+            }],
+            commit: 0,
+        }
+    }
+
+    /// A peer that does not read for a while: the socket fills, what the sender cannot write
+    /// at once (part of a batch included) is queued behind what it wrote, and once the peer
+    /// reads, every message arrives exactly once, in the order sent — a snapshot (encoded by
+    /// the stream's task) in its place among them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_stream_to_a_slow_reader_delivers_every_message_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let directory = Arc::new(ServerDirectory::default());
+        directory.upsert(
+            2,
+            ServerInfo {
+                name: "peer".into(),
+                rpc_addr: addr,
+                alive: true,
+                grpc_url: None,
+            },
+        );
+        let peers = Arc::new(Peers::new(1, directory, Counter::default()));
+        const SENT: u64 = 1_000;
+        const SNAPSHOT_AT: u64 = 600;
+        // Sent from a plain thread, as the Raft thread does, in batches of three.
+        let sender = {
+            let peers = peers.clone();
+            std::thread::spawn(move || {
+                let mut index = 0;
+                while index < SENT {
+                    let mut batch = Vec::new();
+                    for _ in 0..3 {
+                        if index == SNAPSHOT_AT {
+                            let snapshot = colony_raft::Snapshot {
+                                meta: colony_raft::SnapshotMeta { index, term: 1 },
+                                voters: vec![1, 2],
+                                data: vec![9; 256 * 1024],
+                            };
+                            let message = Message::InstallSnapshot { term: 1, snapshot };
+                            batch.push(Envelope { to: 2, message });
+                        } else if index < SENT {
+                            batch.push(Envelope {
+                                to: 2,
+                                message: append(index),
+                            });
+                        }
+                        index += 1;
+                    }
+                    peers.send_all(batch);
+                    if index == 30 {
+                        // Let the first batches connect and go out directly.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            })
+        };
+        let (stream, _) = listener.accept().await.expect("accept");
+        // Read nothing until the sender is done: its writes fill the socket and queue up.
+        tokio::task::spawn_blocking(move || sender.join().expect("sender"))
+            .await
+            .expect("joined");
+        let mut reader = tokio::io::BufReader::new(stream);
+        let deadline = Duration::from_secs(10);
+        assert!(matches!(
+            next_frame(&mut reader, deadline).await,
+            RpcFrame::RaftHello { from: 1, to: 2 }
+        ));
+        for index in 0..SENT {
+            match next_frame(&mut reader, deadline).await {
+                RpcFrame::Raft(Message::Append {
+                    prev_index,
+                    entries,
+                    ..
+                }) => {
+                    assert_eq!(prev_index, index, "appends in order");
+                    assert_eq!(entries[0].data.len(), 16 * 1024, "whole");
+                }
+                RpcFrame::Raft(Message::InstallSnapshot { snapshot, .. }) => {
+                    assert_eq!(index, SNAPSHOT_AT, "the snapshot in its place");
+                    assert_eq!(snapshot.data.len(), 256 * 1024);
+                }
+                other => panic!("unexpected frame at {index}: {other:?}"),
+            }
+        }
+        assert_eq!(peers.dropped.load(Ordering::Relaxed), 0, "nothing dropped");
     }
 }
