@@ -921,6 +921,21 @@ mod tests {
         );
     }
 
+    /// A directory that knows server 2 at `addr`.
+    fn peer_directory(addr: SocketAddr) -> Arc<ServerDirectory> {
+        let directory = Arc::new(ServerDirectory::default());
+        directory.upsert(
+            2,
+            ServerInfo {
+                name: "peer".into(),
+                rpc_addr: addr,
+                alive: true,
+                grpc_url: None,
+            },
+        );
+        directory
+    }
+
     fn pre_vote(term: u64) -> Message {
         Message::PreVote {
             term,
@@ -936,16 +951,7 @@ mod tests {
     async fn raft_stream_to_a_restarted_peer_delivers_the_first_message() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let directory = Arc::new(ServerDirectory::default());
-        directory.upsert(
-            2,
-            ServerInfo {
-                name: "peer".into(),
-                rpc_addr: addr,
-                alive: true,
-                grpc_url: None,
-            },
-        );
+        let directory = peer_directory(addr);
         let closed = Counter::default();
         let peers = Peers::new(1, directory, closed.clone());
         peers.send(2, pre_vote(1));
@@ -1008,16 +1014,7 @@ mod tests {
     async fn raft_stream_to_a_slow_reader_delivers_every_message_in_order() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let directory = Arc::new(ServerDirectory::default());
-        directory.upsert(
-            2,
-            ServerInfo {
-                name: "peer".into(),
-                rpc_addr: addr,
-                alive: true,
-                grpc_url: None,
-            },
-        );
+        let directory = peer_directory(addr);
         let peers = Arc::new(Peers::new(1, directory, Counter::default()));
         const SENT: u64 = 1_000;
         const SNAPSHOT_AT: u64 = 600;
