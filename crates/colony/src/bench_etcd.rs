@@ -354,7 +354,10 @@ async fn closed_loop(
     let stop_at = measure_from + duration;
     let mut tasks = Vec::with_capacity(clients);
     for worker in 0..clients {
-        let mut kv = KVClient::new(channels[worker % channels.len()].clone());
+        // Each request goes to the next member (the channels cycle through them), so even
+        // one client sends two thirds of its requests through a follower of three, as the
+        // many-client runs do, whichever member leads.
+        let mut kvs: Vec<_> = channels.iter().cloned().map(KVClient::new).collect();
         let value = value.clone();
         let kind = kind.to_string();
         tasks.push(tokio::spawn(async move {
@@ -365,6 +368,8 @@ async fn closed_loop(
                 if sent >= stop_at {
                     break;
                 }
+                let next = (worker + i as usize) % kvs.len();
+                let kv = &mut kvs[next];
                 let ok = match kind.as_str() {
                     "put" => kv
                         .put(PutRequest {
@@ -395,8 +400,9 @@ async fn closed_loop(
     crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
 }
 
-/// `conns` gRPC connections per member (at least one), so closed-loop clients, taking them
-/// in turn, spread over every member as a client given all endpoints would.
+/// `conns` gRPC connections per member (at least one), member after member, so closed-loop
+/// clients, taking them in turn, spread over every member as a client given all endpoints
+/// would.
 async fn spread_channels(system: &System, conns: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..conns.max(1) {
