@@ -188,10 +188,16 @@ pub enum CallError {
 }
 
 fn encode_frame(frame: &RpcFrame) -> Vec<u8> {
-    let mut out = postcard::to_extend(frame, vec![0, 0, 0, 0, RPC_FORMAT_VERSION])
-        .expect("encoding into a Vec cannot fail");
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_le_bytes());
+    encode_frame_into(Vec::new(), frame)
+}
+
+/// `out` with `frame` appended.
+fn encode_frame_into(mut out: Vec<u8>, frame: &RpcFrame) -> Vec<u8> {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, RPC_FORMAT_VERSION]);
+    let mut out = postcard::to_extend(frame, out).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out
 }
 
@@ -390,8 +396,10 @@ impl Peers {
         let has_snapshot = messages
             .iter()
             .any(|m| matches!(m, Message::InstallSnapshot { .. }));
+        // A batch is queued as one entry, except one with a snapshot: one entry per message.
+        let entries = if has_snapshot { messages.len() } else { 1 };
         let mut state = link.state.lock().expect("link lock poisoned");
-        if state.queued.len() + messages.len() > PEER_QUEUE_MAX {
+        if state.queued.len() + entries > PEER_QUEUE_MAX {
             self.dropped
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             return;
@@ -401,10 +409,9 @@ impl Peers {
                 .queued
                 .extend(messages.into_iter().map(|m| Outgoing::Message(Box::new(m))));
         } else {
-            let mut bytes = Vec::new();
-            for message in &messages {
-                bytes.extend_from_slice(&encode_frame(&RpcFrame::Raft(message.clone())));
-            }
+            let bytes = messages.into_iter().fold(Vec::new(), |bytes, message| {
+                encode_frame_into(bytes, &RpcFrame::Raft(message))
+            });
             let written = match &state.writer {
                 Some(writer) if state.queued.is_empty() && !state.is_task_writing => {
                     // Not writable now, or broken (the task finds out): queue it all.
@@ -546,28 +553,29 @@ fn forget_queued(link: &PeerLink) {
 /// again. Called with `is_task_writing` set; returns whether the server is stopping.
 async fn write_queued(link: &PeerLink, writer: &OwnedWriteHalf) -> std::io::Result<bool> {
     loop {
-        let (chunk, offset) = {
+        let (front, offset) = {
             let mut state = link.state.lock().expect("link lock poisoned");
             if state.is_closed {
                 return Ok(true);
             }
             let offset = state.written_of_first;
+            // Taken out, leaving an empty entry in its place, so that the queue stays
+            // non-empty (the Raft thread keeps queueing behind it) while it is written.
             match state.queued.front_mut() {
-                // Encoded here, off the Raft thread; the entry keeps its place in the queue.
-                Some(entry @ Outgoing::Message(_)) => {
-                    let Outgoing::Message(message) =
-                        std::mem::replace(entry, Outgoing::Encoded(Vec::new()))
-                    else {
-                        unreachable!("matched a message");
-                    };
-                    (encode_frame(&RpcFrame::Raft(*message)), offset)
-                }
-                Some(Outgoing::Encoded(bytes)) => (std::mem::take(bytes), offset),
+                Some(front) => (
+                    std::mem::replace(front, Outgoing::Encoded(Vec::new())),
+                    offset,
+                ),
                 None => {
                     state.is_task_writing = false;
                     return Ok(false);
                 }
             }
+        };
+        // A snapshot is encoded here: off the Raft thread, and outside the lock it takes.
+        let chunk = match front {
+            Outgoing::Encoded(bytes) => bytes,
+            Outgoing::Message(message) => encode_frame(&RpcFrame::Raft(*message)),
         };
         let mut written = offset;
         let outcome = async {
