@@ -36,9 +36,10 @@ pub struct AgentArgs {
     /// Address advertised to other nodes (default: the HTTP address's IP).
     #[arg(long, value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
-    /// Snapshot the state and delete covered log segments every this many entries (etcd's
-    /// --snapshot-count default). The writer (or raft) thread copies the state; a background
-    /// thread serializes and writes it.
+    /// Snapshot the state and delete covered log segments after this many entries (etcd's
+    /// --snapshot-count default), once the log has also grown by as many bytes as the last
+    /// snapshot took. The writer (or raft) thread copies the state; a background thread
+    /// serializes and writes it.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub snapshot_every: u64,
     /// Smallest session TTL accepted (Consul's default: 10s).

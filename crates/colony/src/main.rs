@@ -11,7 +11,8 @@ mod sim_cmd;
 use clap::Parser;
 
 /// mimalloc instead of glibc's malloc: the request paths allocate many small short-lived
-/// buffers, where glibc's allocator showed up as ~15% of the agent's CPU (docs/decisions.md).
+/// buffers, where glibc's allocator showed up as ~15% of the agent's CPU (docs/decisions.md
+/// §17). Built without transparent huge pages (§26).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::raft_node::{RaftInput, RaftNode, RaftStatus};
 use crate::raft_storage::{RAFT_DIR_NAME, RaftStorage};
 use crate::rpc::{Peers, RpcClient, ServerDirectory};
+use crate::snapshot_schedule::SnapshotSchedule;
 use crate::watch_hub::{Topic, WatchHub};
 use crate::writer::{Applied, Proposal, QUEUE_PROPOSALS_MAX, StorageMode, WriteError, Writer};
 use colony_base::{Evidence, Freshness, Hlc, HlcTimestamp, Lifetime, SplitMix64};
@@ -194,6 +195,7 @@ impl Agent {
         let hub = Arc::new(WatchHub::new());
         let (tx, rx) = mpsc::channel(QUEUE_PROPOSALS_MAX);
         let (fatal_tx, fatal_rx) = watch::channel(None);
+        let schedule = SnapshotSchedule::new(config.snapshot_every_entries, store.snapshot_bytes());
         let writer = Writer {
             store,
             state: state.clone(),
@@ -201,7 +203,7 @@ impl Agent {
             metrics: metrics.clone(),
             mode: storage_mode.clone(),
             fatal: fatal_tx,
-            snapshot_every_entries: config.snapshot_every_entries,
+            schedule,
             wall_ms,
             snapshot_in_flight: None,
         };

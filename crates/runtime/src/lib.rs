@@ -35,6 +35,7 @@ pub mod raft_node;
 pub mod raft_storage;
 mod read_batch;
 pub mod rpc;
+mod snapshot_schedule;
 pub mod watch_hub;
 pub mod writer;
 

@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE_NAME: &str = "colony.lock";
 /// The snapshot file's name inside the data dir.
 pub const SNAPSHOT_FILE_NAME: &str = "snapshot";
+/// The largest append buffer kept for the next batch.
+const SCRATCH_KEPT_BYTES_MAX: usize = 4 << 20;
 /// A snapshot is written and synced this many bytes at a time.
 const SNAPSHOT_SYNC_BYTES: usize = 1 << 20;
 /// The directory of log segments inside the data dir.
@@ -123,6 +125,9 @@ pub struct LogStore {
     last_index: u64,
     segment_bytes: u64,
     _lock: File,
+    /// The buffer a batch is encoded into, kept between appends: a new one each time would
+    /// often be fresh memory, whose pages the kernel zeroes on first touch.
+    scratch: Vec<u8>,
 }
 
 /// What was recovered from disk at open.
@@ -279,6 +284,7 @@ impl LogStore {
             last_index,
             segment_bytes,
             _lock: lock,
+            scratch: Vec::new(),
         })
     }
 
@@ -419,7 +425,9 @@ impl LogStore {
         if self.active.write_offset + batch_bytes + RECORD_HEADER_BYTES > self.active.size_bytes {
             self.roll_segment(first, batch_bytes)?;
         }
-        let mut buffer = Vec::with_capacity(batch_bytes as usize);
+        let mut buffer = std::mem::take(&mut self.scratch);
+        buffer.clear();
+        buffer.reserve(batch_bytes as usize);
         for (offset, payload) in entries.iter().enumerate() {
             encode_record(&mut buffer, first + offset as u64, payload);
         }
@@ -429,6 +437,10 @@ impl LogStore {
             .file
             .write_all_at(&buffer, segment.write_offset)
             .and_then(|()| segment.file.sync_data());
+        // An unusually large batch's buffer is not kept.
+        if buffer.capacity() <= SCRATCH_KEPT_BYTES_MAX {
+            self.scratch = buffer;
+        }
         if let Err(error) = written {
             return Err(classify(&segment.path, error));
         }
@@ -456,6 +468,12 @@ impl LogStore {
         self.snapshot_file().write(state_bytes, index)?;
         self.handle_snapshot_written(index);
         Ok(())
+    }
+
+    /// The size of the snapshot on disk, bytes (0 if there is none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join(SNAPSHOT_FILE_NAME))
+            .map_or(0, |m| m.len().saturating_sub(SNAPSHOT_HEADER_BYTES as u64))
     }
 
     /// A handle that writes snapshot files from another thread while the log keeps appending.
@@ -513,12 +531,14 @@ impl SnapshotFile {
     /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
     pub fn write(&self, state_bytes: &[u8], index: u64) -> Result<(), AppendError> {
         self.write_with(index, |out| out.write_all(state_bytes))
+            .map(drop)
     }
 
     /// Writes the state at `index` as `encode` produces it, streamed: `encode` writes into a
     /// 1 MiB buffer that goes to the file (and is made durable) each time it fills, so no
     /// copy of the whole encoding is ever held in memory. The header, which holds the
-    /// payload's length and checksum, is written last, before the rename.
+    /// payload's length and checksum, is written last, before the rename. Returns the
+    /// payload's length, bytes.
     ///
     /// # Errors
     /// [`AppendError::DiskFull`] or [`AppendError::Fatal`] (including an error `encode`
@@ -527,7 +547,7 @@ impl SnapshotFile {
         &self,
         index: u64,
         encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-    ) -> Result<(), AppendError> {
+    ) -> Result<u64, AppendError> {
         use std::io::{Seek as _, SeekFrom};
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
         let temp = self.dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
@@ -558,13 +578,13 @@ impl SnapshotFile {
             file.write_all(&header)?;
             file.sync_all()?;
             std::fs::rename(&temp, &path)?;
-            File::open(&self.dir)?.sync_all()
+            File::open(&self.dir)?.sync_all()?;
+            Ok(len)
         })();
-        if let Err(error) = written {
+        written.map_err(|error| {
             let _ = std::fs::remove_file(&temp);
-            return Err(classify(&path, error));
-        }
-        Ok(())
+            classify(&path, error)
+        })
     }
 }
 

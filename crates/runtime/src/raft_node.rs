@@ -9,6 +9,7 @@ use crate::log_store::AppendError;
 use crate::metrics::Metrics;
 use crate::raft_storage::RaftStorage;
 use crate::rpc::Peers;
+use crate::snapshot_schedule::SnapshotSchedule;
 use crate::watch_hub::WatchHub;
 use crate::writer::{Applied, Proposal, StorageMode, WriteError};
 use colony_modes::Signal;
@@ -147,7 +148,10 @@ struct Driver {
     peers: Arc<Peers>,
     status: watch::Sender<RaftStatus>,
     fatal: watch::Sender<Option<String>>,
-    snapshot_every_entries: u64,
+    /// When the next snapshot is due.
+    schedule: SnapshotSchedule,
+    /// The data of a snapshot the core no longer keeps: the next snapshot is encoded into it.
+    snapshot_buffer: Vec<u8>,
     wall_ms: fn() -> u64,
     fsync: Arc<crate::disk_watch::FsyncLatencies>,
     storage_mode: Arc<StorageMode>,
@@ -173,8 +177,6 @@ struct Driver {
     logged_role: (Role, u64, Option<u64>),
     /// A snapshot of this node's state being written on its own thread.
     snapshot_job: Option<SnapshotJob>,
-    /// The size of the last snapshot written, bytes: the next one's buffer starts that large.
-    snapshot_bytes_last: usize,
 }
 
 /// A snapshot of the node's own state, being encoded and made durable off the raft thread
@@ -182,6 +184,8 @@ struct Driver {
 /// meanwhile). The log is compacted once it is durable.
 struct SnapshotJob {
     index: u64,
+    /// The schedule's mark at the capture.
+    mark: u64,
     /// The snapshot file, for error messages.
     path: std::path::PathBuf,
     /// Time spent on the raft thread copying the state.
@@ -197,6 +201,7 @@ impl RaftNode {
     pub(crate) fn run(self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<RaftInput>) {
         let _context = runtime.enter();
         let waiting = crate::background::wait_runtime();
+        let restored_bytes = self.restored.snapshot.as_ref().map_or(0, |s| s.data.len());
         let raft = Raft::new(self.id, &[], self.config.clone(), self.seed, self.restored);
         let mut driver = Driver {
             raft,
@@ -207,7 +212,7 @@ impl RaftNode {
             peers: self.peers,
             status: self.status,
             fatal: self.fatal,
-            snapshot_every_entries: self.snapshot_every_entries,
+            schedule: SnapshotSchedule::new(self.snapshot_every_entries, restored_bytes as u64),
             wall_ms: self.wall_ms,
             fsync: self.fsync,
             storage_mode: self.storage_mode,
@@ -224,7 +229,7 @@ impl RaftNode {
             last_contact_wall_ms: 0,
             logged_role: (Role::Follower, 0, None),
             snapshot_job: None,
-            snapshot_bytes_last: 0,
+            snapshot_buffer: Vec::new(),
         };
         driver.publish_status();
         loop {
@@ -476,6 +481,7 @@ impl Driver {
         match StateMachine::from_snapshot(&snapshot.data) {
             Ok(state) => {
                 *self.state.write().expect("state lock poisoned") = state;
+                self.schedule.installed(snapshot.data.len() as u64);
                 self.hub.notify_all(snapshot.meta.index);
                 tracing::info!(
                     index = snapshot.meta.index,
@@ -494,6 +500,8 @@ impl Driver {
             return;
         }
         let mut results = Vec::with_capacity(entries.len());
+        let bytes: usize = entries.iter().map(|entry| entry.data.len()).sum();
+        self.schedule.applied(bytes as u64);
         {
             let mut state = self.state.write().expect("state lock poisoned");
             for entry in entries {
@@ -544,8 +552,8 @@ impl Driver {
         }
     }
 
-    /// Snapshots the state machine every `snapshot_every_entries` applied entries, saves
-    /// it, and lets the core drop the log it covers.
+    /// Snapshots the state machine when the [`SnapshotSchedule`] says so, saves it, and
+    /// lets the core drop the log it covers.
     fn maybe_compact(&mut self) -> Result<(), ()> {
         if let Some(job) = self.snapshot_job.take() {
             if !job.thread.is_finished() {
@@ -558,7 +566,8 @@ impl Driver {
             return Ok(());
         }
         let applied = self.raft.applied_index();
-        if applied < self.raft.snapshot_meta().index + self.snapshot_every_entries {
+        let since = applied.saturating_sub(self.raft.snapshot_meta().index);
+        if !self.schedule.due(since) {
             return Ok(());
         }
         let Some(term) = self.raft.term_at(applied) else {
@@ -584,12 +593,15 @@ impl Driver {
         let path = writer.path();
         let started = Instant::now();
         // Room for some growth since the last one.
-        let capacity_hint = self.snapshot_bytes_last + self.snapshot_bytes_last / 8;
+        let last = self.schedule.snapshot_bytes() as usize;
+        let capacity_hint = last + last / 8;
+        let mark = self.schedule.mark();
+        let buffer = std::mem::take(&mut self.snapshot_buffer);
         let thread = BackgroundJob::spawn("colony-snapshot", move || {
             let snapshot = Snapshot {
                 meta,
                 voters,
-                data: state.to_snapshot_sized(capacity_hint),
+                data: state.to_snapshot_reusing(buffer, capacity_hint),
             };
             let result = writer.write(&snapshot);
             (snapshot, result)
@@ -598,6 +610,7 @@ impl Driver {
             Ok(thread) => {
                 self.snapshot_job = Some(SnapshotJob {
                     index: applied,
+                    mark,
                     path,
                     capture,
                     started,
@@ -650,9 +663,9 @@ impl Driver {
         }
         let index = snapshot.meta.index;
         let bytes = snapshot.data.len();
-        self.snapshot_bytes_last = bytes;
+        self.schedule.written(job.mark, bytes as u64);
         self.storage.handle_snapshot_written(index);
-        self.raft.compact(index, snapshot.data);
+        self.snapshot_buffer = self.raft.compact(index, snapshot.data).unwrap_or_default();
         self.metrics.snapshots.inc();
         tracing::info!(
             index,

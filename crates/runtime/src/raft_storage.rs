@@ -284,10 +284,12 @@ impl SnapshotWriter {
     /// # Errors
     /// [`AppendError::DiskFull`] or [`AppendError::Fatal`]; the previous snapshot stays valid.
     pub fn write(&self, snapshot: &Snapshot) -> Result<(), AppendError> {
-        self.file.write_with(snapshot.meta.index, |out| {
-            out.write_all(&[RAFT_FORMAT_VERSION])?;
-            colony_store::encode_into(snapshot, out)
-        })
+        self.file
+            .write_with(snapshot.meta.index, |out| {
+                out.write_all(&[RAFT_FORMAT_VERSION])?;
+                colony_store::encode_into(snapshot, out)
+            })
+            .map(drop)
     }
 }
 

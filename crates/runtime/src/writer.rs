@@ -6,6 +6,7 @@
 use crate::background::BackgroundJob;
 use crate::log_store::{AppendError, LogStore};
 use crate::metrics::Metrics;
+use crate::snapshot_schedule::SnapshotSchedule;
 use crate::watch_hub::WatchHub;
 use colony_modes::{Hysteresis, Mode, ModeMachine, Signal};
 use colony_store::{Command, Entry, Outcome, StateMachine};
@@ -119,6 +120,14 @@ impl StorageMode {
     }
 }
 
+/// A snapshot being encoded and written by a background thread.
+pub(crate) struct SnapshotInFlight {
+    /// The schedule's mark at the capture.
+    mark: u64,
+    /// Answers the snapshot's index and encoded size.
+    job: BackgroundJob<Result<(u64, u64), AppendError>>,
+}
+
 pub(crate) struct Writer {
     pub(crate) store: LogStore,
     pub(crate) state: Arc<RwLock<StateMachine>>,
@@ -126,10 +135,11 @@ pub(crate) struct Writer {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) mode: Arc<StorageMode>,
     pub(crate) fatal: watch::Sender<Option<String>>,
-    pub(crate) snapshot_every_entries: u64,
+    /// When the next snapshot is due.
+    pub(crate) schedule: SnapshotSchedule,
     pub(crate) wall_ms: fn() -> u64,
     /// The snapshot being written by a background thread, if any.
-    pub(crate) snapshot_in_flight: Option<BackgroundJob<Result<u64, AppendError>>>,
+    pub(crate) snapshot_in_flight: Option<SnapshotInFlight>,
 }
 
 impl Writer {
@@ -206,6 +216,7 @@ impl Writer {
             })
             .unzip();
         let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+        let bytes: usize = encoded.iter().map(Vec::len).sum();
         let started = Instant::now();
         if let Err(error) = self.store.append(&encoded) {
             return self.handle_append_error(error, replies);
@@ -239,8 +250,9 @@ impl Writer {
             let _ = reply.send(Ok(Applied { index, outcome }));
             self.hub.notify(&changes, index);
         }
+        self.schedule.applied(bytes as u64);
         self.collect_snapshot()?;
-        let due = last_index - self.store.snapshot_index() >= self.snapshot_every_entries;
+        let due = self.schedule.due(last_index - self.store.snapshot_index());
         if due && self.snapshot_in_flight.is_none() {
             self.start_snapshot(last_index);
         }
@@ -253,12 +265,13 @@ impl Writer {
         let state = self.state.read().expect("state lock poisoned").clone();
         assert_eq!(state.applied_index(), index);
         let file = self.store.snapshot_file();
+        let mark = self.schedule.mark();
         match BackgroundJob::spawn("colony-snapshot", move || {
             // Streamed to the file as it is encoded: no second copy of the state in memory.
             file.write_with(index, |out| state.write_snapshot(out))
-                .map(|()| index)
+                .map(|bytes| (index, bytes))
         }) {
-            Ok(job) => self.snapshot_in_flight = Some(job),
+            Ok(job) => self.snapshot_in_flight = Some(SnapshotInFlight { mark, job }),
             // Tried again after the next commit; the log keeps growing meanwhile.
             Err(error) => tracing::warn!(%error, "could not start the snapshot writer thread"),
         }
@@ -270,11 +283,11 @@ impl Writer {
         if !self
             .snapshot_in_flight
             .as_ref()
-            .is_some_and(BackgroundJob::is_finished)
+            .is_some_and(|in_flight| in_flight.job.is_finished())
         {
             return Ok(());
         }
-        let Some(job) = self.snapshot_in_flight.take() else {
+        let Some(SnapshotInFlight { mark, job }) = self.snapshot_in_flight.take() else {
             return Ok(());
         };
         match job.join() {
@@ -282,7 +295,8 @@ impl Writer {
                 tracing::error!("the snapshot thread stopped without an answer; retrying later");
                 Ok(())
             }
-            Ok(Ok(index)) => {
+            Ok(Ok((index, bytes))) => {
+                self.schedule.written(mark, bytes);
                 self.store.handle_snapshot_written(index);
                 self.metrics.snapshots.inc();
                 tracing::debug!(index, "snapshot written");

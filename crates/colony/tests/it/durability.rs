@@ -144,9 +144,11 @@ fn durability_snapshots_truncate_the_log_and_restore() {
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse().ok())
             .expect("snapshot counter");
+        // The first after 50 entries; the next once the log has also grown by the first
+        // one's size (the history in a snapshot grows with the log, so they space out).
         assert!(
-            snapshots >= 5.0,
-            "expected a snapshot every 50 entries, saw {snapshots}"
+            snapshots >= 2.0,
+            "expected two snapshots in 300 entries, saw {snapshots}"
         );
         assert!(agent.terminate().success());
     }
