@@ -260,10 +260,10 @@ impl RaftLog {
     }
 
     /// Drops entries up to `index`, which the caller's snapshot `data` covers.
-    pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) -> Option<Vec<u8>> {
+    pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) {
         assert!(index <= self.applied, "compact beyond applied");
         if index <= self.snapshot_meta.index {
-            return Some(data);
+            return;
         }
         assert!(index <= self.stable_index, "compact beyond persisted");
         let term = self.term_at(index).expect("index is within the log");
@@ -273,13 +273,12 @@ impl RaftLog {
         self.conf_indexes.retain(|&at| at > index);
         self.conf_base = voters.clone();
         self.snapshot_meta = SnapshotMeta { index, term };
-        let replaced = self.snapshot.replace(Snapshot {
+        self.snapshot = Some(Snapshot {
             meta: self.snapshot_meta,
             voters,
             data,
         });
         assert_eq!(self.first_index(), index + 1);
-        replaced.map(|snapshot| snapshot.data)
     }
 
     pub(crate) fn check_invariants(&self) {
@@ -426,33 +425,12 @@ mod tests {
         log.commit = 3;
         log.applied = 3;
         assert_eq!(log.voters(), vec![1, 2, 3, 4]);
-        assert_eq!(log.compact(3, vec![7]), None, "no snapshot to replace");
+        log.compact(3, vec![7]);
         assert_eq!(log.voters(), vec![1, 2, 3, 4]);
         assert_eq!(
             log.snapshot.as_ref().map(|s| s.voters.clone()),
             Some(vec![1, 2, 3, 4])
         );
-        log.check_invariants();
-    }
-
-    #[test]
-    fn compact_hands_back_the_data_it_no_longer_keeps() {
-        let mut log = log_of(&[1, 1, 1]);
-        log.stable_index = 3;
-        log.commit = 3;
-        log.applied = 3;
-        assert_eq!(log.compact(2, vec![2]), None);
-        assert_eq!(
-            log.compact(3, vec![3]),
-            Some(vec![2]),
-            "the replaced snapshot's"
-        );
-        assert_eq!(
-            log.compact(3, vec![9]),
-            Some(vec![9]),
-            "already compacted: its own"
-        );
-        assert_eq!(log.snapshot.as_ref().map(|s| s.data.clone()), Some(vec![3]));
         log.check_invariants();
     }
 

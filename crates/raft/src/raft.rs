@@ -1602,17 +1602,12 @@ impl Raft {
     /// Drops log entries up to `index` after the caller saved a snapshot of its state
     /// machine at `index` (`data`, which is sent to followers that need it).
     ///
-    /// Returns the data no longer kept (the snapshot `data` replaces, or `data` itself if the
-    /// log was already compacted that far), so that the caller can reuse its allocation:
-    /// a large state's next snapshot then writes into memory already mapped.
-    ///
     /// # Panics
     /// If `index` is beyond the applied index.
-    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Option<Vec<u8>> {
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) {
         assert!(index <= self.log.applied, "compact({index}) beyond applied");
-        let unused = self.log.compact(index, data);
+        self.log.compact(index, data);
         self.check_invariants_in_tests();
-        unused
     }
 
     // ----- Ready / advance -------------------------------------------------------------

@@ -150,8 +150,6 @@ struct Driver {
     fatal: watch::Sender<Option<String>>,
     /// When the next snapshot is due.
     schedule: SnapshotSchedule,
-    /// The data of a snapshot the core no longer keeps: the next snapshot is encoded into it.
-    snapshot_buffer: Vec<u8>,
     wall_ms: fn() -> u64,
     fsync: Arc<crate::disk_watch::FsyncLatencies>,
     storage_mode: Arc<StorageMode>,
@@ -229,7 +227,6 @@ impl RaftNode {
             last_contact_wall_ms: 0,
             logged_role: (Role::Follower, 0, None),
             snapshot_job: None,
-            snapshot_buffer: Vec::new(),
         };
         driver.publish_status();
         loop {
@@ -596,12 +593,11 @@ impl Driver {
         let last = self.schedule.snapshot_bytes() as usize;
         let capacity_hint = last + last / 8;
         let mark = self.schedule.mark();
-        let buffer = std::mem::take(&mut self.snapshot_buffer);
         let thread = BackgroundJob::spawn("colony-snapshot", move || {
             let snapshot = Snapshot {
                 meta,
                 voters,
-                data: state.to_snapshot_reusing(buffer, capacity_hint),
+                data: state.to_snapshot_sized(capacity_hint),
             };
             let result = writer.write(&snapshot);
             (snapshot, result)
@@ -665,7 +661,7 @@ impl Driver {
         let bytes = snapshot.data.len();
         self.schedule.written(job.mark, bytes as u64);
         self.storage.handle_snapshot_written(index);
-        self.snapshot_buffer = self.raft.compact(index, snapshot.data).unwrap_or_default();
+        self.raft.compact(index, snapshot.data);
         self.metrics.snapshots.inc();
         tracing::info!(
             index,

@@ -134,21 +134,14 @@ impl StateMachine {
 
     /// Serializes the whole state for a snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        self.to_snapshot_reusing(Vec::new(), 0)
+        self.to_snapshot_sized(0)
     }
 
-    /// [`StateMachine::to_snapshot`] into `buffer` (cleared first), which is replaced by a
-    /// new one if it has room for fewer than `capacity_hint` bytes (the previous snapshot's
-    /// size, say), so that a large state is not copied again each time the buffer grows.
-    /// Reusing an earlier snapshot's buffer spares the fresh pages a large new allocation
-    /// needs (the kernel zeroes each one on first touch).
-    pub fn to_snapshot_reusing(&self, mut buffer: Vec<u8>, capacity_hint: usize) -> Vec<u8> {
-        buffer.clear();
-        let mut out = if buffer.capacity() >= capacity_hint.max(1) {
-            buffer
-        } else {
-            Vec::with_capacity(capacity_hint.max(1))
-        };
+    /// [`StateMachine::to_snapshot`] into a buffer that starts with room for
+    /// `capacity_hint` bytes (the previous snapshot's size, say), so that a large state is not
+    /// copied again each time the buffer grows.
+    pub fn to_snapshot_sized(&self, capacity_hint: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(capacity_hint.max(1));
         out.push(SNAPSHOT_FORMAT_VERSION);
         postcard::to_extend(self, out).expect("encoding to a Vec cannot fail")
     }
