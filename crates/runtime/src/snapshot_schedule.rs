@@ -108,17 +108,6 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_snapshot_leaves_the_count_as_it_was() {
-        let mut schedule = SnapshotSchedule::new(1, 10);
-        schedule.applied(20);
-        let _mark = schedule.mark(); // captured, never written
-        assert!(
-            schedule.due(1),
-            "still due: the retry comes from the caller's timer"
-        );
-    }
-
-    #[test]
     fn an_installed_snapshot_restarts_the_count() {
         let mut schedule = SnapshotSchedule::new(1, 0);
         schedule.applied(5_000);
