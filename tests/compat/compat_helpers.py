@@ -182,6 +182,7 @@ class ColonyAgent:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.grpc_port: int = free_port()
+        self.dns_port: int = free_port()
         self.client: consul.Consul | None = None
         self.starts = 0
 
@@ -215,6 +216,8 @@ class ColonyAgent:
             f"{LOOPBACK}:{self.port}",
             "--bind",
             f"{LOOPBACK}:0",
+            "--dns-addr",
+            f"{LOOPBACK}:{self.dns_port}",
         ]
         if self.join is not None:
             join_flag = "--retry-join" if self.retry_join else "--join"
@@ -243,6 +246,7 @@ class ColonyAgent:
         for _attempt in range(3):
             self.port = free_port()
             self.grpc_port = free_port()
+            self.dns_port = free_port()
             self._spawn()
             ready, last_error = self._wait_ready(timeout_s)
             if ready:
@@ -275,6 +279,7 @@ class ColonyAgent:
         """Start and wait only until the HTTP API answers ``/v1/agent/self``
         (for a client agent that has no server to name a leader)."""
         self.port = free_port()
+        self.dns_port = free_port()
         self._spawn()
         session = self.http()
         try:

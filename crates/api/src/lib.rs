@@ -15,6 +15,7 @@
 pub mod anti_entropy;
 pub mod blocking;
 pub mod consul;
+pub mod dns;
 pub mod error;
 pub mod forward;
 pub mod json;
@@ -24,7 +25,9 @@ pub mod membership;
 pub mod query;
 pub mod respond;
 
-use axum::Router;
+/// The HTTP router every dialect is built on (the DNS interface reads through it too).
+pub use axum::Router;
+
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};

@@ -80,6 +80,29 @@ pub struct AgentArgs {
     /// Gossip without Lifeguard (plain SWIM), for comparison.
     #[arg(long)]
     pub no_lifeguard: bool,
+    /// Address of the DNS interface, UDP and TCP (`<service>.service.consul` and the rest of
+    /// Consul's forms; port 0 picks a free one; `off` disables it). Default 127.0.0.1:8600; if
+    /// that default port is taken (another agent on this host), the agent runs without DNS
+    /// and says so, while an address given here that cannot be bound stops the start.
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_addr: Option<String>,
+    /// The domain the DNS interface answers for.
+    #[arg(long, default_value = "consul", value_name = "DOMAIN")]
+    pub dns_domain: String,
+    /// TTL of DNS answers about services (Consul's dns_config.service_ttl).
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    pub dns_service_ttl: String,
+    /// TTL of DNS answers about nodes (Consul's dns_config.node_ttl).
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    pub dns_node_ttl: String,
+    /// The most service instances in a UDP answer (0: as many as fit); the others are left out
+    /// without setting TC, as Consul's udp_answer_limit does. TCP answers hold all that fit.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub dns_udp_answer_limit: usize,
+    /// Answer only instances whose checks all pass (by default, warning ones are included and
+    /// only critical ones left out).
+    #[arg(long)]
+    pub dns_only_passing: bool,
     /// Address of the etcd v3 gRPC API (servers only; port 0 picks a free one; `off`
     /// disables it).
     #[arg(long, default_value = "127.0.0.1:2379", value_name = "IP:PORT")]
@@ -369,6 +392,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         },
         forwarder,
     );
+    let dns = start_dns(&args, router.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -382,6 +406,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
     }
     checks.stop();
     anti_entropy.abort();
+    dns.stop();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(ExitCode::SUCCESS)
@@ -541,6 +566,13 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     };
     let router = colony_api::router(agent.clone(), membership);
     agent.set_http_forwarder(colony_api::forward::http_forwarder(router.clone()));
+    let dns = match start_dns(&args, router.clone()).await {
+        Ok(dns) => dns,
+        Err(error) => {
+            agent.shutdown();
+            return Err(error);
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -561,6 +593,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
         }
     };
     agent.shutdown();
+    dns.stop();
     let _ = stop_tx.send(());
     // Parked blocking queries may wait minutes; give in-flight requests a moment, then go.
     if tokio::time::timeout(Duration::from_secs(2), server)
@@ -571,6 +604,70 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     }
     agent.stop_replication().await;
     Ok(exit)
+}
+
+/// The DNS interface of a running agent (nothing when it is off).
+struct DnsHandle(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl DnsHandle {
+    fn stop(self) {
+        if let Some(stop) = self.0 {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The default DNS address (Consul's).
+const DNS_ADDR_DEFAULT: &str = "127.0.0.1:8600";
+
+/// Starts the DNS interface on --dns-addr, answering through `router`.
+async fn start_dns(args: &AgentArgs, router: colony_api::Router) -> anyhow::Result<DnsHandle> {
+    let given = args.dns_addr.as_deref();
+    let text = given.unwrap_or(DNS_ADDR_DEFAULT);
+    if text.is_empty() || text == "off" {
+        return Ok(DnsHandle(None));
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .with_context(|| format!("invalid --dns-addr {text:?}: expected IP:PORT or off"))?;
+    let seconds = |value: &str, flag: &str| -> anyhow::Result<u32> {
+        let ms = colony_base::parse_go_duration_ms(value)
+            .with_context(|| format!("invalid --{flag} {value:?}"))?;
+        u32::try_from(ms / 1000).with_context(|| format!("--{flag} {value:?} is too long"))
+    };
+    let mut config = colony_api::dns::DnsConfig::new(&args.dns_domain, &args.datacenter)
+        .map_err(|error| anyhow::anyhow!("invalid --dns-domain {:?}: {error}", args.dns_domain))?;
+    config.service_ttl_s = seconds(&args.dns_service_ttl, "dns-service-ttl")?;
+    config.node_ttl_s = seconds(&args.dns_node_ttl, "dns-node-ttl")?;
+    config.udp_answer_limit = args.dns_udp_answer_limit;
+    config.only_passing = args.dns_only_passing;
+    let sockets = match colony_api::dns::DnsSockets::bind(addr).await {
+        Ok(sockets) => sockets,
+        Err(error) if given.is_none() => {
+            tracing::warn!(
+                %error,
+                addr = %addr,
+                "DNS interface off: its default address is taken (another agent on this host?); \
+                 give --dns-addr to choose another"
+            );
+            return Ok(DnsHandle(None));
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot listen on {addr} for DNS"));
+        }
+    };
+    let local = sockets.local_addr().context("DNS socket address")?;
+    tracing::info!(dns = %local, domain = %config.domain.to_dotted(), "DNS interface running");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(colony_api::dns::serve(
+        sockets,
+        router,
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    Ok(DnsHandle(Some(stop_tx)))
 }
 
 /// Binds the etcd gRPC listener, unless `addr` is `off` (or empty).

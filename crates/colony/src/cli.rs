@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Read and write the KV store.
     #[command(subcommand)]
     Kv(KvCommand),
@@ -193,7 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&cli.http_addr);
     let json = cli.json;
     match cli.command {
-        Command::Agent(args) => return agent_cmd::run(args, &cli.http_addr).await,
+        Command::Agent(args) => return agent_cmd::run(*args, &cli.http_addr).await,
         Command::Bench(args) => return bench::run(args, &cli.http_addr, json).await,
         Command::Sim(command) => {
             tokio::task::spawn_blocking(move || sim_cmd::run(command, json))
