@@ -309,6 +309,12 @@ pub struct Raft {
     check_quorum_deadline_ms: u64,
     /// When this node last heard from the leader of its term (leader stickiness).
     leader_contact_ms: Option<u64>,
+    /// A restarted node may have answered a leader's heartbeat just before it went down, and
+    /// that leader may be counting the answer in its lease; the contact was not persisted,
+    /// so the node keeps out of elections until one minimum election timeout after its
+    /// first input. `Some(0)` until that input dates the start; `None` for a fresh node,
+    /// which answered no one.
+    restart_quiet_until_ms: Option<u64>,
     transfer: Option<Transfer>,
     /// No lease reads before this time (set when a transfer is abandoned).
     lease_blocked_until_ms: u64,
@@ -379,6 +385,7 @@ impl Raft {
             heartbeat_deadline_ms: 0,
             check_quorum_deadline_ms: 0,
             leader_contact_ms: None,
+            restart_quiet_until_ms: (hard_state.term > 0).then_some(0),
             transfer: None,
             lease_blocked_until_ms: 0,
             heartbeat_rounds: VecDeque::new(),
@@ -639,10 +646,14 @@ impl Raft {
         match self.role {
             Role::Leader => true,
             _ => {
-                self.leader.is_some()
+                let heard_leader = self.leader.is_some()
                     && self
                         .leader_contact_ms
-                        .is_some_and(|at| now_ms < at + self.config.election_timeout_ms_min)
+                        .is_some_and(|at| now_ms < at + self.config.election_timeout_ms_min);
+                heard_leader
+                    || self
+                        .restart_quiet_until_ms
+                        .is_some_and(|until| now_ms < until)
             }
         }
     }
@@ -858,6 +869,9 @@ impl Raft {
     fn observe_time(&mut self, now_ms: u64) {
         // Time never goes back; a caller passing an older `now` is clamped rather than trusted.
         self.now_ms = self.now_ms.max(now_ms);
+        if self.restart_quiet_until_ms == Some(0) {
+            self.restart_quiet_until_ms = Some(self.now_ms + self.config.election_timeout_ms_min);
+        }
         if self.role != Role::Leader && self.election_deadline_ms.is_none() {
             self.arm_election_timer(self.now_ms);
         }
