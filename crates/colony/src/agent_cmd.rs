@@ -339,6 +339,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {} for HTTP", http_addr))?;
+    let dns = bind_dns(&args).await?;
     let gossip = start_gossip(
         &args,
         &node_name,
@@ -392,7 +393,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
         },
         forwarder,
     );
-    let dns = start_dns(&args, router.clone()).await?;
+    let dns = serve_dns(dns, router.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -480,6 +481,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {} for HTTP", http_addr))?;
+    let dns = bind_dns(&args).await?;
     let agent = Agent::start(config)
         .await
         .context("agent failed to start")?;
@@ -566,13 +568,7 @@ pub async fn run(args: AgentArgs, http_addr: &str) -> anyhow::Result<ExitCode> {
     };
     let router = colony_api::router(agent.clone(), membership);
     agent.set_http_forwarder(colony_api::forward::http_forwarder(router.clone()));
-    let dns = match start_dns(&args, router.clone()).await {
-        Ok(dns) => dns,
-        Err(error) => {
-            agent.shutdown();
-            return Err(error);
-        }
-    };
+    let dns = serve_dns(dns, router.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(colony_api::serve(listener, router, async move {
         let _ = stop_rx.await;
@@ -620,12 +616,16 @@ impl DnsHandle {
 /// The default DNS address (Consul's).
 const DNS_ADDR_DEFAULT: &str = "127.0.0.1:8600";
 
-/// Starts the DNS interface on --dns-addr, answering through `router`.
-async fn start_dns(args: &AgentArgs, router: colony_api::Router) -> anyhow::Result<DnsHandle> {
+/// The DNS interface's sockets and settings, bound before the agent starts (so that a bad
+/// flag or a taken port stops the start before anything runs); `None` when it is off.
+type DnsBound = Option<(colony_api::dns::DnsSockets, colony_api::dns::DnsConfig)>;
+
+/// Reads the --dns-* flags and binds --dns-addr.
+async fn bind_dns(args: &AgentArgs) -> anyhow::Result<DnsBound> {
     let given = args.dns_addr.as_deref();
     let text = given.unwrap_or(DNS_ADDR_DEFAULT);
     if text.is_empty() || text == "off" {
-        return Ok(DnsHandle(None));
+        return Ok(None);
     }
     let addr: SocketAddr = text
         .parse()
@@ -641,8 +641,8 @@ async fn start_dns(args: &AgentArgs, router: colony_api::Router) -> anyhow::Resu
     config.node_ttl_s = seconds(&args.dns_node_ttl, "dns-node-ttl")?;
     config.udp_answer_limit = args.dns_udp_answer_limit;
     config.only_passing = args.dns_only_passing;
-    let sockets = match colony_api::dns::DnsSockets::bind(addr).await {
-        Ok(sockets) => sockets,
+    match colony_api::dns::DnsSockets::bind(addr).await {
+        Ok(sockets) => Ok(Some((sockets, config))),
         Err(error) if given.is_none() => {
             tracing::warn!(
                 %error,
@@ -650,14 +650,23 @@ async fn start_dns(args: &AgentArgs, router: colony_api::Router) -> anyhow::Resu
                 "DNS interface off: its default address is taken (another agent on this host?); \
                  give --dns-addr to choose another"
             );
-            return Ok(DnsHandle(None));
+            Ok(None)
         }
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot listen on {addr} for DNS"));
-        }
+        Err(error) => Err(error).with_context(|| format!("cannot listen on {addr} for DNS")),
+    }
+}
+
+/// Serves DNS on the bound sockets, answering through `router`.
+fn serve_dns(bound: DnsBound, router: colony_api::Router) -> DnsHandle {
+    let Some((sockets, config)) = bound else {
+        return DnsHandle(None);
     };
-    let local = sockets.local_addr().context("DNS socket address")?;
-    tracing::info!(dns = %local, domain = %config.domain.to_dotted(), "DNS interface running");
+    match sockets.local_addr() {
+        Ok(local) => {
+            tracing::info!(dns = %local, domain = %config.domain.to_dotted(), "DNS interface running");
+        }
+        Err(error) => tracing::warn!(%error, "DNS socket has no address"),
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(colony_api::dns::serve(
         sockets,
@@ -667,7 +676,7 @@ async fn start_dns(args: &AgentArgs, router: colony_api::Router) -> anyhow::Resu
             let _ = stop_rx.await;
         },
     ));
-    Ok(DnsHandle(Some(stop_tx)))
+    DnsHandle(Some(stop_tx))
 }
 
 /// Binds the etcd gRPC listener, unless `addr` is `off` (or empty).

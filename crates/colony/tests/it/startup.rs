@@ -167,6 +167,45 @@ fn startup_unspecified_advertise_address_is_refused() {
 }
 
 #[test]
+fn startup_bad_or_taken_dns_address_is_refused_naming_it() {
+    let addr = free_addr().to_string();
+    let (code, stderr) = agent_error(&[
+        "agent",
+        "--dev",
+        "--http-addr",
+        &addr,
+        "--bind",
+        "127.0.0.1:0",
+        "--dns-addr",
+        "nonsense",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("invalid --dns-addr \"nonsense\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A DNS address given and taken (here by a UDP socket) stops the start.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    let taken_addr = taken.local_addr().expect("address").to_string();
+    let (code, stderr) = agent_error(&[
+        "agent",
+        "--dev",
+        "--http-addr",
+        &free_addr().to_string(),
+        "--bind",
+        "127.0.0.1:0",
+        "--dns-addr",
+        &taken_addr,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken_addr} for DNS")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn startup_client_agent_refuses_to_advertise_an_unspecified_gossip_address() {
     let addr = format!("0.0.0.0:{}", free_addr().port());
     let (code, stderr) = agent_error(&[
