@@ -435,18 +435,10 @@ fn shuffle(instances: &mut [Instance], seed: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::wire::{TYPE_OPT, parse_query};
+    use crate::dns::wire::{TYPE_OPT, parse_query, query_bytes};
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut out = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.').filter(|l| !l.is_empty()) {
-            out.push(label.len() as u8);
-            out.extend_from_slice(label.as_bytes());
-        }
-        out.push(0);
-        out.extend_from_slice(&qtype.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out
+        query_bytes(0x1234, name, qtype, None)
     }
 
     fn config() -> DnsConfig {
