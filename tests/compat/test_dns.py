@@ -14,6 +14,7 @@ Consul semantics asserted (https://developer.hashicorp.com/consul/docs/services/
   is REFUSED (no recursion).
 * UDP answers hold at most 3 instances (udp_answer_limit) without the TC bit;
   TCP answers hold them all.
+* ``consul.service.consul`` lists the live servers on their RPC port.
 * A client agent answers DNS through a server.
 """
 
@@ -185,6 +186,14 @@ def _evidence(agent, name):
     return " ".join(lines[0][4:])
 
 
+def test_consul_service_lists_the_servers_on_their_rpc_port(agent):
+    me = next(m for m in agent.client.agent.members() if m["Name"] == agent.node)
+    rpc_port = int(me["Tags"]["rpc_addr"].rsplit(":", 1)[1])
+    srv = records(agent, "consul.service.consul", "SRV")
+    assert [(r[6], r[7]) for r in srv] == [(str(rpc_port), f"{agent.node}.node.dc1.consul.")], srv
+    assert short(agent, "consul.service.consul") == [me["Addr"]]
+
+
 def test_garbage_datagrams_get_formerr_or_nothing_and_the_server_keeps_answering(agent):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(1.0)
@@ -219,3 +228,5 @@ def test_client_agent_answers_through_a_server(agent_factory):
     assert server.client.agent.service.register(name, service_id=name, port=5000, address="10.4.0.1") is True
     until_equal(lambda: short(client, f"{name}.service.consul"), ["10.4.0.1"], timeout_s=15.0)
     assert short(client, f"{server.node}.node.consul") == [agent_address(server)]
+    # The servers, as the client's membership knows them.
+    assert short(client, "consul.service.consul") == [agent_address(server)]

@@ -242,14 +242,14 @@ impl Resolver {
                 {
                     (entries, evidence) = self.health(&actual).await?;
                 }
-                Ok((
-                    Found::Instances(instances(
-                        &entries,
-                        tag.as_deref(),
-                        self.config.only_passing,
-                    )),
-                    evidence,
-                ))
+                let found = instances(&entries, tag.as_deref(), self.config.only_passing);
+                if found.is_empty() && tag.is_none() && name.eq_ignore_ascii_case(SERVERS_SERVICE) {
+                    // Consul registers its servers as the `consul` service; colony's
+                    // servers are known from membership instead.
+                    let (members, evidence) = self.get("/v1/agent/members").await?;
+                    return Ok((Found::Instances(servers(&members)), evidence));
+                }
+                Ok((Found::Instances(found), evidence))
             }
             Lookup::Node { name } => {
                 let (mut node, mut evidence) = self.node(name).await?;
@@ -334,6 +334,35 @@ impl Resolver {
         let value = serde_json::from_slice(&body).map_err(|error| format!("{path}: {error}"))?;
         Ok((value, evidence))
     }
+}
+
+/// The service name under which Consul's DNS lists the servers.
+const SERVERS_SERVICE: &str = "consul";
+/// The RPC port of a server that does not advertise one (Consul's default).
+const SERVER_RPC_PORT: u16 = 8300;
+
+/// The live servers among `/v1/agent/members`, as instances on their RPC port.
+fn servers(members: &Value) -> Vec<Instance> {
+    let Some(members) = members.as_array() else {
+        return Vec::new();
+    };
+    members
+        .iter()
+        .filter(|m| m["Tags"]["role"] == "consul" && m["Status"] == 1)
+        .filter_map(|m| {
+            let port = m["Tags"]["rpc_addr"]
+                .as_str()
+                .and_then(|addr| addr.parse::<SocketAddr>().ok())
+                .map_or(SERVER_RPC_PORT, |addr| addr.port());
+            Some(Instance {
+                node: m["Name"].as_str()?.to_string(),
+                node_address: m["Addr"].as_str()?.to_string(),
+                service_address: String::new(),
+                port,
+                weight: 1,
+            })
+        })
+        .collect()
 }
 
 /// The instances of `/v1/health/service` entries that DNS answers with: without a critical
@@ -432,6 +461,25 @@ mod tests {
         let tagged = instances(&entries, Some("v2"), false);
         assert_eq!(tagged.len(), 1);
         assert_eq!(tagged[0].node, "b");
+    }
+
+    #[test]
+    fn dns_servers_are_the_live_members_with_the_server_role() {
+        let members = json!([
+            {"Name": "s1", "Addr": "10.0.0.1", "Status": 1,
+             "Tags": {"role": "consul", "rpc_addr": "10.0.0.1:8305"}},
+            {"Name": "s2", "Addr": "10.0.0.2", "Status": 4, "Tags": {"role": "consul"}},
+            {"Name": "c1", "Addr": "10.0.0.3", "Status": 1, "Tags": {"role": "node"}},
+            {"Name": "s3", "Addr": "10.0.0.4", "Status": 1, "Tags": {"role": "consul"}},
+        ]);
+        let found = servers(&members);
+        assert_eq!(
+            found
+                .iter()
+                .map(|i| (i.node.as_str(), i.port))
+                .collect::<Vec<_>>(),
+            [("s1", 8305), ("s3", SERVER_RPC_PORT)]
+        );
     }
 
     #[test]
