@@ -9,7 +9,8 @@ Consul semantics asserted (https://developer.hashicorp.com/consul/docs/services/
   section.
 * ``<tag>.<service>.service.consul`` and RFC 2782's ``_<service>._<tag>``
   filter by tag; ``_tcp`` means any tag.
-* ``<node>.node.consul`` answers the node's address; names match case-insensitively.
+* ``<node>.node.consul`` answers the node's address, and a reverse lookup of that
+  address names the node; names match case-insensitively.
 * An unknown name is NXDOMAIN with the zone's SOA; a name outside the domain
   is REFUSED (no recursion).
 * UDP answers hold at most 3 instances (udp_answer_limit) without the TC bit;
@@ -137,6 +138,10 @@ def test_nodes_answer_their_address_and_names_match_in_any_case(agent):
     assert short(agent, f"{agent.node.upper()}.NODE.DC1.CONSUL") == [address]
     until_equal(lambda: short(agent, f"{name.upper()}.Service.Consul"), ["10.3.0.1"])
     assert short(agent, "0a030001.addr.consul") == ["10.3.0.1"]
+    # Reverse lookups name the nodes at an address.
+    reverse = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
+    assert f"{agent.node}.node.dc1.consul." in short(agent, reverse, "PTR")
+    assert status(agent, "9.9.9.10.in-addr.arpa", "PTR") == "NXDOMAIN"
 
 
 def test_unknown_names_are_nxdomain_with_soa_and_other_zones_refused(agent):

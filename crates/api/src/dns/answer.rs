@@ -9,7 +9,7 @@ use colony_base::SplitMix64;
 use super::lookup::{Classified, Lookup, address_hex, classify};
 use super::wire::{
     CLASS_IN, Name, Query, RData, Rcode, Record, Response, TCP_BYTES_MAX, TYPE_A, TYPE_AAAA,
-    TYPE_ANY, TYPE_SOA, TYPE_SRV, TYPE_TXT, UDP_BYTES_CLASSIC, UDP_BYTES_MAX, encode,
+    TYPE_ANY, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, UDP_BYTES_CLASSIC, UDP_BYTES_MAX, encode,
     header_id_opcode, parse_query,
 };
 
@@ -101,6 +101,8 @@ pub enum Found {
     Instances(Vec<Instance>),
     /// The node, if it exists.
     Node(Option<NodeRecord>),
+    /// The names of the nodes at an address (reverse lookups).
+    NodesAt(Vec<String>),
 }
 
 /// A query waiting for the catalog.
@@ -203,6 +205,10 @@ pub fn finish(
     let mut response = match found {
         Found::Node(None) => negative(query, config, Rcode::NxDomain, now_s),
         Found::Node(Some(node)) => node_answer(query, config, &node, now_s),
+        Found::NodesAt(nodes) if nodes.is_empty() => {
+            negative(query, config, Rcode::NxDomain, now_s)
+        }
+        Found::NodesAt(nodes) => reverse_answer(query, config, &nodes, now_s),
         Found::Instances(instances) if instances.is_empty() => {
             negative(query, config, Rcode::NxDomain, now_s)
         }
@@ -299,6 +305,30 @@ fn address_records(owner: &Name, address: &str, qtype: u16, ttl: u32) -> Option<
         ttl,
         data,
     })
+}
+
+/// PTR records naming `nodes` (`NODE.node.DC.DOMAIN.`) for a reverse lookup.
+fn reverse_answer(query: &Query, config: &DnsConfig, nodes: &[String], now_s: u64) -> Response {
+    let mut response = ours(query, Rcode::NoError);
+    if matches!(query.question.qtype, TYPE_PTR | TYPE_ANY) {
+        for node in nodes {
+            if let Ok(target) = Name::from_dotted(node)
+                .and_then(|name| name.join(&Name::from_dotted("node")?))
+                .and_then(|name| name.join(&Name::from_dotted(&config.datacenter)?))
+                .and_then(|name| name.join(&config.domain))
+            {
+                response.answers.push(Record {
+                    name: query.question.name.clone(),
+                    ttl: config.node_ttl_s,
+                    data: RData::Ptr(target),
+                });
+            }
+        }
+    }
+    if response.answers.is_empty() {
+        response.authority.push(soa(config, now_s));
+    }
+    response
 }
 
 fn node_answer(query: &Query, config: &DnsConfig, node: &NodeRecord, now_s: u64) -> Response {
@@ -604,6 +634,21 @@ mod tests {
         };
         assert_eq!(count(&addr, 0), 1);
         assert_eq!(&addr[addr.len() - 4..], &[10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn dns_answer_reverse_lookups_name_the_nodes() {
+        let found = Found::NodesAt(vec!["n1".to_string()]);
+        let ptr = resolve("1.0.0.10.in-addr.arpa", TYPE_PTR, Transport::Udp, found);
+        assert_eq!((rcode(&ptr), count(&ptr, 0)), (0, 1));
+        assert!(String::from_utf8_lossy(&ptr).contains("n1"));
+        let none = resolve(
+            "9.0.0.10.in-addr.arpa",
+            TYPE_PTR,
+            Transport::Udp,
+            Found::NodesAt(vec![]),
+        );
+        assert_eq!(rcode(&none), Rcode::NxDomain as u8);
     }
 
     #[test]

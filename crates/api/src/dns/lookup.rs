@@ -3,7 +3,8 @@
 //!   (`_tcp` as the tag means any tag);
 //! - `<node>.node[.<dc>].<domain>`;
 //! - `<hex address>.addr[.<dc>].<domain>` (8 hex digits for IPv4, 32 for IPv6), the names
-//!   SRV answers give service instances that have their own address.
+//!   SRV answers give service instances that have their own address;
+//! - reverse names (`4.3.2.1.in-addr.arpa`, 32 nibbles under `ip6.arpa`), outside the domain.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -28,6 +29,8 @@ pub enum Lookup {
     Addr(IpAddr),
     /// The domain itself.
     Apex,
+    /// A reverse lookup (PTR under `in-addr.arpa` or `ip6.arpa`): the nodes at an address.
+    Reverse(IpAddr),
 }
 
 /// Where a name falls.
@@ -44,6 +47,9 @@ pub enum Classified {
 
 /// Classifies `name` for an agent serving `domain` in `datacenter`.
 pub fn classify(name: &Name, domain: &Name, datacenter: &str) -> Classified {
+    if let Some(address) = reverse_address(name) {
+        return Classified::Ours(Lookup::Reverse(address));
+    }
     let Some(labels) = name.strip_suffix(domain) else {
         return Classified::NotOurs;
     };
@@ -109,6 +115,34 @@ fn service(parts: &[String]) -> Option<Lookup> {
         }),
         _ => None,
     }
+}
+
+/// The address of a complete reverse name: `4.3.2.1.in-addr.arpa` → 1.2.3.4, or 32 nibbles
+/// under `ip6.arpa`. Partial names (a network, not an address) are `None`.
+fn reverse_address(name: &Name) -> Option<IpAddr> {
+    let arpa = |zone: &str| Name::from_dotted(zone).ok();
+    if let Some(labels) = name.strip_suffix(&arpa("in-addr.arpa")?) {
+        if labels.len() != 4 {
+            return None;
+        }
+        let mut octets = [0u8; 4];
+        for (octet, label) in octets.iter_mut().rev().zip(labels) {
+            *octet = std::str::from_utf8(label).ok()?.parse().ok()?;
+        }
+        return Some(IpAddr::V4(Ipv4Addr::from(octets)));
+    }
+    let labels = name.strip_suffix(&arpa("ip6.arpa")?)?;
+    if labels.len() != 32 {
+        return None;
+    }
+    let mut hex = String::with_capacity(32);
+    for label in labels.iter().rev() {
+        match label.as_slice() {
+            [nibble] if nibble.is_ascii_hexdigit() => hex.push(char::from(*nibble)),
+            _ => return None,
+        }
+    }
+    hex_address(&hex)
 }
 
 /// `7f000001` → 127.0.0.1; 32 hex digits → an IPv6 address.
@@ -201,6 +235,25 @@ mod tests {
         assert_eq!(classify_text("consul"), Classified::Ours(Lookup::Apex));
         assert_eq!(classify_text("foo.consul"), Classified::NoSuchName);
         assert_eq!(classify_text("example.org"), Classified::NotOurs);
+        assert_eq!(
+            classify_text("4.3.2.10.in-addr.arpa"),
+            Classified::Ours(Lookup::Reverse("10.2.3.4".parse().expect("ip")))
+        );
+        let v6: IpAddr = "fd00::1".parse().expect("ip");
+        let nibbles: String = address_hex(v6)
+            .chars()
+            .rev()
+            .map(|c| format!("{c}."))
+            .collect();
+        assert_eq!(
+            classify_text(&format!("{nibbles}ip6.arpa")),
+            Classified::Ours(Lookup::Reverse(v6))
+        );
+        assert_eq!(classify_text("3.2.10.in-addr.arpa"), Classified::NotOurs);
+        assert_eq!(
+            classify_text("300.3.2.10.in-addr.arpa"),
+            Classified::NotOurs
+        );
         assert_eq!(classify_text("consul.example.org"), Classified::NotOurs);
     }
 }

@@ -1,5 +1,6 @@
 //! Consul's DNS interface: `<service>.service.consul` (A, AAAA, SRV), tags and RFC 2782
-//! names, `<node>.node.consul`, `<hex>.addr.consul`, NXDOMAIN with the zone's SOA, and
+//! names, `<node>.node.consul`, `<hex>.addr.consul`, `consul.service.consul` (the servers),
+//! reverse lookups of node addresses, NXDOMAIN with the zone's SOA, and
 //! REFUSED outside the domain (no recursion). Every answer from the catalog carries the read's
 //! evidence as a TXT record named `_evidence.<question>` in the additional section.
 //!

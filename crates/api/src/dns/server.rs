@@ -4,7 +4,7 @@
 //! agent forwards to a server.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -270,6 +270,23 @@ impl Resolver {
                     (node, evidence) = self.node(&actual).await?;
                 }
                 Ok((Found::Node(node_record(&node)), evidence))
+            }
+            Lookup::Reverse(address) => {
+                let (nodes, evidence) = self.get("/v1/catalog/nodes?stale").await?;
+                let at = nodes
+                    .as_array()
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .filter(|n| {
+                                n["Address"].as_str().and_then(|a| a.parse::<IpAddr>().ok())
+                                    == Some(*address)
+                            })
+                            .filter_map(|n| n["Node"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok((Found::NodesAt(at), evidence))
             }
             Lookup::Addr(_) | Lookup::Apex => Err("answered without the catalog".to_string()),
         }

@@ -13,6 +13,8 @@ pub const TYPE_NS: u16 = 2;
 pub const TYPE_CNAME: u16 = 5;
 /// Record type SOA.
 pub const TYPE_SOA: u16 = 6;
+/// Record type PTR.
+pub const TYPE_PTR: u16 = 12;
 /// Record type TXT.
 pub const TYPE_TXT: u16 = 16;
 /// Record type AAAA (an IPv6 address).
@@ -423,6 +425,8 @@ pub enum RData {
     Aaaa(Ipv6Addr),
     /// An alias.
     Cname(Name),
+    /// The name at an address (reverse lookups).
+    Ptr(Name),
     /// A service location (RFC 2782).
     Srv {
         /// Lower is preferred.
@@ -462,6 +466,7 @@ impl RData {
             RData::A(_) => TYPE_A,
             RData::Aaaa(_) => TYPE_AAAA,
             RData::Cname(_) => TYPE_CNAME,
+            RData::Ptr(_) => TYPE_PTR,
             RData::Srv { .. } => TYPE_SRV,
             RData::Txt(_) => TYPE_TXT,
             RData::Soa { .. } => TYPE_SOA,
@@ -668,7 +673,7 @@ impl Writer {
         match &record.data {
             RData::A(ip) => self.out.extend_from_slice(&ip.octets()),
             RData::Aaaa(ip) => self.out.extend_from_slice(&ip.octets()),
-            RData::Cname(name) => self.name(name, true),
+            RData::Cname(name) | RData::Ptr(name) => self.name(name, true),
             RData::Srv {
                 priority,
                 weight,
