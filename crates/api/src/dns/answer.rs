@@ -368,7 +368,9 @@ fn service_answer(
     match query.question.qtype {
         TYPE_SRV => {
             for instance in instances {
-                let (target, glue) = srv_target(config, instance);
+                let Some((target, glue)) = srv_target(config, instance) else {
+                    continue;
+                };
                 response.answers.push(Record {
                     name: owner.clone(),
                     ttl,
@@ -379,38 +381,28 @@ fn service_answer(
                         target: target.clone(),
                     },
                 });
-                for address in glue {
-                    if let Some(record) = address_records(&target, &address, TYPE_ANY, ttl)
-                        && !response.additional.contains(&record)
-                    {
-                        response.additional.push(record);
-                    }
+                if let Some(record) =
+                    glue.and_then(|address| address_records(&target, &address, TYPE_ANY, ttl))
+                    && !response.additional.contains(&record)
+                {
+                    response.additional.push(record);
                 }
             }
         }
         qtype @ (TYPE_A | TYPE_AAAA | TYPE_ANY) => {
-            let mut has_ip = false;
-            for instance in instances {
-                let Some(record) = address_records(owner, instance.address(), qtype, ttl) else {
-                    continue;
-                };
-                // One name has at most one CNAME, and none beside addresses.
-                let is_alias = matches!(record.data, RData::Cname(_));
-                if is_alias && (has_ip || !response.answers.is_empty()) {
-                    continue;
-                }
-                if !is_alias
-                    && response
-                        .answers
-                        .iter()
-                        .any(|r| matches!(r.data, RData::Cname(_)))
-                {
-                    response.answers.clear();
-                }
-                has_ip |= !is_alias;
+            // Addresses, once each; a host name only if there is no address, and only one
+            // (a name has at most one CNAME, and none beside other records).
+            let (aliases, addresses): (Vec<Record>, Vec<Record>) = instances
+                .iter()
+                .filter_map(|instance| address_records(owner, instance.address(), qtype, ttl))
+                .partition(|record| matches!(record.data, RData::Cname(_)));
+            for record in addresses {
                 if !response.answers.contains(&record) {
                     response.answers.push(record);
                 }
+            }
+            if response.answers.is_empty() {
+                response.answers.extend(aliases.into_iter().take(1));
             }
         }
         _ => {}
@@ -421,36 +413,27 @@ fn service_answer(
     response
 }
 
-/// An SRV target and the addresses to add for it: the node's name, unless the instance has
-/// its own address (then that address spelled under `.addr`, or its host name).
-fn srv_target(config: &DnsConfig, instance: &Instance) -> (Name, Vec<String>) {
-    let dc = Name::from_dotted(&config.datacenter).unwrap_or_default();
+/// An SRV target and the address to add for it: the node's name, unless the instance has
+/// its own address (or the node's name is no DNS name); then the address spelled under
+/// `.addr`, or the host name it is. `None` when no name can be made.
+fn srv_target(config: &DnsConfig, instance: &Instance) -> Option<(Name, Option<String>)> {
     let under = |label: &str, kind: &str| {
         Name::from_dotted(label)
             .and_then(|name| name.join(&Name::from_dotted(kind)?))
-            .and_then(|name| name.join(&dc))
+            .and_then(|name| name.join(&Name::from_dotted(&config.datacenter)?))
             .and_then(|name| name.join(&config.domain))
+            .ok()
     };
     let own = &instance.service_address;
-    if !own.is_empty() && own != &instance.node_address {
-        return match own.parse::<IpAddr>() {
-            Ok(ip) => match under(&address_hex(ip), "addr") {
-                Ok(target) => (target, vec![own.clone()]),
-                Err(_) => (Name::root(), Vec::new()),
-            },
-            Err(_) => (Name::from_dotted(own).unwrap_or_default(), Vec::new()),
-        };
+    if (own.is_empty() || own == &instance.node_address)
+        && let Some(target) = under(&instance.node, "node")
+    {
+        return Some((target, Some(instance.node_address.clone())));
     }
-    match under(&instance.node, "node") {
-        Ok(target) => (target, vec![instance.node_address.clone()]),
-        // A node name that is no DNS label: point at its address instead.
-        Err(_) => match instance.node_address.parse::<IpAddr>() {
-            Ok(ip) => match under(&address_hex(ip), "addr") {
-                Ok(target) => (target, vec![instance.node_address.clone()]),
-                Err(_) => (Name::root(), Vec::new()),
-            },
-            Err(_) => (Name::root(), Vec::new()),
-        },
+    let address = instance.address();
+    match address.parse::<IpAddr>() {
+        Ok(ip) => Some((under(&address_hex(ip), "addr")?, Some(address.to_string()))),
+        Err(_) => Some((Name::from_dotted(address).ok()?, None)),
     }
 }
 
@@ -556,6 +539,29 @@ mod tests {
         assert_eq!(udp[2] & 0x02, 0, "no TC bit");
         let tcp = resolve("web.service.consul", TYPE_A, Transport::Tcp, found);
         assert_eq!(count(&tcp, 0), 10);
+    }
+
+    #[test]
+    fn dns_answer_host_names_are_one_cname_and_only_without_addresses() {
+        let hosts = Found::Instances(vec![
+            instance("n1", "10.0.0.1", "db1.example.com", 80),
+            instance("n2", "10.0.0.2", "db2.example.com", 80),
+        ]);
+        let a = resolve("db.service.consul", TYPE_A, Transport::Tcp, hosts.clone());
+        assert_eq!(count(&a, 0), 1, "one CNAME");
+        let srv = resolve("db.service.consul", TYPE_SRV, Transport::Tcp, hosts);
+        assert_eq!(
+            (count(&srv, 0), count(&srv, 2)),
+            (2, 0),
+            "host targets, no glue"
+        );
+        let mixed = Found::Instances(vec![
+            instance("n1", "10.0.0.1", "db1.example.com", 80),
+            instance("n2", "10.0.0.2", "", 80),
+        ]);
+        let a = resolve("db.service.consul", TYPE_A, Transport::Tcp, mixed);
+        assert_eq!(count(&a, 0), 1, "the address, no CNAME beside it");
+        assert_eq!(&a[a.len() - 4..], &[10, 0, 0, 2]);
     }
 
     #[test]
