@@ -197,19 +197,14 @@ fn now_s() -> u64 {
 
 impl Resolver {
     async fn finish(&self, pending: &Pending, transport: Transport) -> Vec<u8> {
-        let (found, evidence) = match tokio::time::timeout(
-            LOOKUP_TIMEOUT,
-            self.lookup(&pending.lookup),
-        )
-        .await
-        {
-            Ok(Ok((found, evidence))) => (Ok(found), evidence),
-            Ok(Err(reason)) => {
-                tracing::debug!(name = %pending.query.question.name.to_dotted(), %reason, "DNS lookup failed");
-                (Err(()), None)
-            }
-            Err(_) => {
-                tracing::debug!(name = %pending.query.question.name.to_dotted(), "DNS lookup timed out");
+        let looked_up = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup(&pending.lookup))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
+        let (found, evidence) = match looked_up {
+            Ok((found, evidence)) => (Ok(found), evidence),
+            Err(reason) => {
+                let name = pending.query.question.name.to_dotted();
+                tracing::debug!(%name, %reason, "DNS lookup failed");
                 (Err(()), None)
             }
         };
@@ -255,16 +250,7 @@ impl Resolver {
                 let (mut node, mut evidence) = self.node(name).await?;
                 if node.is_null()
                     && let Some(actual) = self
-                        .case_match("/v1/catalog/nodes?stale", name, |v| {
-                            v.as_array()
-                                .map(|nodes| {
-                                    nodes
-                                        .iter()
-                                        .filter_map(|n| n["Node"].as_str().map(str::to_string))
-                                        .collect()
-                                })
-                                .unwrap_or_default()
-                        })
+                        .case_match("/v1/catalog/nodes?stale", name, |v| node_names(v, None))
                         .await?
                 {
                     (node, evidence) = self.node(&actual).await?;
@@ -273,20 +259,7 @@ impl Resolver {
             }
             Lookup::Reverse(address) => {
                 let (nodes, evidence) = self.get("/v1/catalog/nodes?stale").await?;
-                let at = nodes
-                    .as_array()
-                    .map(|nodes| {
-                        nodes
-                            .iter()
-                            .filter(|n| {
-                                n["Address"].as_str().and_then(|a| a.parse::<IpAddr>().ok())
-                                    == Some(*address)
-                            })
-                            .filter_map(|n| n["Node"].as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok((Found::NodesAt(at), evidence))
+                Ok((Found::NodesAt(node_names(&nodes, Some(*address))), evidence))
             }
             Lookup::Addr(_) | Lookup::Apex => Err("answered without the catalog".to_string()),
         }
@@ -351,6 +324,22 @@ impl Resolver {
         let value = serde_json::from_slice(&body).map_err(|error| format!("{path}: {error}"))?;
         Ok((value, evidence))
     }
+}
+
+/// The names in a `/v1/catalog/nodes` answer, of the nodes at `address` if given.
+fn node_names(listing: &Value, address: Option<IpAddr>) -> Vec<String> {
+    let Some(nodes) = listing.as_array() else {
+        return Vec::new();
+    };
+    nodes
+        .iter()
+        .filter(|node| {
+            address.is_none_or(|address| {
+                node["Address"].as_str().and_then(|a| a.parse().ok()) == Some(address)
+            })
+        })
+        .filter_map(|node| node["Node"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The service name under which Consul's DNS lists the servers.
