@@ -312,11 +312,7 @@ fn reverse_answer(query: &Query, config: &DnsConfig, nodes: &[String], now_s: u6
     let mut response = ours(query, Rcode::NoError);
     if matches!(query.question.qtype, TYPE_PTR | TYPE_ANY) {
         for node in nodes {
-            if let Ok(target) = Name::from_dotted(node)
-                .and_then(|name| name.join(&Name::from_dotted("node")?))
-                .and_then(|name| name.join(&Name::from_dotted(&config.datacenter)?))
-                .and_then(|name| name.join(&config.domain))
-            {
+            if let Some(target) = in_datacenter(config, node, "node") {
                 response.answers.push(Record {
                     name: query.question.name.clone(),
                     ttl: config.node_ttl_s,
@@ -417,13 +413,7 @@ fn service_answer(
 /// its own address (or the node's name is no DNS name); then the address spelled under
 /// `.addr`, or the host name it is. `None` when no name can be made.
 fn srv_target(config: &DnsConfig, instance: &Instance) -> Option<(Name, Option<String>)> {
-    let under = |label: &str, kind: &str| {
-        Name::from_dotted(label)
-            .and_then(|name| name.join(&Name::from_dotted(kind)?))
-            .and_then(|name| name.join(&Name::from_dotted(&config.datacenter)?))
-            .and_then(|name| name.join(&config.domain))
-            .ok()
-    };
+    let under = |label: &str, kind: &str| in_datacenter(config, label, kind);
     let own = &instance.service_address;
     if (own.is_empty() || own == &instance.node_address)
         && let Some(target) = under(&instance.node, "node")
@@ -435,6 +425,15 @@ fn srv_target(config: &DnsConfig, instance: &Instance) -> Option<(Name, Option<S
         Ok(ip) => Some((under(&address_hex(ip), "addr")?, Some(address.to_string()))),
         Err(_) => Some((Name::from_dotted(address).ok()?, None)),
     }
+}
+
+/// `LABEL.KIND.DC.DOMAIN.` (`n1.node.dc1.consul.`), if that is a domain name.
+fn in_datacenter(config: &DnsConfig, label: &str, kind: &str) -> Option<Name> {
+    Name::from_dotted(label)
+        .and_then(|name| name.join(&Name::from_dotted(kind)?))
+        .and_then(|name| name.join(&Name::from_dotted(&config.datacenter)?))
+        .and_then(|name| name.join(&config.domain))
+        .ok()
 }
 
 fn shuffle(instances: &mut [Instance], seed: u64) {

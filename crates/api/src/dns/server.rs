@@ -120,8 +120,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, resolver: Resolver) {
             Step::Reply(bytes) => send(&socket, &bytes, peer).await,
             Step::Resolve(pending) => {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    let mut busy = Response::to(&pending.query, Rcode::ServFail);
-                    busy.edns = false;
+                    let busy = Response::to(&pending.query, Rcode::ServFail);
                     send(&socket, &encode(&busy, UDP_BYTES_CLASSIC).bytes, peer).await;
                     continue;
                 };
