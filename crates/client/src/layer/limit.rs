@@ -1,7 +1,8 @@
 //! The adaptive concurrency limit as a tower layer over
 //! [`crate::policy::limit::ConcurrencyLimiter`]. Calls over the limit fail at once with
 //! [`Error::Limit`] (shed, not queued: queueing is what the limit exists to avoid). Every
-//! completed call is a sample; results the classifier calls failures count as drops.
+//! completed call is a sample; results the classifier calls failures count as drops; a call
+//! abandoned before it completes frees its place without a sample.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -96,9 +97,11 @@ where
             Ok(inflight) => LimitFuture {
                 inner: LimitState::Called {
                     future: self.inner.call(request),
-                    inflight,
-                    start_ns: self.shared.clock.call_now_ns(),
-                    shared: self.shared.clone(),
+                    slot: Slot {
+                        shared: Some(self.shared.clone()),
+                        inflight,
+                        start_ns: self.shared.clock.call_now_ns(),
+                    },
                     classify: self.classify.clone(),
                 },
             },
@@ -110,6 +113,48 @@ where
                     },
                 }
             }
+        }
+    }
+}
+
+/// An admitted call's place under the limit. Its completion feeds a sample and frees the
+/// place; dropped before that (the caller abandoned the call: a deadline above fired, a hedge
+/// lost), it frees the place without a sample, as Netflix's limiter ignores cancelled calls.
+/// Without this, every abandoned call would hold its place for good, and the limiter would
+/// end up refusing everything.
+struct Slot {
+    /// `None` once the call has reported.
+    shared: Option<Arc<Shared>>,
+    inflight: u32,
+    start_ns: u64,
+}
+
+impl Slot {
+    /// Ends the call with its outcome.
+    fn finish(&mut self, is_dropped: bool) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let now_ns = shared.clock.done_now_ns();
+        let sample = Sample {
+            now_ns,
+            rtt_ns: now_ns.saturating_sub(self.start_ns),
+            inflight: self.inflight,
+            is_dropped,
+        };
+        if let Some(limit) = shared.limiter.release(sample) {
+            shared.observe.sink.emit(&Event::LimitChanged {
+                name: &shared.observe.name,
+                limit,
+            });
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.limiter.cancel();
         }
     }
 }
@@ -127,7 +172,7 @@ pin_project_lite::pin_project! {
     #[project = LimitProj]
     enum LimitState<F, K> {
         /// Admitted.
-        Called { #[pin] future: F, inflight: u32, start_ns: u64, shared: Arc<Shared>, classify: K },
+        Called { #[pin] future: F, slot: Slot, classify: K },
         /// Refused.
         Rejected { error: Option<Error> },
     }
@@ -148,25 +193,11 @@ where
             }
             LimitProj::Called {
                 future,
-                inflight,
-                start_ns,
-                shared,
+                slot,
                 classify,
             } => {
                 let result = std::task::ready!(future.poll(cx));
-                let now_ns = shared.clock.done_now_ns();
-                let sample = Sample {
-                    now_ns,
-                    rtt_ns: now_ns.saturating_sub(*start_ns),
-                    inflight: *inflight,
-                    is_dropped: classify.is_failure(&result),
-                };
-                if let Some(limit) = shared.limiter.release(sample) {
-                    shared.observe.sink.emit(&Event::LimitChanged {
-                        name: &shared.observe.name,
-                        limit,
-                    });
-                }
+                slot.finish(classify.is_failure(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
         }

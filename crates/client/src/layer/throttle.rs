@@ -2,7 +2,9 @@
 //! [`crate::policy::throttle::Throttle`]: requests are rejected locally with probability
 //! `max(0, (requests − K·accepts) / (requests + 1))`, so a backend that refuses most work is
 //! not also buried under the requests it refuses. A result counts as accepted unless the
-//! classifier calls it a failure (overload rejections, timeouts).
+//! classifier calls it a failure (overload rejections, timeouts). A call abandoned before it
+//! completes (a deadline above it fired) was not accepted either: it stays a request with no
+//! accept, as a timeout would.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -391,6 +391,20 @@ impl ConcurrencyLimiter {
         (new != old).then_some(new)
     }
 
+    /// Ends a call started by [`ConcurrencyLimiter::try_acquire`] that was abandoned before
+    /// it completed: it leaves the count of calls in flight and is no sample (its RTT is
+    /// unknown, and a cancellation says nothing about the limit).
+    ///
+    /// # Panics
+    /// Panics if no call was in flight.
+    pub fn cancel(&self) {
+        let before = self.state.fetch_sub(1, Ordering::AcqRel);
+        assert!(
+            inflight_of(before) > 0,
+            "limiter cancelled more calls than it admitted"
+        );
+    }
+
     /// Replaces the limit by `next(limit)` (retried if another release moved it meanwhile),
     /// keeping the calls in flight; the new limit if it changed.
     fn update_limit(&self, next: impl Fn(u32) -> u32) -> Option<u32> {

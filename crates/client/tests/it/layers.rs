@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -417,6 +418,44 @@ async fn limit_layer_refuses_over_limit_and_exports_limit() {
         "limit {}",
         layer.limiter().limit()
     );
+}
+
+/// A call abandoned before it finished (a deadline above it fired, a hedge lost, the caller
+/// went away) gives its slot back, and says nothing about the limit: otherwise every
+/// timeout would leak a slot until the limiter refused everything, for good.
+#[tokio::test(start_paused = true)]
+async fn limit_layer_gets_its_slot_back_from_a_cancelled_call() {
+    let never = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
+    let config = LimitConfig {
+        limit_initial: 2,
+        limit_min: 1,
+        limit_max: 100,
+        algorithm: LimitAlgorithm::aimd(),
+    };
+    let layer = LimitLayer::new(
+        ConcurrencyLimiter::new(config),
+        Observe::silent("limit"),
+        Clock::tokio(),
+    );
+    let service = layer.layer(never);
+    for round in 0..10 {
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(5), service.clone().oneshot(())).await;
+        assert!(timed_out.is_err(), "round {round}: the call never finishes");
+        assert_eq!(
+            layer.limiter().inflight(),
+            0,
+            "round {round}: the abandoned call still holds a slot"
+        );
+    }
+    assert_eq!(layer.limiter().limit(), 2, "a cancellation is no sample");
+    // Polled once (so admitted) and then dropped.
+    let mut call = Box::pin(service.clone().oneshot(()));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    assert_eq!(layer.limiter().inflight(), 1);
+    drop(call);
+    assert_eq!(layer.limiter().inflight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
