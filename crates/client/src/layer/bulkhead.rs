@@ -38,6 +38,15 @@ impl Drop for Slot {
     }
 }
 
+/// A place in the wait queue, left when dropped (the wait ended, or the caller abandoned it).
+struct QueuePlace(Arc<Shared>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.bulkhead.dequeue();
+    }
+}
+
 /// Limits concurrent calls, with a bounded wait queue.
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
@@ -121,6 +130,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = shared.clone();
+        // Moved into the wait: an abandoned wait leaves the queue too.
+        let place = QueuePlace(shared.clone());
         let timeout = Duration::from_nanos(shared.bulkhead.config().queue_timeout_ns);
         BulkheadFuture {
             inner: BulkheadState::Queued {
@@ -135,7 +146,7 @@ where
                         }
                     })
                     .await;
-                    shared.bulkhead.dequeue();
+                    drop(place);
                     if acquired.is_err() {
                         shared.observe.reject(LayerKind::Bulkhead, "queue-timeout");
                         return Err(Error::Bulkhead(BulkheadRejection::QueueTimeout).into());

@@ -666,3 +666,78 @@ async fn keyed_rate_layer_limits_each_key_alone() {
             .is_ok()
     );
 }
+
+/// Cancelled calls give back what they held in the other stateful layers too: a bulkhead
+/// slot (running or queued) and a half-open breaker's probe.
+#[tokio::test(start_paused = true)]
+async fn cancelled_calls_give_back_bulkhead_slots_and_breaker_probes() {
+    let never = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
+    let config = BulkheadConfig {
+        concurrency_max: 1,
+        queue_max: 1,
+        queue_timeout_ns: 10_000_000_000,
+    };
+    let bulkhead = BulkheadLayer::new(config, Observe::silent("bulk"));
+    let service = bulkhead.layer(never);
+    let running = tokio::spawn(service.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    let queued = tokio::spawn(service.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        (bulkhead.bulkhead().inflight(), bulkhead.bulkhead().queued()),
+        (1, 1)
+    );
+    queued.abort();
+    assert!(queued.await.is_err_and(|e| e.is_cancelled()));
+    assert_eq!(bulkhead.bulkhead().queued(), 0, "the queued place is back");
+    running.abort();
+    assert!(running.await.is_err_and(|e| e.is_cancelled()));
+    assert_eq!(
+        bulkhead.bulkhead().inflight(),
+        0,
+        "the running slot is back"
+    );
+
+    // A breaker tripped by failures, then half-open with one probe: a cancelled probe lets
+    // the next call probe instead of leaving the breaker waiting for a result forever.
+    let fail_then_hang = {
+        let calls = Arc::new(AtomicU32::new(0));
+        service_fn(move |_: ()| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 5 {
+                    Err::<(), BoxError>("down".into())
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+    };
+    let config = BreakerConfig {
+        window: WindowKind::Count { calls: 10 },
+        calls_min: 5,
+        open_ns: 1_000_000_000,
+        half_open_probes: 1,
+        ..BreakerConfig::default()
+    };
+    let breaker = BreakerLayer::with_clock(
+        Breaker::new(config).expect("valid"),
+        Observe::silent("dep"),
+        Clock::tokio(),
+    );
+    let service = breaker.layer(fail_then_hang);
+    for _ in 0..5 {
+        assert!(service.clone().oneshot(()).await.is_err());
+    }
+    assert_eq!(breaker.breaker().state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    for round in 0..3 {
+        let probe =
+            tokio::time::timeout(Duration::from_millis(5), service.clone().oneshot(())).await;
+        assert!(
+            probe.is_err(),
+            "round {round}: the probe was admitted (it hangs) rather than refused"
+        );
+    }
+    assert_eq!(breaker.breaker().state(), BreakerState::HalfOpen);
+}
