@@ -205,6 +205,14 @@ impl<K: Hash + Eq + Clone, S: Clone, C> Balance<K, S, C> {
         self.len() == 0
     }
 
+    /// Calls picked for endpoint `key` that have not reported back yet (`None` if `key` is
+    /// unknown).
+    pub fn pending(&self, key: &K) -> Option<u32> {
+        let table = self.shared.lock().clone();
+        let index = *table.index_of.get(key)?;
+        Some(table.balancer.pending(index))
+    }
+
     /// Runs success-rate outlier detection over the interval since the last run.
     pub fn handle_interval(&self) {
         let table = self.shared.lock().clone();

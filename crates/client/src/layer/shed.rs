@@ -70,6 +70,11 @@ impl ShedLayer {
             shared: Arc::new(shared),
         }
     }
+
+    /// The shared shedder (its `inflight()` counts the calls running under it).
+    pub fn shedder(&self) -> &PriorityShedder {
+        &self.shared.shedder
+    }
 }
 
 impl<S> Layer<S> for ShedLayer {

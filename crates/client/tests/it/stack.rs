@@ -134,3 +134,136 @@ async fn balance_survives_removal_during_calls() {
         assert_ne!(answer, 0, "the removed endpoint gets no calls");
     }
 }
+
+/// Every stateful layer returns to idle after calls that end any way they can: answered,
+/// failed, refused, cut off by their deadline, or aborted by the caller mid-flight. A place
+/// leaked by one abandoned call is invisible at first and, a few thousand timeouts later,
+/// refuses everything: this drives 2,000 such calls through deadline + shed + bulkhead +
+/// limit + breaker + balancer over three endpoints with random latencies, then checks that
+/// nothing is still counted.
+#[tokio::test(start_paused = true)]
+async fn every_layer_returns_to_idle_after_cancelled_calls() {
+    use colony_base::SplitMix64;
+    use colony_client::layer::bulkhead::BulkheadLayer;
+    use colony_client::layer::limit::LimitLayer;
+    use colony_client::layer::shed::{HasPriority, ShedLayer, ShedLimit};
+    use colony_client::policy::bulkhead::BulkheadConfig;
+    use colony_client::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig};
+    use colony_client::policy::shed::{Priority, ShedConfig};
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        latency_ms: u64,
+        fails: bool,
+    }
+    impl HasPriority for Call {
+        fn priority(&self) -> Priority {
+            Priority::Normal
+        }
+    }
+
+    let clock = Clock::tokio();
+    let balance = Balance::new(
+        BalanceConfig::default(),
+        Observe::silent("balance"),
+        clock.clone(),
+        7,
+    );
+    let keys: Vec<String> = (0..3).map(|i| format!("10.0.0.{i}:8500")).collect();
+    for key in &keys {
+        let endpoint = service_fn(|call: WithDeadline<Call>| async move {
+            tokio::time::sleep(Duration::from_millis(call.request.latency_ms)).await;
+            if call.request.fails {
+                Err::<(), BoxError>("failed".into())
+            } else {
+                Ok(())
+            }
+        });
+        balance.update(Change::Insert(key.clone(), None, endpoint));
+    }
+    let shed = ShedLayer::new(
+        ShedConfig::default(),
+        ShedLimit::Fixed(150),
+        Observe::silent("shed"),
+    );
+    let bulkhead = BulkheadLayer::new(
+        BulkheadConfig {
+            concurrency_max: 60,
+            queue_max: 20,
+            queue_timeout_ns: 30_000_000,
+        },
+        Observe::silent("bulkhead"),
+    );
+    let limit = LimitLayer::new(
+        ConcurrencyLimiter::new(LimitConfig {
+            limit_initial: 40,
+            limit_min: 10,
+            limit_max: 200,
+            algorithm: LimitAlgorithm::vegas(),
+        }),
+        Observe::silent("limit"),
+        clock.clone(),
+    );
+    let breaker = BreakerLayer::with_clock(
+        Breaker::new(BreakerConfig::default()).expect("valid"),
+        Observe::silent("breaker"),
+        clock.clone(),
+    );
+    let stack = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_millis(50), clock.clone()))
+        .layer(shed.clone())
+        .layer(bulkhead.clone())
+        .layer(limit.clone())
+        .layer(breaker)
+        .service(balance.clone());
+
+    let mut rng = SplitMix64::new(42);
+    let mut tasks = Vec::new();
+    for _ in 0..2_000 {
+        let call = Call {
+            // Up to 100 ms, over a 50 ms deadline: about half the calls are cut off.
+            latency_ms: rng.below(100),
+            fails: rng.below(10) == 0,
+        };
+        let abort_after_ms = (rng.below(4) == 0).then(|| rng.below(60));
+        let task = tokio::spawn(stack.clone().oneshot(WithDeadline {
+            request: call,
+            deadline: None,
+        }));
+        if let Some(ms) = abort_after_ms {
+            let handle = task.abort_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                handle.abort();
+            });
+        }
+        tasks.push(task);
+        // About one call per millisecond: some 50 in flight, near the limits.
+        tokio::time::sleep(Duration::from_millis(rng.below(3))).await;
+    }
+    let mut ended = [0usize; 3];
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => ended[0] += 1,
+            Ok(Err(_)) => ended[1] += 1,
+            Err(error) => {
+                assert!(error.is_cancelled(), "a call panicked: {error}");
+                ended[2] += 1;
+            }
+        }
+    }
+    assert!(
+        ended.iter().all(|n| *n > 100),
+        "answered, failed or refused, aborted: {ended:?} (each way must be exercised)"
+    );
+    assert_eq!(limit.limiter().inflight(), 0, "limit");
+    assert_eq!(
+        (bulkhead.bulkhead().inflight(), bulkhead.bulkhead().queued()),
+        (0, 0),
+        "bulkhead"
+    );
+    assert_eq!(shed.shedder().inflight(), 0, "shed");
+    for key in &keys {
+        assert_eq!(balance.pending(key), Some(0), "balancer pending for {key}");
+    }
+}
