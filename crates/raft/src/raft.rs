@@ -991,7 +991,7 @@ impl Raft {
     }
 
     /// Raft §5.1 term rules, with pre-vote and stickiness: adopts a higher term (except for
-    /// pre-votes, and votes inside the leader lease), answers stale leaders and pre-votes with
+    /// pre-votes, and, inside the leader lease, anything not sent by a leader), answers stale leaders and pre-votes with
     /// the current term. Returns whether the message is for the current term and goes on.
     fn admit_term(&mut self, now_ms: u64, from: u64, message: &Message) -> bool {
         let term = message.term();
@@ -1000,6 +1000,27 @@ impl Raft {
                 Message::PreVote { .. } => {}
                 Message::PreVoteResponse { granted: true, .. } => {}
                 Message::Vote { is_transfer, .. } if !is_transfer && self.is_in_lease(now_ms) => {
+                    return false;
+                }
+                // Only a leader's message proves the leader this node follows was deposed.
+                // Anything else with a higher term (a late answer to a pre-vote this node sent
+                // before it heard its leader again, rejected by a candidate already in the
+                // next term; a late answer to appends it sent as an earlier leader) says only
+                // that someone campaigns. Adopting that term inside the lease would clear
+                // the leader and the vote, and the node could then vote in that term while
+                // its leader still counts its last answer towards its lease.
+                // A leadership transfer's vote goes through: the leader asked for it.
+                m if !m.is_from_leader()
+                    && !matches!(
+                        m,
+                        Message::Vote {
+                            is_transfer: true,
+                            ..
+                        }
+                    )
+                    && self.role != Role::Leader
+                    && self.is_in_lease(now_ms) =>
+                {
                     return false;
                 }
                 _ => {

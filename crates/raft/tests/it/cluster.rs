@@ -172,6 +172,9 @@ pub struct Cluster {
     pub acked: BTreeSet<u64>,
     pub steps: u64,
     pub stats: Stats,
+    /// `RAFT_TRACE=1`: print every delivered message, crash, restart, partition and role
+    /// change on standard error (replay one seed with it to see what led to a failure).
+    tracing: bool,
     /// ReadIndex answers handed out, per node.
     pub read_states: Vec<(u64, ReadState)>,
     /// ReadIndex requests in flight: context -> length of the committed log when asked.
@@ -295,6 +298,7 @@ impl Cluster {
             blocked: BTreeSet::new(),
             compact_threshold: 40,
             restarts: 0,
+            tracing: std::env::var("RAFT_TRACE").is_ok_and(|v| v == "1"),
             next_value: 1,
             leaders: BTreeMap::new(),
             committed: Vec::new(),
@@ -392,6 +396,15 @@ impl Cluster {
                 continue;
             }
             let now = self.now_ms;
+            if self.tracing {
+                let text = format!("{:?}", message.message);
+                eprintln!(
+                    "{now:>6} {} -> {}: {}",
+                    message.from,
+                    message.to,
+                    &text[..text.len().min(160)]
+                );
+            }
             if let Some(raft) = self.node_mut(message.to) {
                 raft.handle_message(now, message.from, message.message);
                 raft.check_invariants();
@@ -551,7 +564,14 @@ impl Cluster {
 
     // ----- faults ----------------------------------------------------------------------
 
+    fn trace(&self, event: String) {
+        if self.tracing {
+            eprintln!("{:>6} {event}", self.now_ms);
+        }
+    }
+
     pub fn crash(&mut self, id: u64) {
+        self.trace(format!("crash {id}"));
         self.stats.crashes += 1;
         self.nodes.insert(id, None);
         if let Some(kv) = &mut self.kv {
@@ -561,6 +581,7 @@ impl Cluster {
 
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes[&id].is_none(), "restart of a live node");
+        self.trace(format!("restart {id}"));
         self.restarts += 1;
         self.stats.restarts += 1;
         let disk = &self.disks[&id];
@@ -600,6 +621,7 @@ impl Cluster {
     }
 
     pub fn heal(&mut self) {
+        self.trace("heal".to_string());
         self.blocked.clear();
     }
 
@@ -819,6 +841,7 @@ impl Cluster {
         }
         if self.chance(self.faults.partition_per_mille) {
             self.random_partition();
+            self.trace(format!("partition, blocked {:?}", self.blocked));
         }
         if self.chance(self.faults.heal_per_mille) {
             self.heal();
@@ -892,6 +915,9 @@ impl Cluster {
             let raft = self.node(id).expect("live");
             if raft.role() == Role::Leader {
                 let term = raft.term();
+                if self.tracing && !self.leaders.contains_key(&term) {
+                    eprintln!("{:>6} leader {id} in term {term}", self.now_ms);
+                }
                 let previous = *self.leaders.entry(term).or_insert(id);
                 assert_eq!(
                     previous, id,

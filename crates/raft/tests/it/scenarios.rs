@@ -1193,3 +1193,69 @@ fn restarted_follower_does_not_vote_inside_the_leaders_lease() {
         );
     }
 }
+
+/// Found by a 40,000-seed sweep (seed 27173): a follower campaigned (its pre-vote went out),
+/// then heard its leader again and answered the heartbeat — which the leader counts towards
+/// its lease. A late answer to the pre-vote arrived, rejected by a candidate already in the
+/// next term; adopting that term made the follower forget its leader, and it then voted in
+/// that term while the old leader's lease still counted on it. Only a leader's message may
+/// move a follower inside its leader's lease to a higher term.
+#[test]
+fn a_late_rejected_pre_vote_answer_does_not_move_a_follower_out_of_its_leaders_lease() {
+    let mut cluster = quiet_cluster(3, 1);
+    let leader = elect(&mut cluster);
+    propose_and_commit(&mut cluster, 1);
+    let follower = cluster
+        .live_ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let candidate = cluster
+        .live_ids()
+        .into_iter()
+        .find(|&id| id != leader && id != follower)
+        .expect("another follower");
+    let now = cluster.now_ms;
+    let raft = cluster.node_mut(follower).expect("up");
+    let term = raft.term();
+    let (last_index, last_term) = (raft.last_index(), term);
+    raft.handle_message(
+        now,
+        leader,
+        Message::Heartbeat {
+            term,
+            commit: raft.commit_index(),
+            read_seq: 1_000,
+        },
+    );
+    raft.handle_message(
+        now + 1,
+        candidate,
+        Message::PreVoteResponse {
+            term: term + 1,
+            granted: false,
+        },
+    );
+    raft.handle_message(
+        now + 2,
+        candidate,
+        Message::Vote {
+            term: term + 1,
+            last_index,
+            last_term,
+            is_transfer: false,
+        },
+    );
+    assert_eq!(
+        (raft.term(), raft.leader()),
+        (term, Some(leader)),
+        "the follower keeps its term and its leader"
+    );
+    let ready = raft.ready();
+    let granted = ready
+        .messages
+        .iter()
+        .chain(&ready.leader_messages)
+        .any(|m| matches!(m.message, Message::VoteResponse { granted: true, .. }));
+    assert!(!granted, "no vote inside the leader's lease");
+}
