@@ -148,6 +148,22 @@ enum KvCommand {
         #[arg(long)]
         separator: Option<String>,
     },
+    /// Print every key under a prefix as JSON, in `consul kv export`'s format (an array of
+    /// {"key", "flags", "value"} with base64 values), to move trees between clusters.
+    Export {
+        /// The prefix (all keys if omitted).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Write the keys of a `kv export` document (colony's or Consul's). The whole document
+    /// is checked before anything is written; keys are written in transactions of 64.
+    Import {
+        /// The document: @FILE to read a file, - to read standard input, or the JSON itself.
+        data: String,
+        /// Put this before every imported key.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +304,10 @@ async fn kv(client: &ApiClient, command: KvCommand, json: bool) -> anyhow::Resul
                     if recurse { " (recursively)" } else { "" }
                 );
             }
+        }
+        KvCommand::Export { prefix } => crate::kv_transfer::export(client, &prefix).await?,
+        KvCommand::Import { data, prefix } => {
+            crate::kv_transfer::import(client, &data, &prefix, json).await?;
         }
         KvCommand::List { prefix, separator } => {
             let mut path = format!("/v1/kv/{}?keys", encode_key(&prefix));

@@ -5,6 +5,7 @@ mod bench;
 mod bench_etcd;
 mod cli;
 mod client;
+mod kv_transfer;
 mod plot;
 mod sim_cmd;
 

@@ -13,6 +13,8 @@ fn cli_every_command_has_help() {
         &["kv", "put"],
         &["kv", "delete"],
         &["kv", "list"],
+        &["kv", "export"],
+        &["kv", "import"],
         &["services"],
         &["services", "register"],
         &["catalog"],
@@ -74,6 +76,66 @@ fn cli_kv_round_trip_and_json_output() {
     let (code, _, err) = cli(agent.addr, &["kv", "get", "app/name"]);
     assert_ne!(code, 0);
     assert!(err.contains("no key"), "{err}");
+}
+
+/// `kv export` writes Consul's export format; `kv import` reads it back (under another
+/// prefix), reads Consul's own documents (any field case), and refuses a bad document
+/// before writing anything.
+#[test]
+fn cli_kv_export_and_import_move_a_tree_in_consuls_format() {
+    let agent = Agent::start();
+    // A binary value, flags, and a "folder" key with no value.
+    assert_eq!(
+        agent
+            .put("/v1/kv/app/bin?flags=42", &[0, 159, 146, 150])
+            .status,
+        200
+    );
+    assert_eq!(agent.put("/v1/kv/app/text", b"hello").status, 200);
+    assert_eq!(agent.put("/v1/kv/app/dir/", b"").status, 200);
+    assert_eq!(agent.put("/v1/kv/other", b"x").status, 200);
+    let (code, out, err) = cli(agent.addr, &["kv", "export", "app/"]);
+    assert_eq!(code, 0, "{err}");
+    let document: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let entries = document.as_array().expect("an array");
+    assert_eq!(entries.len(), 3, "{out}");
+    assert_eq!(
+        entries[0],
+        serde_json::json!({"key": "app/bin", "flags": 42, "value": "AJ+Slg=="})
+    );
+    assert_eq!(
+        entries[1]["value"], "",
+        "a folder key exports an empty value"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tree.json");
+    std::fs::write(&file, &out).expect("write");
+    let at_file = format!("@{}", file.display());
+    let (code, out, err) = cli(agent.addr, &["kv", "import", &at_file, "--prefix", "copy/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 3 keys"), "{out}");
+    let copied = agent.get("/v1/kv/copy/app/bin").json();
+    assert_eq!(copied[0]["Value"], "AJ+Slg==");
+    assert_eq!(copied[0]["Flags"], 42);
+    assert_eq!(agent.get("/v1/kv/copy/app/text?raw").text(), "hello");
+    assert_eq!(agent.get("/v1/kv/copy/app/dir/").status, 200);
+
+    // A document as Consul's Go code may write it, field names in any case.
+    let consul = r#"[{"Key": "from-consul/a", "Flags": 1, "Value": "b25l"}]"#;
+    let (code, _, err) = cli(agent.addr, &["kv", "import", consul]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(agent.get("/v1/kv/from-consul/a?raw").text(), "one");
+
+    // The second entry is bad: nothing is written, and the error says where.
+    let bad = r#"[{"key": "bad/first", "value": "eA=="}, {"key": "bad/second", "value": "%%"}]"#;
+    let (code, _, err) = cli(agent.addr, &["kv", "import", bad]);
+    assert_ne!(code, 0);
+    assert!(err.contains("entry 1") && err.contains("base64"), "{err}");
+    assert_eq!(agent.get("/v1/kv/bad/first").status, 404, "nothing written");
+    let (code, _, err) = cli(agent.addr, &["kv", "import", "{\"key\": 1}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("JSON array"), "{err}");
 }
 
 #[test]
