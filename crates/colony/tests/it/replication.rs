@@ -920,3 +920,98 @@ fn replication_compacted_logs_catch_up_a_lagging_server_by_snapshot() {
         .expect("read");
     assert_eq!((status, first.as_str()), (200, "v0"));
 }
+
+/// A rolling restart, as an upgrade does it: each server in turn gets SIGTERM (a server does
+/// not leave the cluster on it, as Consul's servers do not), exits, and starts again on its
+/// data dir; the next one goes only once the restarted server is back among the voters and
+/// has caught up. Writes go on throughout, to whichever server answers. At the end every
+/// acknowledged write reads back from every server, and the three are still the voters.
+#[test]
+fn replication_rolling_restart_keeps_every_write_and_every_voter() {
+    use rustix::process::Signal;
+    let mut cluster = Cluster::start(3, &[]);
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..3 {
+        write_keys(&cluster, &mut acknowledged, 20);
+        signal(&cluster.servers[round], Signal::TERM);
+        let mut child = cluster.servers[round].child.take().expect("running");
+        let exited = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                exited.elapsed() < Duration::from_secs(10),
+                "s{} did not stop on SIGTERM",
+                round + 1
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "s{} exited with {status}", round + 1);
+        write_keys(&cluster, &mut acknowledged, 20);
+        let seed = cluster.servers[(round + 1) % 3].gossip;
+        cluster.servers[round].start(3, Some(seed), &[]);
+        cluster.wait_for_leader(&[], Duration::from_secs(20));
+        let last = acknowledged.last().expect("writes").clone();
+        let restarted = &cluster.servers[round];
+        wait_until(
+            "the restarted server to be a voter again and caught up",
+            Duration::from_secs(20),
+            || {
+                restarted.peers().len() == 3
+                    && restarted
+                        .get_text(&format!("/v1/kv/{last}?stale"))
+                        .is_some_and(|(status, _)| status == 200)
+            },
+        );
+    }
+    write_keys(&cluster, &mut acknowledged, 20);
+    for server in &cluster.servers {
+        assert_eq!(
+            server.peers().len(),
+            3,
+            "{}: {:?}",
+            server.name,
+            server.peers()
+        );
+        for key in &acknowledged {
+            let read = server.get_text(&format!("/v1/kv/{key}?raw&consistent"));
+            assert_eq!(
+                read,
+                Some((200, key.clone())),
+                "{} lost {key}\n{}",
+                server.name,
+                cluster.dump_logs()
+            );
+        }
+    }
+}
+
+/// Writes `count` new keys through any running server, retrying each (an election may be
+/// under way) for up to ten election timeouts; adds them to `acknowledged`.
+fn write_keys(cluster: &Cluster, acknowledged: &mut Vec<String>, count: usize) {
+    for _ in 0..count {
+        let key = format!("rolling/k{}", acknowledged.len());
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let running: Vec<&Server> = cluster
+                .servers
+                .iter()
+                .filter(|s| s.child.is_some())
+                .collect();
+            let server = running[attempt % running.len()];
+            attempt += 1;
+            if server.put(&key, &key) == Some(200) {
+                acknowledged.push(key);
+                break;
+            }
+            assert!(
+                start.elapsed() < 10 * ELECTION_TIMEOUT,
+                "no server took {key} within ten election timeouts\n{}",
+                cluster.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
