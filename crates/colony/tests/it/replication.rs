@@ -1015,3 +1015,53 @@ fn write_keys(cluster: &Cluster, acknowledged: &mut Vec<String>, count: usize) {
         }
     }
 }
+
+/// The whole cluster loses power: every server is SIGKILLed at once, then all start again
+/// together on their data dirs. They must come back as the same cluster — not bootstrap a
+/// second history, although each sees the other two and `--bootstrap-expect 3` again — and
+/// keep every acknowledged write at its index.
+#[test]
+fn replication_whole_cluster_crash_and_restart_keeps_its_history() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut acknowledged: Vec<String> = Vec::new();
+    write_keys(&cluster, &mut acknowledged, 60);
+    let first = acknowledged[0].clone();
+    let index_of = |server: &Server, key: &str| -> Option<u64> {
+        let response = http(server.http, "GET", &format!("/v1/kv/{key}?stale"), b"").ok()?;
+        (response.status == 200).then(|| response.json()[0]["ModifyIndex"].as_u64())?
+    };
+    let first_index = index_of(&cluster.servers[0], &first).expect("written");
+    for server in &mut cluster.servers {
+        server.kill();
+    }
+    let seed = cluster.servers[0].gossip;
+    for (i, server) in cluster.servers.iter_mut().enumerate() {
+        server.start(3, (i > 0).then_some(seed), &[]);
+    }
+    cluster.wait_for_leader(&[], Duration::from_secs(30));
+    write_keys(&cluster, &mut acknowledged, 10);
+    for server in &cluster.servers {
+        assert_eq!(
+            server.peers().len(),
+            3,
+            "{}: {:?}",
+            server.name,
+            server.peers()
+        );
+        assert_eq!(
+            index_of(server, &first),
+            Some(first_index),
+            "{}: the first write keeps its index (one history)",
+            server.name
+        );
+        for key in &acknowledged {
+            assert_eq!(
+                server.get_text(&format!("/v1/kv/{key}?raw&consistent")),
+                Some((200, key.clone())),
+                "{} lost {key}\n{}",
+                server.name,
+                cluster.dump_logs()
+            );
+        }
+    }
+}
