@@ -808,6 +808,16 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
                 }
             }
             let status = replicated.status();
+            // A voter that no member announces any more is as dead as a failed one: its
+            // server came back under a new ID after losing its data dir (the new ID is
+            // added as a voter; the old one must go, or it stays a dead voter for good), or
+            // membership forgot it. Its clock starts when this server first notices.
+            for &id in &status.voters {
+                if !alive_servers.contains(&id) {
+                    failed_since.entry(id).or_insert_with(crate::agent::wall_ms);
+                }
+            }
+            failed_since.retain(|id, _| status.voters.contains(id));
             if !status.is_member && bootstrap_expect > 0 {
                 alive_servers.sort_unstable();
                 alive_servers.dedup();

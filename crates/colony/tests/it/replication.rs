@@ -1065,3 +1065,55 @@ fn replication_whole_cluster_crash_and_restart_keeps_its_history() {
         }
     }
 }
+
+/// The voters' IDs in a server's Raft configuration.
+fn voter_ids(server: &Server) -> Vec<String> {
+    server
+        .get_text("/v1/operator/raft/configuration")
+        .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| {
+            config["Servers"].as_array().map(|servers| {
+                servers
+                    .iter()
+                    .filter_map(|s| s["ID"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A failed disk replaced: a server comes back under the same name and addresses with an
+/// empty data dir, hence a new Raft ID. The leader adds the new ID; the old one, which no
+/// member of the cluster announces any more, counts as a dead server and is removed after
+/// the cleanup time — it must not stay a voter forever, where one more failure would cost
+/// the quorum of four.
+#[test]
+fn replication_a_server_replaced_with_an_empty_disk_takes_over_its_old_place() {
+    let mut cluster = Cluster::start(3, &["--dead-server-cleanup", "1s"]);
+    let before = voter_ids(&cluster.servers[0]);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let replaced = &mut cluster.servers[2];
+    replaced.kill();
+    std::fs::remove_dir_all(&replaced.data_dir).expect("wipe the data dir");
+    let seed = cluster.servers[0].gossip;
+    cluster.servers[2].start(3, Some(seed), &["--dead-server-cleanup", "1s"]);
+    wait_until(
+        "three voters: the two that stayed and the replaced server's new ID",
+        Duration::from_secs(30),
+        || {
+            let now = voter_ids(&cluster.servers[0]);
+            let kept = now.iter().filter(|id| before.contains(id)).count();
+            now.len() == 3 && kept == 2 && voter_ids(&cluster.servers[2]) == now
+        },
+    );
+    let mut acknowledged = Vec::new();
+    write_keys(&cluster, &mut acknowledged, 10);
+    for key in &acknowledged {
+        assert_eq!(
+            cluster.servers[2].get_text(&format!("/v1/kv/{key}?raw&consistent")),
+            Some((200, key.clone())),
+            "{}",
+            cluster.dump_logs()
+        );
+    }
+}
