@@ -289,6 +289,12 @@ async fn start_gossip(
             tags.insert(colony_runtime::cluster::TAG_GRPC_URL.to_string(), url);
         }
     }
+    // Every agent says its datacenter (`/v1/agent/members` shows it, as Consul's `dc` tag);
+    // servers and client agents use it to keep to their own datacenter's servers.
+    tags.insert(
+        colony_runtime::cluster::TAG_DATACENTER.to_string(),
+        args.datacenter.clone(),
+    );
     let meta = Meta {
         role: if server.is_some() { "server" } else { "client" }.to_string(),
         zone: args.zone.clone().unwrap_or_default(),
@@ -358,6 +364,7 @@ async fn run_client(args: AgentArgs, http_addr: SocketAddr) -> anyhow::Result<Ex
             name: node_name.clone(),
             address: advertise.to_string(),
         },
+        &args.datacenter,
     ));
     let local = colony_api::local_state::LocalState::open(&node_name, args.data_dir.as_deref())
         .map_err(anyhow::Error::msg)?

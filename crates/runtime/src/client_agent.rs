@@ -53,17 +53,21 @@ pub struct ClientLink {
     gossip: Arc<Gossip>,
     rpc: RpcClient,
     origin: OriginNode,
+    /// This agent's datacenter: servers that announce another one are not used.
+    datacenter: String,
     /// The server that answered last; requests stick to it while it answers.
     preferred: Mutex<Option<SocketAddr>>,
 }
 
 impl ClientLink {
-    /// A link for the client agent `origin`, finding servers through `gossip`.
-    pub fn new(gossip: Arc<Gossip>, origin: OriginNode) -> Self {
+    /// A link for the client agent `origin` of `datacenter`, finding its servers through
+    /// `gossip`.
+    pub fn new(gossip: Arc<Gossip>, origin: OriginNode, datacenter: &str) -> Self {
         ClientLink {
             gossip,
             rpc: RpcClient::default(),
             origin,
+            datacenter: datacenter.to_string(),
             preferred: Mutex::new(None),
         }
     }
@@ -73,14 +77,21 @@ impl ClientLink {
         &self.origin
     }
 
-    /// Live servers (alive or suspect) that advertise an RPC address, the one that answered
-    /// last first, the others in an order of their own per client (so clients spread).
+    /// Live servers (alive or suspect) of this datacenter that advertise an RPC address, the
+    /// one that answered last first, the others in an order of their own per client (so
+    /// clients spread).
     pub fn servers(&self) -> Vec<(String, SocketAddr)> {
         let view = self.gossip.view();
         let mut servers: Vec<(String, SocketAddr)> = view
             .members
             .iter()
             .filter(|m| m.meta.role == "server")
+            .filter(|m| {
+                m.meta
+                    .tags
+                    .get(crate::cluster::TAG_DATACENTER)
+                    .is_none_or(|dc| *dc == self.datacenter)
+            })
             .filter(|m| matches!(m.state, State::Alive | State::Suspect))
             .filter_map(|m| {
                 let addr = m.meta.tags.get(TAG_RPC_ADDR)?.parse().ok()?;

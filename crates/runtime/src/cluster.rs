@@ -13,7 +13,7 @@ use colony_base::Freshness;
 use colony_raft::ConfChange;
 use colony_store::{Command, Table};
 use colony_swim::State;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,10 @@ pub const TAG_RAFT_ID: &str = "raft_id";
 pub const TAG_RPC_ADDR: &str = "rpc_addr";
 /// Membership tag carrying the URL of a server's etcd gRPC API.
 pub const TAG_GRPC_URL: &str = "grpc_url";
+/// Membership tag carrying a server's datacenter: servers of another datacenter that end up
+/// in the same gossip pool are never bootstrapped with nor added as voters (as Consul
+/// ignores a LAN member "in a different datacenter").
+pub const TAG_DATACENTER: &str = "dc";
 /// How long a write waits for a leader (and for its commit) before it fails.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client agent's poll for its checks waits for a change.
@@ -759,11 +763,13 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
     let raft_id = replicated.raft_id;
     let bootstrap_expect = replicated.config.bootstrap_expect;
     let cleanup_ms = replicated.config.dead_server_cleanup_ms;
+    let datacenter = agent.config().datacenter.clone();
     tokio::spawn(async move {
         let mut changes = gossip.changes();
         let mut stop = agent.shutdown_signal();
         let mut failed_since: HashMap<u64, u64> = HashMap::new();
         let mut warned_extra = false;
+        let mut warned_foreign: HashSet<String> = HashSet::new();
         loop {
             let Some(replicated) = agent.replicated() else {
                 return;
@@ -772,6 +778,20 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
             let mut alive_servers = vec![raft_id];
             for member in &view.members {
                 if member.meta.role != "server" {
+                    continue;
+                }
+                if let Some(theirs) = member.meta.tags.get(TAG_DATACENTER)
+                    && *theirs != datacenter
+                {
+                    if warned_foreign.insert(member.name.to_string()) {
+                        tracing::warn!(
+                            member = %member.name,
+                            datacenter = %theirs,
+                            ours = %datacenter,
+                            "a server of another datacenter is in this gossip pool; it is \
+                             not made a voter here (check its --join and --datacenter)"
+                        );
+                    }
                     continue;
                 }
                 let id = member

@@ -241,7 +241,8 @@ impl Resolver {
                     // Consul registers its servers as the `consul` service; colony's
                     // servers are known from membership instead.
                     let (members, evidence) = self.get("/v1/agent/members").await?;
-                    return Ok((Found::Instances(servers(&members)), evidence));
+                    let found = servers(&members, &self.config.datacenter);
+                    return Ok((Found::Instances(found), evidence));
                 }
                 Ok((Found::Instances(found), evidence))
             }
@@ -347,13 +348,14 @@ const SERVERS_SERVICE: &str = "consul";
 const SERVER_RPC_PORT: u16 = 8300;
 
 /// The live servers among `/v1/agent/members`, as instances on their RPC port.
-fn servers(members: &Value) -> Vec<Instance> {
+fn servers(members: &Value, datacenter: &str) -> Vec<Instance> {
     let Some(members) = members.as_array() else {
         return Vec::new();
     };
     members
         .iter()
         .filter(|m| m["Tags"]["role"] == "consul" && m["Status"] == 1)
+        .filter(|m| m["Tags"]["dc"].as_str().is_none_or(|dc| dc == datacenter))
         .filter_map(|m| {
             let port = m["Tags"]["rpc_addr"]
                 .as_str()
@@ -469,15 +471,16 @@ mod tests {
     }
 
     #[test]
-    fn dns_servers_are_the_live_members_with_the_server_role() {
+    fn dns_servers_are_the_live_members_with_the_server_role_in_this_datacenter() {
         let members = json!([
             {"Name": "s1", "Addr": "10.0.0.1", "Status": 1,
-             "Tags": {"role": "consul", "rpc_addr": "10.0.0.1:8305"}},
+             "Tags": {"role": "consul", "rpc_addr": "10.0.0.1:8305", "dc": "dc1"}},
             {"Name": "s2", "Addr": "10.0.0.2", "Status": 4, "Tags": {"role": "consul"}},
             {"Name": "c1", "Addr": "10.0.0.3", "Status": 1, "Tags": {"role": "node"}},
             {"Name": "s3", "Addr": "10.0.0.4", "Status": 1, "Tags": {"role": "consul"}},
+            {"Name": "x1", "Addr": "10.0.0.5", "Status": 1, "Tags": {"role": "consul", "dc": "dc2"}},
         ]);
-        let found = servers(&members);
+        let found = servers(&members, "dc1");
         assert_eq!(
             found
                 .iter()

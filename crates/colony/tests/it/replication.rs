@@ -1117,3 +1117,37 @@ fn replication_a_server_replaced_with_an_empty_disk_takes_over_its_old_place() {
         );
     }
 }
+
+/// A server of another datacenter joins this datacenter's gossip by mistake (its `--join`
+/// points here). It is never made a voter here — each side's servers keep to their own
+/// datacenter, as Consul's ignore a LAN member of another one — and the leader says so.
+#[test]
+fn replication_a_server_of_another_datacenter_is_never_made_a_voter() {
+    let mut cluster = Cluster::start(3, &[]);
+    let dir = cluster.dir.as_ref().expect("own dir").path().to_path_buf();
+    let mut stranger = Server::new(&dir, "x1");
+    stranger.start(1, Some(cluster.servers[0].gossip), &["--datacenter", "dc2"]);
+    // It leads a cluster of its own (of one), made only of dc2's servers.
+    wait_until(
+        "the dc2 server to lead itself",
+        Duration::from_secs(20),
+        || stranger.leader().as_deref() == Some(stranger.rpc.to_string().as_str()),
+    );
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
+    wait_until(
+        "the dc1 leader to notice the dc2 server",
+        Duration::from_secs(20),
+        || {
+            cluster.servers[leader]
+                .log_text()
+                .contains("a server of another datacenter is in this gossip pool")
+        },
+    );
+    // A few leader duty rounds later (every 500 ms), the voters are still dc1's three.
+    std::thread::sleep(Duration::from_secs(2));
+    for server in &cluster.servers {
+        assert_eq!(voter_ids(server).len(), 3, "{}", cluster.dump_logs());
+    }
+    assert_eq!(voter_ids(&stranger).len(), 1, "{}", stranger.log_text());
+    cluster.servers.push(stranger);
+}
