@@ -776,7 +776,12 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
             };
             let view = gossip.view();
             let mut alive_servers = vec![raft_id];
-            for member in &view.members {
+            // Alive members last: when two announce one Raft ID (a server restarted on its
+            // data dir under a new name, the old name not yet forgotten), the live one's
+            // address and name are what the directory keeps, and the ID counts as alive.
+            let mut members: Vec<_> = view.members.iter().collect();
+            members.sort_by_key(|m| matches!(m.state, State::Alive | State::Suspect));
+            for member in members {
                 if member.meta.role != "server" {
                     continue;
                 }

@@ -1151,3 +1151,71 @@ fn replication_a_server_of_another_datacenter_is_never_made_a_voter() {
     assert_eq!(voter_ids(&stranger).len(), 1, "{}", stranger.log_text());
     cluster.servers.push(stranger);
 }
+
+/// A server renamed and moved to another RPC port: it restarts on its data dir (so with its
+/// Raft ID) under a new node name. Membership then holds the old name, failed, and the new
+/// one, alive, both with that ID. The server is alive: it stays a voter (it must not be
+/// removed as dead after the cleanup time and added back), and the others reach it at its
+/// new address (the failed name's old address must not win), so it keeps up.
+#[test]
+fn replication_a_renamed_server_keeps_its_place_among_the_voters() {
+    let mut cluster = Cluster::start(3, &["--dead-server-cleanup", "500ms"]);
+    let before = {
+        let mut ids = voter_ids(&cluster.servers[0]);
+        ids.sort();
+        ids
+    };
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
+    let renamed = if leader == 2 { 1 } else { 2 };
+    cluster.servers[renamed].kill();
+    // A name that sorts before the old one (membership lists members by name).
+    let old_name = cluster.servers[renamed].name.clone();
+    cluster.servers[renamed].name = format!("renamed-{old_name}");
+    cluster.servers[renamed].rpc = free_addr();
+    let seed = cluster.servers[leader].gossip;
+    cluster.servers[renamed].start(3, Some(seed), &["--dead-server-cleanup", "500ms"]);
+    let changes_logged = |server: &Server| server.log_text().matches("changing the voters").count();
+    let changes_before = changes_logged(&cluster.servers[leader]);
+    let new_name = cluster.servers[renamed].name.clone();
+    wait_until(
+        "the leader to see the old name failed and the new one alive",
+        Duration::from_secs(20),
+        || {
+            let members: serde_json::Value = cluster.servers[leader]
+                .get_text("/v1/agent/members")
+                .and_then(|(_, text)| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            let status = |name: &str| {
+                members
+                    .as_array()
+                    .and_then(|all| all.iter().find(|m| m["Name"] == name))
+                    .and_then(|m| m["Status"].as_u64())
+            };
+            status(&old_name) == Some(4) && status(&new_name) == Some(1)
+        },
+    );
+    // Several cleanup times and leader duty rounds (every 500 ms) later: the same voters,
+    // and no voter change at all.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut after = voter_ids(&cluster.servers[leader]);
+    after.sort();
+    assert_eq!(after, before, "{}", cluster.dump_logs());
+    assert_eq!(
+        changes_logged(&cluster.servers[leader]),
+        changes_before,
+        "no voter was removed and added back\n{}",
+        cluster.dump_logs()
+    );
+    let mut acknowledged = Vec::new();
+    write_keys(&cluster, &mut acknowledged, 5);
+    let last = acknowledged.last().expect("written").clone();
+    wait_until(
+        "the renamed server to apply the latest write",
+        Duration::from_secs(10),
+        || {
+            cluster.servers[renamed]
+                .get_text(&format!("/v1/kv/{last}?stale"))
+                .is_some_and(|(status, _)| status == 200)
+        },
+    );
+}
