@@ -1219,3 +1219,62 @@ fn replication_a_renamed_server_keeps_its_place_among_the_voters() {
         },
     );
 }
+
+/// Scaling out and back in: two more servers join a cluster of three (five voters), then
+/// two servers leave gracefully (`/v1/agent/leave`) — one of them the leader — and are
+/// removed from the voters at once, as Consul removes a server that left. Writes work at
+/// every step, and every acknowledged one is on the three that remain.
+#[test]
+fn replication_scales_out_to_five_and_back_in_to_three_with_graceful_leaves() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut acknowledged = Vec::new();
+    write_keys(&cluster, &mut acknowledged, 10);
+    let dir = cluster.dir.as_ref().expect("own dir").path().to_path_buf();
+    for name in ["s4", "s5"] {
+        let mut server = Server::new(&dir, name);
+        server.start(3, Some(cluster.servers[0].gossip), &[]);
+        cluster.servers.push(server);
+    }
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
+    wait_until("five voters", Duration::from_secs(30), || {
+        cluster.servers[leader].peers().len() == 5
+    });
+    write_keys(&cluster, &mut acknowledged, 10);
+    // The leader leaves first, then one more server.
+    let leaving = [leader, if leader == 4 { 3 } else { 4 }];
+    for (step, &index) in leaving.iter().enumerate() {
+        let answer = http(cluster.servers[index].http, "PUT", "/v1/agent/leave", b"")
+            .expect("leave answers");
+        assert_eq!(answer.status, 200);
+        let mut child = cluster.servers[index].child.take().expect("running");
+        let left_at = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                left_at.elapsed() < Duration::from_secs(15),
+                "{} did not stop after leaving",
+                cluster.servers[index].name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let skip: Vec<usize> = leaving[..=step].to_vec();
+        let now_leader = cluster.wait_for_leader(&skip, Duration::from_secs(20));
+        wait_until(
+            "the server that left is removed from the voters",
+            Duration::from_secs(20),
+            || cluster.servers[now_leader].peers().len() == 4 - step,
+        );
+        write_keys(&cluster, &mut acknowledged, 10);
+    }
+    for server in cluster.servers.iter().filter(|s| s.child.is_some()) {
+        assert_eq!(server.peers().len(), 3, "{}", server.name);
+        for key in &acknowledged {
+            assert_eq!(
+                server.get_text(&format!("/v1/kv/{key}?raw&consistent")),
+                Some((200, key.clone())),
+                "{} lost {key}\n{}",
+                server.name,
+                cluster.dump_logs()
+            );
+        }
+    }
+}
