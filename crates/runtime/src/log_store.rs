@@ -20,9 +20,13 @@
 //! `crc32` covers the index and the payload. A zero `payload_len` ends the segment's records.
 //!
 //! Recovery: every record must be valid, except at the end of the *last* segment, where a
-//! record that fails its checksum (and everything after it) is a write torn by a crash: it was
-//! never acknowledged (acknowledgement follows `fdatasync`), so it is zeroed and logged. Any
-//! other damage is an error naming the file and offset.
+//! write torn by a crash (never acknowledged: acknowledgement follows `fdatasync`) is zeroed
+//! and logged. A torn write is told from damage by its zeros: the segment was zero-filled
+//! before use, and a sector the crash kept from the disk still reads as zeros, so a torn
+//! record has a part, within one 512-byte sector, that is all zeros (etcd's WAL makes the
+//! same test). A record that fails its checksum with data in every sector was damaged after
+//! it was written — it may have been acknowledged, and records after it too — so that, like
+//! any other damage, is an error naming the file and offset, never a silent truncation.
 //!
 //! Invariant: the entries `snapshot_index + 1 ..= last_index` are in the segments, without
 //! gaps; replaying them onto the snapshot reproduces the acknowledged state.
@@ -753,7 +757,25 @@ fn encode_record(buffer: &mut Vec<u8>, index: u64, payload: &[u8]) {
 }
 
 /// Reads a segment's records, calling `visit` for each; returns the segment positioned for
-/// appending. In the last segment a damaged record ends the log (a torn write) and is zeroed.
+/// appending. In the last segment a torn record ends the log and is zeroed.
+/// The sector size a torn write is judged at: disks persist whole sectors or none, and 512
+/// bytes divides every sector size in use.
+const SECTOR_BYTES: usize = 512;
+
+/// Whether some part of `data[start..end]` that lies within one sector is all zeros: the mark
+/// of a write a crash tore (see the module doc).
+fn has_zero_sector_part(data: &[u8], start: usize, end: usize) -> bool {
+    let mut from = start;
+    while from < end {
+        let to = ((from / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
+        if data[from..to].iter().all(|b| *b == 0) {
+            return true;
+        }
+        from = to;
+    }
+    false
+}
+
 fn scan_segment(
     path: &Path,
     first_index: u64,
@@ -804,14 +826,32 @@ fn scan_segment(
         let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         let end = offset + RECORD_HEADER_BYTES as usize + len as usize;
         if len > RECORD_PAYLOAD_BYTES_MAX || end > data.len() {
-            break Some(format!("record at offset {offset} claims {len} bytes"));
+            let damage = format!("record at offset {offset} claims {len} bytes");
+            if !has_zero_sector_part(&data, offset, end.min(data.len())) {
+                return Err(corrupt(
+                    path,
+                    format!("{damage}, with data in every sector"),
+                ));
+            }
+            break Some(damage);
         }
         let payload = &data[offset + RECORD_HEADER_BYTES as usize..end];
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&index.to_le_bytes());
         hasher.update(payload);
         if hasher.finalize() != crc {
-            break Some(format!("record at offset {offset} fails its checksum"));
+            let damage = format!("record at offset {offset} fails its checksum");
+            if !has_zero_sector_part(&data, offset, end) {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "{damage}, with data in every sector: damaged after it was written, \
+                         not torn by a crash (it, and the records after it, may have been \
+                         acknowledged)"
+                    ),
+                ));
+            }
+            break Some(damage);
         }
         if index != expected {
             return Err(corrupt(
@@ -909,6 +949,20 @@ mod tests {
         .encode()
     }
 
+    /// An entry over a kilobyte, so that its record crosses sector boundaries.
+    fn big_put(key: &str) -> Vec<u8> {
+        Entry {
+            time_ms: 1,
+            command: Command::KvSet {
+                key: key.into(),
+                value: vec![b'w'; 1200],
+                flags: 0,
+                mode: KvSetMode::Set,
+            },
+        }
+        .encode()
+    }
+
     fn open_small(dir: &Path) -> Result<(LogStore, Recovered), OpenError> {
         LogStore::open_with_segment_bytes(dir, 8192)
     }
@@ -959,20 +1013,23 @@ mod tests {
         assert!(recovered.state.kv_get("after").is_some());
     }
 
+    /// A record that crosses a sector boundary, of which the crash kept the second sector
+    /// from the disk (it reads as zeros): a torn write, discarded.
     #[test]
     fn log_store_torn_tail_in_last_segment_is_discarded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let segment;
+        let second_start =
+            SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES as usize + put("a").len();
         {
             let (mut store, _) = open_small(dir.path()).expect("open");
-            store.append(&[put("a"), put("b")]).expect("append");
+            store.append(&[put("a"), big_put("b")]).expect("append");
             segment = store.active.path.clone();
         }
-        // Tear the second record: flip a payload byte.
+        let second_end = second_start + RECORD_HEADER_BYTES as usize + big_put("b").len();
+        assert!(second_start < SECTOR_BYTES && second_end > 2 * SECTOR_BYTES);
         let file = OpenOptions::new().write(true).open(&segment).expect("open");
-        let second_payload =
-            SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES as usize * 2 + put("a").len() + 3;
-        file.write_all_at(&[0xFF], second_payload as u64)
+        file.write_all_at(&[0; SECTOR_BYTES], SECTOR_BYTES as u64)
             .expect("tear");
         let (mut store, recovered) = open_small(dir.path()).expect("a torn tail is repaired");
         assert_eq!(recovered.state.applied_index(), 1);
@@ -981,6 +1038,61 @@ mod tests {
         let (_, recovered) = open_small(dir.path()).expect("reopen");
         assert!(recovered.state.kv_get("c").is_some());
         assert!(recovered.state.kv_get("b").is_none());
+    }
+
+    /// A byte flipped in a record of the last segment, records after it intact: not a torn
+    /// write (no sector of it reads as zeros), so the log refuses to open, naming the file
+    /// and offset, instead of dropping that record and every later one.
+    #[test]
+    fn log_store_damage_in_the_last_segment_is_an_error_not_a_truncation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segment;
+        {
+            let (mut store, _) = open_small(dir.path()).expect("open");
+            store.append(&[put("a"), put("b")]).expect("append");
+            store.append(&[put("c")]).expect("append");
+            segment = store.active.path.clone();
+        }
+        let file = OpenOptions::new().write(true).open(&segment).expect("open");
+        let second_payload =
+            SEGMENT_HEADER_BYTES as usize + RECORD_HEADER_BYTES as usize * 2 + put("a").len() + 3;
+        file.write_all_at(&[0xFF], second_payload as u64)
+            .expect("damage");
+        let error = open_small(dir.path()).err().expect("damage is refused");
+        let message = error.to_string();
+        assert!(message.contains(&segment_name(1)), "{message}");
+        assert!(message.contains("fails its checksum"), "{message}");
+        assert!(message.contains("not torn"), "{message}");
+        // Nothing was zeroed: the records after the damaged one are still on disk.
+        let bytes = std::fs::read(&segment).expect("read");
+        let third = second_payload - 3 + put("b").len();
+        assert!(bytes[third..third + 8].iter().any(|b| *b != 0));
+    }
+
+    #[test]
+    fn log_store_zero_sector_parts_mark_torn_writes() {
+        let mut data = vec![7u8; 2048];
+        assert!(!has_zero_sector_part(&data, 100, 1500));
+        data[512..600].fill(0);
+        assert!(
+            !has_zero_sector_part(&data, 100, 1500),
+            "a zero run inside a sector part"
+        );
+        data[1024..1100].fill(0);
+        assert!(
+            has_zero_sector_part(&data, 100, 1100),
+            "the last part is all zeros"
+        );
+        assert!(!has_zero_sector_part(&data, 100, 1200));
+        data[0..512].fill(0);
+        assert!(
+            has_zero_sector_part(&data, 300, 700),
+            "the first part is all zeros"
+        );
+        assert!(
+            !has_zero_sector_part(&data, 5, 5),
+            "an empty range has no parts"
+        );
     }
 
     #[test]
