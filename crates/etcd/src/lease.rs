@@ -10,7 +10,6 @@ use colony_etcdpb::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
-use colony_runtime::wall_ms;
 use colony_store::{Session, SessionBehavior};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -188,13 +187,13 @@ impl Lease for LeaseService {
             }));
         };
         // The leader measures TTLs (keep-alives are renewed there): ask it.
-        let deadline = self
+        let remaining_ms = self
             .ctx
             .agent
-            .session_expiry_ms(&session_id)
+            .session_remaining(&session_id)
             .await
-            .map_err(|error| Status::unavailable(format!("etcdserver: {error}")))?;
-        let remaining_ms = deadline.map_or(ttl_ms, |deadline| deadline.saturating_sub(wall_ms()));
+            .map_err(|error| Status::unavailable(format!("etcdserver: {error}")))?
+            .unwrap_or(ttl_ms);
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.ctx.header(revision),
             id: request.id,

@@ -157,7 +157,22 @@ async fn bind_rpc(
     Ok((listener, local))
 }
 
-/// Wall-clock milliseconds since the Unix epoch. The runtime is the one place that reads it.
+/// Milliseconds on a monotonic clock (since this process first asked): what TTLs and
+/// deadlines are measured with. The wall clock can be stepped (NTP, an operator, a resumed
+/// VM); measured with it, a step forward would expire every session at once. The runtime is
+/// the one place that reads it.
+/// Never 0, so that 0 can stand for "never" in fields that hold one of its readings.
+pub fn mono_ms() -> u64 {
+    static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let zero = *ZERO.get_or_init(std::time::Instant::now);
+    u64::try_from(zero.elapsed().as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
+/// Wall-clock milliseconds since the Unix epoch: for timestamps shown to people and carried
+/// in evidence, never to measure a duration (see [`mono_ms`]). The runtime is the one place
+/// that reads it.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -654,7 +669,7 @@ impl Agent {
     // ===== Sessions =====
 
     fn start_session_timers(self: &Arc<Self>) {
-        let now = wall_ms();
+        let now = mono_ms();
         {
             // As Consul does after a leader change, every session restored from disk gets a
             // fresh TTL: its holder had no way to renew while this agent was down.
@@ -683,7 +698,7 @@ impl Agent {
                 .lock()
                 .expect("session lock poisoned")
                 .next_deadline_ms();
-            let mut sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(wall_ms()));
+            let mut sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(mono_ms()));
             if self.replicated().is_some() {
                 // Leadership comes and goes, and sessions arrive through other servers.
                 sleep_ms = sleep_ms.min(250);
@@ -713,7 +728,7 @@ impl Agent {
                 .sessions
                 .lock()
                 .expect("session lock poisoned")
-                .take_expired(wall_ms());
+                .take_expired(mono_ms());
             for id in expired {
                 tracing::info!(session = %id, "session TTL expired, invalidating");
                 if let Err(error) = self
@@ -725,7 +740,7 @@ impl Agent {
                     self.sessions
                         .lock()
                         .expect("session lock poisoned")
-                        .handle_renew(wall_ms(), &id, 1_000);
+                        .handle_renew(mono_ms(), &id, 1_000);
                 }
             }
         }
@@ -735,7 +750,7 @@ impl Agent {
     /// sessions table changed); with `fresh`, every session's TTL restarts now (a new leader
     /// cannot know when they were last renewed).
     fn track_all_sessions(&self, fresh: bool) {
-        let now = wall_ms();
+        let now = mono_ms();
         let sessions: Vec<(String, u64)> =
             self.read(|s| s.sessions().map(|x| (x.id.clone(), x.ttl_ms)).collect());
         let mut tracker = self.sessions.lock().expect("session lock poisoned");
@@ -769,7 +784,7 @@ impl Agent {
         self.sessions
             .lock()
             .expect("session lock poisoned")
-            .handle_renew(wall_ms(), &id, ttl_ms);
+            .handle_renew(mono_ms(), &id, ttl_ms);
         self.sessions_changed.notify_one();
         Ok(id)
     }
@@ -784,12 +799,14 @@ impl Agent {
         }
     }
 
-    /// When `id`'s TTL runs out (wall ms), if it has one and it is tracked here.
-    pub fn session_deadline_ms(&self, id: &str) -> Option<u64> {
-        self.sessions
+    /// How long until `id`'s TTL runs out, if it has one and it is tracked here.
+    pub fn session_remaining_ms(&self, id: &str) -> Option<u64> {
+        let deadline = self
+            .sessions
             .lock()
             .expect("session lock poisoned")
-            .deadline_ms(id)
+            .deadline_ms(id)?;
+        Some(deadline.saturating_sub(mono_ms()))
     }
 
     /// Renews a session's TTL; returns the session, or `None` if it does not exist. On a
@@ -813,7 +830,7 @@ impl Agent {
         self.sessions
             .lock()
             .expect("session lock poisoned")
-            .handle_renew(wall_ms(), id, session.ttl_ms);
+            .handle_renew(mono_ms(), id, session.ttl_ms);
         self.sessions_changed.notify_one();
         Some(session)
     }
@@ -856,7 +873,7 @@ impl Agent {
             )));
         }
         if node == self.config.node_name {
-            self.checks.reset_ttl(check_id, wall_ms(), status);
+            self.checks.reset_ttl(check_id, mono_ms(), status);
         }
         self.metrics
             .check_results

@@ -8,7 +8,7 @@
 //! Raft) and a client agent (which long-polls a server for its node's checks and sends
 //! results through it): both are a [`CheckHost`].
 
-use crate::agent::{Agent, wall_ms};
+use crate::agent::{Agent, mono_ms};
 use crate::metrics::CheckLabels;
 use crate::watch_hub::Topic;
 use bytes::Bytes;
@@ -209,7 +209,7 @@ pub(crate) fn reconcile<H: CheckHost>(host: &Arc<H>, node_checks: Vec<Check>) {
             .or(check.definition.interval_ms)
             .unwrap_or(0);
         let shared = Arc::new(CheckShared {
-            tracker: Mutex::new(CheckTracker::new(rule, check.status, wall_ms())),
+            tracker: Mutex::new(CheckTracker::new(rule, check.status, mono_ms())),
             ttl_reset: Notify::new(),
             lifetime_ms,
         });
@@ -236,7 +236,7 @@ async fn run_check<H: CheckHost>(agent: Arc<H>, check: Check, shared: Arc<CheckS
     loop {
         let (result, output) = probe(agent.as_ref(), &check.definition).await;
         agent.count_result(check.definition.kind(), result);
-        let now = wall_ms();
+        let now = mono_ms();
         let changed = shared
             .tracker
             .lock()
@@ -269,7 +269,7 @@ async fn run_ttl_check<H: CheckHost>(
             .tracker
             .lock()
             .expect("tracker lock poisoned")
-            .handle_explicit(wall_ms(), HealthStatus::Critical);
+            .handle_explicit(mono_ms(), HealthStatus::Critical);
         // An expired TTL means critical whatever the tracker believed: an update that raced
         // with this runner's start (applied before the runner was registered, so it never
         // reached the tracker) may have left the catalog passing while the tracker still
@@ -292,7 +292,7 @@ async fn run_ttl_check<H: CheckHost>(
             .deregister_critical_service_after_ms
             .and_then(|after| {
                 let tracker = shared.tracker.lock().expect("tracker lock poisoned");
-                tracker.deregister_in_ms(wall_ms(), after)
+                tracker.deregister_in_ms(mono_ms(), after)
             });
         match deadline {
             Some(wait_ms) => {
@@ -346,7 +346,7 @@ async fn deregister_if_critical_too_long<H: CheckHost>(
         .tracker
         .lock()
         .expect("tracker lock poisoned")
-        .should_deregister(wall_ms(), after_ms);
+        .should_deregister(mono_ms(), after_ms);
     if !due {
         return false;
     }

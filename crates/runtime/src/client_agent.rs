@@ -185,7 +185,7 @@ impl ClientChecks {
     /// Restarts a TTL check's TTL after an update to `status` was written.
     pub fn reset_ttl(&self, check_id: &str, status: HealthStatus) {
         self.manager
-            .reset_ttl(check_id, crate::agent::wall_ms(), status);
+            .reset_ttl(check_id, crate::agent::mono_ms(), status);
     }
 
     /// The status of check `check_id` in the catalog as of the last poll (the last one

@@ -221,7 +221,7 @@ impl Agent {
                 // write an earlier leader acknowledged: the larger of its applied and
                 // commit indexes covers every acknowledged write.
                 if status.is_leader
-                    && self.now_ms() < status.lease_until_wall_ms
+                    && crate::agent::mono_ms() < status.lease_until_mono_ms
                     && !self.storage_mode().is_disk_full()
                 {
                     self.metrics().lease_read_index_answers.inc();
@@ -233,9 +233,9 @@ impl Agent {
                 ))
             }
             RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(self.renew_session_here(&id))),
-            RpcRequest::SessionDeadline(id) => {
-                Ok(RpcResponse::SessionDeadline(self.session_deadline_ms(&id)))
-            }
+            RpcRequest::SessionRemaining(id) => Ok(RpcResponse::SessionRemaining(
+                self.session_remaining_ms(&id),
+            )),
             RpcRequest::Membership => Ok(RpcResponse::Membership {
                 is_member: replicated.status().is_member,
             }),
@@ -427,22 +427,32 @@ impl Agent {
             return Err(disk_full());
         }
         let status = replicated.status();
-        let now_ms = self.now_ms();
+        // Ages and the lease are measured on the monotonic clock (a stepped wall clock
+        // would stretch them).
+        let now_ms = crate::agent::mono_ms();
+        // 0 stands for "never" (a follower that has heard from no leader since it started).
+        let age = |at: u64| {
+            if at == 0 {
+                u64::MAX
+            } else {
+                now_ms.saturating_sub(at)
+            }
+        };
         let last_contact_ms = if status.is_leader {
             0
         } else {
-            now_ms.saturating_sub(status.last_contact_wall_ms)
+            age(status.last_contact_mono_ms)
         };
         // A leader answers from its own state only inside its lease: past it, another
         // leader may already have been elected, and the read goes through a quorum round.
-        let in_lease = status.is_leader && now_ms < status.lease_until_wall_ms;
+        let in_lease = status.is_leader && now_ms < status.lease_until_mono_ms;
         match consistency {
             ReadConsistency::Stale { max_stale_ms } => {
                 let within = max_stale_ms.is_none_or(|bound| last_contact_ms <= bound);
                 if within && status.is_member {
                     // A leader out of its lease is as stale as its quorum's last answer.
                     let age_ms = if status.is_leader {
-                        now_ms.saturating_sub(status.quorum_contact_wall_ms)
+                        age(status.quorum_contact_mono_ms)
                     } else {
                         last_contact_ms
                     };
@@ -619,23 +629,24 @@ impl Agent {
         }
     }
 
-    /// When session `id` expires unless renewed, in wall ms, as whoever measures TTLs says:
-    /// the leader on a replicated server (asked over RPC from a follower), this agent
-    /// otherwise. `None` if the session is not tracked.
+    /// How long until session `id` expires unless renewed, as whoever measures TTLs says: the
+    /// leader on a replicated server (asked over RPC from a follower), this agent otherwise.
+    /// A duration, not an instant: each server's TTL clock is its own monotonic one.
+    /// `None` if the session is not tracked.
     ///
     /// # Errors
     /// [`ClusterError`] when a follower cannot reach a leader.
-    pub async fn session_expiry_ms(&self, id: &str) -> Result<Option<u64>, ClusterError> {
+    pub async fn session_remaining(&self, id: &str) -> Result<Option<u64>, ClusterError> {
         let Some(replicated) = self.replicated() else {
-            return Ok(self.session_deadline_ms(id));
+            return Ok(self.session_remaining_ms(id));
         };
-        let request = RpcRequest::SessionDeadline(id.to_string());
+        let request = RpcRequest::SessionRemaining(id.to_string());
         match self
             .on_leader(replicated, request, true)
             .await
             .map_err(to_cluster_error)?
         {
-            RpcResponse::SessionDeadline(deadline) => Ok(deadline),
+            RpcResponse::SessionRemaining(remaining) => Ok(remaining),
             other => Err(ClusterError::Unavailable(format!(
                 "leader answered a session deadline question with {other:?}"
             ))),
@@ -826,10 +837,11 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
                     alive_servers.push(id);
                     failed_since.remove(&id);
                 } else if member.state != State::Left {
-                    failed_since.entry(id).or_insert_with(crate::agent::wall_ms);
+                    failed_since.entry(id).or_insert_with(crate::agent::mono_ms);
                 } else {
-                    // A server that left gracefully goes at once, as in Consul.
-                    failed_since.entry(id).or_insert(0);
+                    // A server that left gracefully goes at once, as in Consul (0 marks
+                    // it: `mono_ms` is never 0).
+                    failed_since.insert(id, LEFT);
                 }
             }
             let status = replicated.status();
@@ -839,7 +851,7 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
             // membership forgot it. Its clock starts when this server first notices.
             for &id in &status.voters {
                 if !alive_servers.contains(&id) {
-                    failed_since.entry(id).or_insert_with(crate::agent::wall_ms);
+                    failed_since.entry(id).or_insert_with(crate::agent::mono_ms);
                 }
             }
             failed_since.retain(|id, _| status.voters.contains(id));
@@ -882,6 +894,9 @@ pub fn spawn_server_tracking(agent: Arc<Agent>, gossip: Arc<Gossip>) {
     });
 }
 
+/// In `failed_since`: the server left gracefully, and goes at once.
+const LEFT: u64 = 0;
+
 /// Whether every other server of `ids` answers that it is not part of a cluster yet: a
 /// server that sees only part of an existing cluster must join it, never bootstrap its own
 /// (two logs with different entries at the same index and term would break Raft).
@@ -921,7 +936,7 @@ async fn leader_duties(
     let change = if let Some(&new) = alive_servers.iter().find(|id| !status.voters.contains(id)) {
         Some(ConfChange::AddVoter(new))
     } else {
-        let now = crate::agent::wall_ms();
+        let now = crate::agent::mono_ms();
         let dead: Vec<u64> = status
             .voters
             .iter()
@@ -929,7 +944,7 @@ async fn leader_duties(
             .filter(|id| {
                 failed_since
                     .get(id)
-                    .is_some_and(|&since| now.saturating_sub(since) >= cleanup_ms)
+                    .is_some_and(|&since| since == LEFT || now.saturating_sub(since) >= cleanup_ms)
             })
             .collect();
         let healthy = status.voters.len() - dead.len();

@@ -40,7 +40,7 @@ pub mod watch_hub;
 pub mod writer;
 
 pub use agent::{
-    Agent, AgentConfig, AgentError, HttpForwarder, StartError, outcome_to_result, wall_ms,
+    Agent, AgentConfig, AgentError, HttpForwarder, StartError, mono_ms, outcome_to_result, wall_ms,
 };
 pub use checks::{CHECK_OUTPUT_BYTES_MAX, CHECK_TIMEOUT_MS_DEFAULT};
 pub use cluster::{ClusterConfig, ReadBasis, ReadConsistency};

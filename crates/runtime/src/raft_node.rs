@@ -98,14 +98,16 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// Last log index.
     pub last_index: u64,
-    /// Wall ms at which this server last heard from a leader (a leader: now).
-    pub last_contact_wall_ms: u64,
-    /// A leader: wall ms until which its lease lets it answer reads from its own state
-    /// ([`colony_raft::Raft::lease_until_ms`]); 0 without a lease.
-    pub lease_until_wall_ms: u64,
-    /// A leader: wall ms of the latest heartbeat round a quorum has answered (the lease's
-    /// start); 0 when unknown.
-    pub quorum_contact_wall_ms: u64,
+    /// When this server last heard from a leader (a leader: now), on the monotonic clock
+    /// of [`crate::agent::mono_ms`] — never the wall clock, which can be stepped back and
+    /// would stretch the lease and the staleness bounds below.
+    pub last_contact_mono_ms: u64,
+    /// A leader: until when (monotonic ms) its lease lets it answer reads from its own
+    /// state ([`colony_raft::Raft::lease_until_ms`]); 0 without a lease.
+    pub lease_until_mono_ms: u64,
+    /// A leader: when (monotonic ms) the latest heartbeat round a quorum has answered was
+    /// sent (the lease's start); 0 when unknown.
+    pub quorum_contact_mono_ms: u64,
 }
 
 /// What the node is built from.
@@ -170,7 +172,7 @@ struct Driver {
     /// ReadIndex requests by context.
     reads: HashMap<u64, oneshot::Sender<Result<u64, ClusterError>>>,
     next_read_ctx: u64,
-    last_contact_wall_ms: u64,
+    last_contact_mono_ms: u64,
     /// Role, term and leader last logged, so that each change is logged once.
     logged_role: (Role, u64, Option<u64>),
     /// A snapshot of this node's state being written on its own thread.
@@ -224,7 +226,7 @@ impl RaftNode {
             pending: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_ctx: 1,
-            last_contact_wall_ms: 0,
+            last_contact_mono_ms: 0,
             logged_role: (Role::Follower, 0, None),
             snapshot_job: None,
         };
@@ -307,7 +309,7 @@ impl Driver {
             }
             RaftInput::Message { from, message } => {
                 if message.is_from_leader() && message.term() >= self.raft.term() {
-                    self.last_contact_wall_ms = (self.wall_ms)();
+                    self.last_contact_mono_ms = crate::agent::mono_ms();
                 }
                 self.raft.handle_message(now, from, *message);
             }
@@ -676,7 +678,7 @@ impl Driver {
     fn publish_status(&mut self) {
         let status = self.raft.status();
         let is_leader = status.role == Role::Leader;
-        let wall_now = (self.wall_ms)();
+        let mono_now = crate::agent::mono_ms();
         let role = (status.role, status.term, status.leader);
         if role != self.logged_role {
             self.logged_role = role;
@@ -688,16 +690,17 @@ impl Driver {
             );
         }
         if is_leader {
-            self.last_contact_wall_ms = wall_now;
+            self.last_contact_mono_ms = mono_now;
         }
-        // The lease is on the raft clock; carry it over to the wall clock the API reads.
-        let (lease_until_wall_ms, quorum_contact_wall_ms) = match status.lease_until_ms {
-            Some(u64::MAX) => (u64::MAX, wall_now),
+        // The lease is on the raft clock; carry it over to the agent's monotonic clock, which
+        // the API reads (both are monotonic: only their zeros differ).
+        let (lease_until_mono_ms, quorum_contact_mono_ms) = match status.lease_until_ms {
+            Some(u64::MAX) => (u64::MAX, mono_now),
             Some(until) => {
                 let core_now = self.now_ms();
                 let lease_ms = self.config.lease_ms();
-                let until_wall = (wall_now + until).saturating_sub(core_now);
-                (until_wall, until_wall.saturating_sub(lease_ms))
+                let until_mono = (mono_now + until).saturating_sub(core_now);
+                (until_mono, until_mono.saturating_sub(lease_ms))
             }
             None => (0, 0),
         };
@@ -711,17 +714,17 @@ impl Driver {
             commit_index: status.commit_index,
             applied_index: status.applied_index,
             last_index: status.last_index,
-            last_contact_wall_ms: self.last_contact_wall_ms,
-            lease_until_wall_ms,
-            quorum_contact_wall_ms,
+            last_contact_mono_ms: self.last_contact_mono_ms,
+            lease_until_mono_ms,
+            quorum_contact_mono_ms,
         };
         self.status.send_if_modified(|current| {
             // Contact times and the lease alone change on every heartbeat; publish them
             // without waking watchers only when something else changed too.
             let changed = RaftStatus {
-                last_contact_wall_ms: current.last_contact_wall_ms,
-                lease_until_wall_ms: current.lease_until_wall_ms,
-                quorum_contact_wall_ms: current.quorum_contact_wall_ms,
+                last_contact_mono_ms: current.last_contact_mono_ms,
+                lease_until_mono_ms: current.lease_until_mono_ms,
+                quorum_contact_mono_ms: current.quorum_contact_mono_ms,
                 ..next.clone()
             } != *current;
             *current = next;

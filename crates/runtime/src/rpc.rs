@@ -79,8 +79,8 @@ pub enum RpcRequest {
     /// A check result or a deregistration from a client agent's check runners; any server
     /// proposes it (only `CheckUpdate` and `CatalogDeregister` are accepted).
     Submit(Box<Command>),
-    /// When a session expires unless renewed, as the leader's TTL tracker says.
-    SessionDeadline(String),
+    /// How long until a session expires unless renewed, as the leader's TTL tracker says.
+    SessionRemaining(String),
     /// The index a default-consistency read must wait for: inside its lease the leader
     /// answers its applied index at once (what it would read itself), else it confirms its
     /// leadership with a quorum as for [`RpcRequest::ReadIndex`]. Answered with
@@ -162,8 +162,8 @@ pub enum RpcResponse {
         /// The checks.
         checks: Vec<colony_store::Check>,
     },
-    /// A session's expiry in wall ms on the leader, or `None` if it does not track it.
-    SessionDeadline(Option<u64>),
+    /// Milliseconds until a session expires on the leader, or `None` if it does not track it.
+    SessionRemaining(Option<u64>),
 }
 
 /// Why a forwarded request has no answer.

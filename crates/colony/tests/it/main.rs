@@ -4,6 +4,7 @@ mod anti_entropy;
 mod bad_input;
 mod blocking;
 mod cli;
+mod clock;
 mod disk_full;
 mod durability;
 mod etcd_bad_input;
