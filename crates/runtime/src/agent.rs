@@ -204,7 +204,7 @@ impl Agent {
         let node_id = load_or_create_node_id(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
         let now = wall_ms();
-        let storage_mode = Arc::new(StorageMode::new(now));
+        let storage_mode = Arc::new(StorageMode::new(mono_ms()));
         metrics.set_mode("storage", storage_mode.mode());
         let state = Arc::new(RwLock::new(recovered.state));
         let hub = Arc::new(WatchHub::new());
@@ -304,7 +304,7 @@ impl Agent {
         let (listener, rpc_addr) = bind_rpc(cluster.rpc_addr, cluster.rpc_advertise).await?;
         let metrics = Arc::new(Metrics::new());
         let now = wall_ms();
-        let storage_mode = Arc::new(StorageMode::new(now));
+        let storage_mode = Arc::new(StorageMode::new(mono_ms()));
         metrics.set_mode("storage", storage_mode.mode());
         let state = Arc::new(RwLock::new(recovered.state));
         let hub = Arc::new(WatchHub::new());

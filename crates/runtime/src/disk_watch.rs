@@ -96,7 +96,7 @@ pub(crate) fn spawn_disk_watch(agent: Arc<Agent>, policy: SlowDiskPolicy) {
             if let Some(signal) = verdict.signal {
                 agent.storage_mode().signal(
                     agent.metrics(),
-                    crate::agent::wall_ms(),
+                    crate::agent::mono_ms(),
                     signal,
                     &reason,
                 );

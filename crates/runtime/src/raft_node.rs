@@ -647,7 +647,7 @@ impl Driver {
                 tracing::warn!(%reason, "storage degraded: the log is not compacted");
                 self.storage_mode.signal(
                     &self.metrics,
-                    (self.wall_ms)(),
+                    crate::agent::mono_ms(),
                     Signal::Impaired,
                     &reason,
                 );
@@ -741,8 +741,12 @@ impl Driver {
             self.disk_full = true;
             self.storage_mode.set_disk_full(true);
         }
-        self.storage_mode
-            .signal(&self.metrics, (self.wall_ms)(), Signal::Failed, &reason);
+        self.storage_mode.signal(
+            &self.metrics,
+            crate::agent::mono_ms(),
+            Signal::Failed,
+            &reason,
+        );
         if !self.raft.is_leader() {
             return;
         }
@@ -772,7 +776,7 @@ impl Driver {
         self.storage_mode.set_disk_full(false);
         self.storage_mode.signal(
             &self.metrics,
-            (self.wall_ms)(),
+            crate::agent::mono_ms(),
             Signal::Healthy,
             "writes are durable again",
         );

@@ -229,7 +229,7 @@ impl Writer {
             .observe(entries.len() as f64);
         self.mode.signal(
             &self.metrics,
-            time_ms,
+            crate::agent::mono_ms(),
             Signal::Healthy,
             "writes are durable again",
         );
@@ -315,8 +315,12 @@ impl Writer {
             AppendError::DiskFull { .. } => {
                 let reason = error.to_string();
                 tracing::error!(%reason, "disk full: storage enters floor mode, writes refused");
-                self.mode
-                    .signal(&self.metrics, (self.wall_ms)(), Signal::Failed, &reason);
+                self.mode.signal(
+                    &self.metrics,
+                    crate::agent::mono_ms(),
+                    Signal::Failed,
+                    &reason,
+                );
                 for reply in replies {
                     let _ = reply.send(Err(WriteError::Refused {
                         reason: reason.clone(),
