@@ -128,6 +128,12 @@ def test_ttl_check_pass_warn_fail(agent):
     assert c.agent.check.ttl_pass(cid, "all good") is True
     chk = agent_check(c, cid)
     assert (chk["Status"], chk["Output"]) == ("passing", "all good")
+    # Colony's evidence on the check: just observed by this agent, so fresh, stamped with
+    # the wall clock (its TTL runs on the monotonic clock; the stamp must not).
+    evidence = chk["Evidence"]
+    assert evidence["freshness"] == "fresh", evidence
+    observed_ms = int(evidence["observed"].split(".")[0])
+    assert abs(observed_ms - time.time() * 1000) < 60_000, evidence
 
     assert c.agent.check.ttl_warn(cid, "meh") is True
     chk = agent_check(c, cid)

@@ -8,7 +8,7 @@
 //! Raft) and a client agent (which long-polls a server for its node's checks and sends
 //! results through it): both are a [`CheckHost`].
 
-use crate::agent::{Agent, mono_ms};
+use crate::agent::{Agent, mono_ms, wall_ms};
 use crate::metrics::CheckLabels;
 use crate::watch_hub::Topic;
 use bytes::Bytes;
@@ -146,13 +146,15 @@ impl CheckManager {
     pub(crate) fn observation(&self, check_id: &str) -> Option<(u64, u64)> {
         let running = self.running.lock().expect("checks lock poisoned");
         let check = running.get(check_id)?;
-        let observed = check
+        let observed_mono = check
             .shared
             .tracker
             .lock()
             .expect("tracker lock poisoned")
             .observed_ms();
-        Some((observed, check.shared.lifetime_ms))
+        // The tracker runs on the monotonic clock; evidence speaks wall time.
+        let age_ms = mono_ms().saturating_sub(observed_mono);
+        Some((wall_ms().saturating_sub(age_ms), check.shared.lifetime_ms))
     }
 }
 
