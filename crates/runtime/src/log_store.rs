@@ -937,11 +937,16 @@ mod tests {
     use colony_store::{Command, KvSetMode};
 
     fn put(key: &str) -> Vec<u8> {
+        put_sized(key, 100)
+    }
+
+    /// A write of `key` with a value of `value_bytes`.
+    fn put_sized(key: &str, value_bytes: usize) -> Vec<u8> {
         Entry {
             time_ms: 1,
             command: Command::KvSet {
                 key: key.into(),
-                value: vec![b'v'; 100],
+                value: vec![b'v'; value_bytes],
                 flags: 0,
                 mode: KvSetMode::Set,
             },
@@ -951,16 +956,7 @@ mod tests {
 
     /// An entry over a kilobyte, so that its record crosses sector boundaries.
     fn big_put(key: &str) -> Vec<u8> {
-        Entry {
-            time_ms: 1,
-            command: Command::KvSet {
-                key: key.into(),
-                value: vec![b'w'; 1200],
-                flags: 0,
-                mode: KvSetMode::Set,
-            },
-        }
-        .encode()
+        put_sized(key, 1200)
     }
 
     fn open_small(dir: &Path) -> Result<(LogStore, Recovered), OpenError> {

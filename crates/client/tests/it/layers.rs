@@ -59,6 +59,23 @@ fn get() -> WithDeadline<Request> {
     }
 }
 
+/// A breaker that trips after 5 failures in a window of 10 calls, stays open 1 s, then lets
+/// one probe through; on tokio's clock.
+fn probing_breaker_layer() -> BreakerLayer {
+    let config = BreakerConfig {
+        window: WindowKind::Count { calls: 10 },
+        calls_min: 5,
+        open_ns: 1_000_000_000,
+        half_open_probes: 1,
+        ..BreakerConfig::default()
+    };
+    BreakerLayer::with_clock(
+        Breaker::new(config).expect("valid"),
+        Observe::silent("dep"),
+        Clock::tokio(),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn breaker_layer_trips_rejects_falls_back_and_recovers() {
     let healthy = Arc::new(AtomicU32::new(0));
@@ -73,18 +90,7 @@ async fn breaker_layer_trips_rejects_falls_back_and_recovers() {
             }
         }
     });
-    let config = BreakerConfig {
-        window: WindowKind::Count { calls: 10 },
-        calls_min: 5,
-        open_ns: 1_000_000_000,
-        half_open_probes: 1,
-        ..BreakerConfig::default()
-    };
-    let layer = BreakerLayer::with_clock(
-        Breaker::new(config).expect("valid"),
-        Observe::silent("dep"),
-        Clock::tokio(),
-    );
+    let layer = probing_breaker_layer();
     let mut service = layer.layer(service);
     for _ in 0..5 {
         let result = service.ready().await.expect("ready").call(()).await;
@@ -387,23 +393,28 @@ async fn rate_limit_and_shed_layers_refuse_with_typed_errors() {
     }
 }
 
+/// An AIMD limit layer starting at `limit_initial` (bounds 1..=100), on tokio's clock.
+fn aimd_limit_layer(limit_initial: u32) -> LimitLayer {
+    let config = LimitConfig {
+        limit_initial,
+        limit_min: 1,
+        limit_max: 100,
+        algorithm: LimitAlgorithm::aimd(),
+    };
+    LimitLayer::new(
+        ConcurrencyLimiter::new(config),
+        Observe::silent("limit"),
+        Clock::tokio(),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn limit_layer_refuses_over_limit_and_exports_limit() {
     let slow = service_fn(|_: ()| async move {
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok::<_, BoxError>(())
     });
-    let config = LimitConfig {
-        limit_initial: 2,
-        limit_min: 1,
-        limit_max: 100,
-        algorithm: LimitAlgorithm::aimd(),
-    };
-    let layer = LimitLayer::new(
-        ConcurrencyLimiter::new(config),
-        Observe::silent("limit"),
-        Clock::tokio(),
-    );
+    let layer = aimd_limit_layer(2);
     let service = layer.layer(slow);
     let a = tokio::spawn(service.clone().oneshot(()));
     let b = tokio::spawn(service.clone().oneshot(()));
@@ -426,17 +437,7 @@ async fn limit_layer_refuses_over_limit_and_exports_limit() {
 #[tokio::test(start_paused = true)]
 async fn limit_layer_gets_its_slot_back_from_a_cancelled_call() {
     let never = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
-    let config = LimitConfig {
-        limit_initial: 2,
-        limit_min: 1,
-        limit_max: 100,
-        algorithm: LimitAlgorithm::aimd(),
-    };
-    let layer = LimitLayer::new(
-        ConcurrencyLimiter::new(config),
-        Observe::silent("limit"),
-        Clock::tokio(),
-    );
+    let layer = aimd_limit_layer(2);
     let service = layer.layer(never);
     for round in 0..10 {
         let timed_out =
@@ -713,18 +714,7 @@ async fn cancelled_calls_give_back_bulkhead_slots_and_breaker_probes() {
             }
         })
     };
-    let config = BreakerConfig {
-        window: WindowKind::Count { calls: 10 },
-        calls_min: 5,
-        open_ns: 1_000_000_000,
-        half_open_probes: 1,
-        ..BreakerConfig::default()
-    };
-    let breaker = BreakerLayer::with_clock(
-        Breaker::new(config).expect("valid"),
-        Observe::silent("dep"),
-        Clock::tokio(),
-    );
+    let breaker = probing_breaker_layer();
     let service = breaker.layer(fail_then_hang);
     for _ in 0..5 {
         assert!(service.clone().oneshot(()).await.is_err());

@@ -967,23 +967,28 @@ fn replication_rolling_restart_keeps_every_write_and_every_voter() {
     }
     write_keys(&cluster, &mut acknowledged, 20);
     for server in &cluster.servers {
+        assert_has_every_write(&cluster, server, &acknowledged);
+    }
+}
+
+/// Asserts that `server` counts three voters and reads every key of `acknowledged` (each
+/// written with itself as value) with a consistent read.
+fn assert_has_every_write(cluster: &Cluster, server: &Server, acknowledged: &[String]) {
+    assert_eq!(
+        server.peers().len(),
+        3,
+        "{}: {:?}",
+        server.name,
+        server.peers()
+    );
+    for key in acknowledged {
         assert_eq!(
-            server.peers().len(),
-            3,
-            "{}: {:?}",
+            server.get_text(&format!("/v1/kv/{key}?raw&consistent")),
+            Some((200, key.clone())),
+            "{} lost {key}\n{}",
             server.name,
-            server.peers()
+            cluster.dump_logs()
         );
-        for key in &acknowledged {
-            let read = server.get_text(&format!("/v1/kv/{key}?raw&consistent"));
-            assert_eq!(
-                read,
-                Some((200, key.clone())),
-                "{} lost {key}\n{}",
-                server.name,
-                cluster.dump_logs()
-            );
-        }
     }
 }
 
@@ -992,27 +997,21 @@ fn replication_rolling_restart_keeps_every_write_and_every_voter() {
 fn write_keys(cluster: &Cluster, acknowledged: &mut Vec<String>, count: usize) {
     for _ in 0..count {
         let key = format!("rolling/k{}", acknowledged.len());
-        let start = Instant::now();
         let mut attempt = 0;
-        loop {
-            let running: Vec<&Server> = cluster
-                .servers
-                .iter()
-                .filter(|s| s.child.is_some())
-                .collect();
-            let server = running[attempt % running.len()];
-            attempt += 1;
-            if server.put(&key, &key) == Some(200) {
-                acknowledged.push(key);
-                break;
-            }
-            assert!(
-                start.elapsed() < 10 * ELECTION_TIMEOUT,
-                "no server took {key} within ten election timeouts\n{}",
-                cluster.dump_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            &format!("a server to take {key}"),
+            10 * ELECTION_TIMEOUT,
+            || {
+                let running: Vec<&Server> = cluster
+                    .servers
+                    .iter()
+                    .filter(|s| s.child.is_some())
+                    .collect();
+                attempt += 1;
+                running[attempt % running.len()].put(&key, &key) == Some(200)
+            },
+        );
+        acknowledged.push(key);
     }
 }
 
@@ -1054,15 +1053,7 @@ fn replication_whole_cluster_crash_and_restart_keeps_its_history() {
             "{}: the first write keeps its index (one history)",
             server.name
         );
-        for key in &acknowledged {
-            assert_eq!(
-                server.get_text(&format!("/v1/kv/{key}?raw&consistent")),
-                Some((200, key.clone())),
-                "{} lost {key}\n{}",
-                server.name,
-                cluster.dump_logs()
-            );
-        }
+        assert_has_every_write(&cluster, server, &acknowledged);
     }
 }
 
@@ -1108,14 +1099,7 @@ fn replication_a_server_replaced_with_an_empty_disk_takes_over_its_old_place() {
     );
     let mut acknowledged = Vec::new();
     write_keys(&cluster, &mut acknowledged, 10);
-    for key in &acknowledged {
-        assert_eq!(
-            cluster.servers[2].get_text(&format!("/v1/kv/{key}?raw&consistent")),
-            Some((200, key.clone())),
-            "{}",
-            cluster.dump_logs()
-        );
-    }
+    assert_has_every_write(&cluster, &cluster.servers[2], &acknowledged);
 }
 
 /// A server of another datacenter joins this datacenter's gossip by mistake (its `--join`
@@ -1266,15 +1250,6 @@ fn replication_scales_out_to_five_and_back_in_to_three_with_graceful_leaves() {
         write_keys(&cluster, &mut acknowledged, 10);
     }
     for server in cluster.servers.iter().filter(|s| s.child.is_some()) {
-        assert_eq!(server.peers().len(), 3, "{}", server.name);
-        for key in &acknowledged {
-            assert_eq!(
-                server.get_text(&format!("/v1/kv/{key}?raw&consistent")),
-                Some((200, key.clone())),
-                "{} lost {key}\n{}",
-                server.name,
-                cluster.dump_logs()
-            );
-        }
+        assert_has_every_write(&cluster, server, &acknowledged);
     }
 }
