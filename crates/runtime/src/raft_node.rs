@@ -242,14 +242,15 @@ impl RaftNode {
                 } else {
                     1_000
                 });
-            let first = match waiting.block_on(tokio::time::timeout(
-                Duration::from_millis(wait_ms),
-                rx.recv(),
-            )) {
-                Ok(Some(input)) => Some(input),
-                Ok(None) => return,
-                Err(_) => None,
-            };
+            // Made inside `block_on`, the timeout's timer is the waiting runtime's (see the
+            // writer's loop).
+            let wait = Duration::from_millis(wait_ms);
+            let first =
+                match waiting.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(input)) => Some(input),
+                    Ok(None) => return,
+                    Err(_) => None,
+                };
             if let Some(input) = first {
                 if matches!(input, RaftInput::Stop) {
                     return;

@@ -155,11 +155,15 @@ impl Writer {
             } else {
                 Duration::from_secs(3600)
             };
-            let first = match waiting.block_on(tokio::time::timeout(wait, rx.recv())) {
-                Ok(Some(proposal)) => Some(proposal),
-                Ok(None) => return,
-                Err(_) => None,
-            };
+            // The timeout is made inside `block_on`, so that its timer is the waiting
+            // runtime's: one made out here would take the agent's runtime from the entered
+            // context, and panic when that runtime shuts down under it.
+            let first =
+                match waiting.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(proposal)) => Some(proposal),
+                    Ok(None) => return,
+                    Err(_) => None,
+                };
             if floor && last_probe.elapsed() >= FLOOR_PROBE_INTERVAL {
                 last_probe = Instant::now();
                 if self.probe().is_err() {
