@@ -991,8 +991,9 @@ impl Raft {
     }
 
     /// Raft §5.1 term rules, with pre-vote and stickiness: adopts a higher term (except for
-    /// pre-votes, and, inside the leader lease, anything not sent by a leader), answers stale leaders and pre-votes with
-    /// the current term. Returns whether the message is for the current term and goes on.
+    /// pre-votes and, inside the leader lease, anything a leader did not send), answers
+    /// stale leaders and pre-votes with the current term. Returns whether the message is for
+    /// the current term and goes on.
     fn admit_term(&mut self, now_ms: u64, from: u64, message: &Message) -> bool {
         let term = message.term();
         if term > self.term {

@@ -648,7 +648,7 @@ impl Agent {
         {
             RpcResponse::SessionRemaining(remaining) => Ok(remaining),
             other => Err(ClusterError::Unavailable(format!(
-                "leader answered a session deadline question with {other:?}"
+                "leader answered a session TTL question with {other:?}"
             ))),
         }
     }

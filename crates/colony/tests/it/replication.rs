@@ -1253,3 +1253,50 @@ fn replication_scales_out_to_five_and_back_in_to_three_with_graceful_leaves() {
         assert_has_every_write(&cluster, server, &acknowledged);
     }
 }
+
+/// An etcd watch on a follower outlives the leader: the follower applies what the next
+/// leader commits, so one `etcdctl watch` stream connected to it sees the events from before
+/// and after the leader's SIGKILL without reconnecting.
+#[test]
+fn replication_an_etcd_watch_on_a_follower_survives_the_leaders_death() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let (watched, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let dir = cluster.dir.as_ref().expect("own dir").path().to_path_buf();
+    let out_path = dir.join("watch.out");
+    let out = std::fs::File::create(&out_path).expect("watch output");
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints=http://{}",
+            cluster.servers[watched].grpc
+        ))
+        .args(["watch", "--prefix", "w/"])
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl is installed (scripts/test installs etcd-client)");
+    let seen =
+        |text: &str| std::fs::read_to_string(&out_path).is_ok_and(|events| events.contains(text));
+    // Until the watch is registered, puts go unseen: put until one shows.
+    wait_until("the watch to see a put", Duration::from_secs(10), || {
+        etcdctl_on(&cluster.servers[other], &["put", "w/0", "before"]).0 && seen("w/0\nbefore")
+    });
+    cluster.servers[leader].kill();
+    wait_until(
+        "a put to succeed after the failover",
+        Duration::from_secs(20),
+        || etcdctl_on(&cluster.servers[other], &["put", "w/1", "after"]).0,
+    );
+    wait_until(
+        "the same watch stream to see the put made under the new leader",
+        Duration::from_secs(10),
+        || seen("w/1\nafter"),
+    );
+    assert!(
+        watch.try_wait().expect("wait").is_none(),
+        "the watch stream stayed open through the failover"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
