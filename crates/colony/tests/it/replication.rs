@@ -928,46 +928,118 @@ fn replication_compacted_logs_catch_up_a_lagging_server_by_snapshot() {
 /// acknowledged write reads back from every server, and the three are still the voters.
 #[test]
 fn replication_rolling_restart_keeps_every_write_and_every_voter() {
-    use rustix::process::Signal;
     let mut cluster = Cluster::start(3, &[]);
     let mut acknowledged: Vec<String> = Vec::new();
     for round in 0..3 {
         write_keys(&cluster, &mut acknowledged, 20);
-        signal(&cluster.servers[round], Signal::TERM);
-        let mut child = cluster.servers[round].child.take().expect("running");
-        let exited = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                exited.elapsed() < Duration::from_secs(10),
-                "s{} did not stop on SIGTERM",
-                round + 1
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "s{} exited with {status}", round + 1);
+        stop_gracefully(&mut cluster, round);
         write_keys(&cluster, &mut acknowledged, 20);
-        let seed = cluster.servers[(round + 1) % 3].gossip;
-        cluster.servers[round].start(3, Some(seed), &[]);
-        cluster.wait_for_leader(&[], Duration::from_secs(20));
         let last = acknowledged.last().expect("writes").clone();
-        let restarted = &cluster.servers[round];
-        wait_until(
-            "the restarted server to be a voter again and caught up",
-            Duration::from_secs(20),
-            || {
-                restarted.peers().len() == 3
-                    && restarted
-                        .get_text(&format!("/v1/kv/{last}?stale"))
-                        .is_some_and(|(status, _)| status == 200)
-            },
-        );
+        start_and_catch_up(&mut cluster, round, &last);
     }
     write_keys(&cluster, &mut acknowledged, 20);
     for server in &cluster.servers {
         assert_has_every_write(&cluster, server, &acknowledged);
+    }
+}
+
+/// SIGTERMs server `index` (a server does not leave the cluster on it) and waits for its
+/// clean exit.
+fn stop_gracefully(cluster: &mut Cluster, index: usize) {
+    signal(&cluster.servers[index], rustix::process::Signal::TERM);
+    let name = cluster.servers[index].name.clone();
+    let mut child = cluster.servers[index].child.take().expect("running");
+    let mut status = None;
+    wait_until(
+        &format!("{name} to stop on SIGTERM"),
+        Duration::from_secs(10),
+        || {
+            status = child.try_wait().expect("wait");
+            status.is_some()
+        },
+    );
+    let status = status.expect("exited");
+    assert!(status.success(), "{name} exited with {status}");
+}
+
+/// Starts server `index` again on its data dir and waits until it is a voter again and has
+/// applied `key` (written while it was down).
+fn start_and_catch_up(cluster: &mut Cluster, index: usize, key: &str) {
+    let seed = cluster.servers[(index + 1) % cluster.servers.len()].gossip;
+    cluster.servers[index].start(3, Some(seed), &[]);
+    cluster.wait_for_leader(&[], Duration::from_secs(20));
+    let restarted = &cluster.servers[index];
+    wait_until(
+        "the restarted server to be a voter again and caught up",
+        Duration::from_secs(20),
+        || {
+            restarted.peers().len() == 3
+                && restarted
+                    .get_text(&format!("/v1/kv/{key}?stale"))
+                    .is_some_and(|(status, _)| status == 200)
+        },
+    );
+}
+
+/// A lock held through a rolling restart of every server stays held: its session, renewed
+/// every second through whichever server answers, is carried over by each new leader with a
+/// fresh TTL (as Consul does) and never expires. The session has no health checks (`Checks:
+/// []`); with the default `serfHealth` of the node it was created on, the restart of that
+/// node would invalidate it, in colony as in Consul.
+#[test]
+fn replication_a_lock_held_through_a_rolling_restart_stays_held() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = Cluster::start(3, &[]);
+    let created = http(
+        cluster.servers[0].http,
+        "PUT",
+        "/v1/session/create",
+        br#"{"TTL": "10s", "Checks": []}"#,
+    )
+    .expect("create");
+    assert_eq!(created.status, 200, "{}", created.text());
+    let session = created.json()["ID"].as_str().expect("an ID").to_string();
+    let acquire = format!("/v1/kv/service/leader?acquire={session}");
+    let acquired = http(cluster.servers[0].http, "PUT", &acquire, b"me").expect("acquire");
+    assert_eq!(acquired.text().trim(), "true");
+    let stop = Arc::new(AtomicBool::new(false));
+    let renewer = {
+        let addrs: Vec<SocketAddr> = cluster.servers.iter().map(|s| s.http).collect();
+        let (stop, session) = (stop.clone(), session.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let path = format!("/v1/session/renew/{session}");
+                // Any server that answers renews it (a stopped one refuses the connection).
+                let _ = addrs
+                    .iter()
+                    .find(|addr| http(**addr, "PUT", &path, b"").is_ok_and(|r| r.status == 200));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..3 {
+        stop_gracefully(&mut cluster, round);
+        write_keys(&cluster, &mut acknowledged, 5);
+        let last = acknowledged.last().expect("writes").clone();
+        start_and_catch_up(&mut cluster, round, &last);
+    }
+    stop.store(true, Ordering::SeqCst);
+    renewer.join().expect("renewer");
+    for server in &cluster.servers {
+        let (status, text) = server
+            .get_text("/v1/kv/service/leader?consistent")
+            .expect("read");
+        assert_eq!(status, 200, "{}: {text}", server.name);
+        let holder: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            holder[0]["Session"],
+            session,
+            "{}: the lock is still held\n{}",
+            server.name,
+            cluster.dump_logs()
+        );
     }
 }
 
