@@ -1372,3 +1372,31 @@ fn replication_an_etcd_watch_on_a_follower_survives_the_leaders_death() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// The whole cluster moves: every server stops and starts again on its data dir at new
+/// addresses (gossip, RPC, HTTP, gRPC — containers rescheduled with new IPs). The Raft
+/// configuration holds IDs, not addresses, and each server learns the others' new RPC
+/// addresses from gossip: they elect a leader and keep every acknowledged write, with no
+/// manual recovery step (Consul needs a `peers.json` here).
+#[test]
+fn replication_the_whole_cluster_moved_to_new_addresses_comes_back() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut acknowledged: Vec<String> = Vec::new();
+    write_keys(&cluster, &mut acknowledged, 30);
+    for server in &mut cluster.servers {
+        server.kill();
+        server.http = free_addr();
+        server.gossip = free_addr();
+        server.rpc = free_addr();
+        server.grpc = free_addr();
+    }
+    let seed = cluster.servers[0].gossip;
+    for (i, server) in cluster.servers.iter_mut().enumerate() {
+        server.start(3, (i > 0).then_some(seed), &[]);
+    }
+    cluster.wait_for_leader(&[], Duration::from_secs(30));
+    write_keys(&cluster, &mut acknowledged, 10);
+    for server in &cluster.servers {
+        assert_has_every_write(&cluster, server, &acknowledged);
+    }
+}
