@@ -752,6 +752,21 @@ struct Connection {
     waiters: Waiters,
 }
 
+/// A call's entry in its connection's waiter table, removed when the call ends however it
+/// ends (the reader removes it first when the answer comes).
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.waiting.remove(&self.id);
+        }
+    }
+}
+
 /// Sends requests to servers over pooled connections (one per address).
 #[derive(Default)]
 pub struct RpcClient {
@@ -785,6 +800,12 @@ impl RpcClient {
             }
             waiters.waiting.insert(id, tx);
         }
+        // Whatever ends this call — an answer, a timeout, or the caller dropping it (its
+        // client went away) — its waiter leaves the table.
+        let _waiting = Waiting {
+            waiters: &connection.waiters,
+            id,
+        };
         let frame = encode_frame(&RpcFrame::Request { id, request });
         if connection.outbox.send(frame).await.is_err() {
             self.forget(addr, &connection);
@@ -800,15 +821,7 @@ impl RpcClient {
                 self.forget(addr, &connection);
                 Err(CallError::Lost(addr))
             }
-            Err(_) => {
-                connection
-                    .waiters
-                    .lock()
-                    .expect("waiters lock poisoned")
-                    .waiting
-                    .remove(&id);
-                Err(CallError::Lost(addr))
-            }
+            Err(_) => Err(CallError::Lost(addr)),
         }
     }
 
@@ -906,6 +919,42 @@ mod tests {
         assert!(error.to_string().contains("bytes"), "{error}");
         let mut truncated = &frame[..frame.len() - 1];
         assert!(read_frame(&mut truncated).await.is_err());
+    }
+
+    /// A call whose caller gives up (its client went away: the future is dropped) leaves no
+    /// waiter behind, although the server never answers.
+    #[tokio::test]
+    async fn rpc_a_dropped_call_leaves_no_waiter() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A server that takes the connection and never answers.
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let client = RpcClient::default();
+        for _ in 0..3 {
+            let call = client.call(addr, RpcRequest::Membership, Duration::from_secs(60));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), call)
+                    .await
+                    .is_err(),
+                "no answer comes"
+            );
+        }
+        let connection = client
+            .connections
+            .lock()
+            .expect("connections")
+            .get(&addr)
+            .cloned()
+            .expect("a pooled connection");
+        let waiting = connection.waiters.lock().expect("waiters").waiting.len();
+        assert_eq!(waiting, 0, "the dropped calls left waiters");
+        server.abort();
     }
 
     async fn expect_raft_frames(stream: &mut TcpStream, from: u64, term: u64) {
