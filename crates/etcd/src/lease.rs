@@ -35,12 +35,24 @@ impl LeaseService {
 }
 
 /// Renews lease `id`; its granted TTL in seconds, or `None` if there is no such lease.
-pub(crate) async fn renew(ctx: &EtcdContext, id: i64) -> Option<i64> {
-    let session_id = ctx
+///
+/// # Errors
+/// `Unavailable` when the renewal could not be made (no leader to renew with): the lease
+/// may well live on, so this must not read as "no such lease" — clients take a TTL of 0 to
+/// mean the lease is gone, and give up the locks and elections held with it.
+pub(crate) async fn renew(ctx: &EtcdContext, id: i64) -> Result<Option<i64>, Status> {
+    let Some(session_id) = ctx
         .agent
-        .read(|s| s.lease_session(id).map(|session| session.id.clone()))?;
-    let session = ctx.agent.renew_session(&session_id).await.ok()??;
-    Some((session.ttl_ms / 1000) as i64)
+        .read(|s| s.lease_session(id).map(|session| session.id.clone()))
+    else {
+        return Ok(None);
+    };
+    let session = ctx
+        .agent
+        .renew_session(&session_id)
+        .await
+        .map_err(|error| Status::unavailable(format!("etcdserver: {error}")))?;
+    Ok(session.map(|session| (session.ttl_ms / 1000) as i64))
 }
 
 /// Grants a lease of `ttl_s` seconds (ID `id`, or a fresh one if 0); returns the ID, the TTL
@@ -145,8 +157,16 @@ impl Lease for LeaseService {
                     () = tx.closed() => return,
                 };
                 let Ok(Some(request)) = message else { return };
-                // An unknown (expired or revoked) lease is answered with TTL 0, as etcd does.
-                let ttl = renew(&ctx, request.id).await.unwrap_or(0);
+                // An unknown (expired or revoked) lease is answered with TTL 0, as etcd does; a
+                // renewal that could not be made ends the stream with its error, as etcd's
+                // does (the client opens another and sends its keep-alives again).
+                let ttl = match renew(&ctx, request.id).await {
+                    Ok(ttl) => ttl.unwrap_or(0),
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let response = LeaseKeepAliveResponse {
                     header: ctx.current_header(),
                     id: request.id,

@@ -1400,3 +1400,59 @@ fn replication_the_whole_cluster_moved_to_new_addresses_comes_back() {
         assert_has_every_write(&cluster, server, &acknowledged);
     }
 }
+
+/// A keep-alive that cannot reach a leader (the cluster lost its quorum) ends the stream with
+/// `Unavailable`, as etcd's does, and the client retries. It must not answer TTL 0: clients
+/// read that as "the lease is gone" and give up the locks and elections they hold with it,
+/// although the lease lives on and the next leader keeps it.
+#[test]
+fn replication_an_etcd_keepalive_without_a_leader_is_an_error_not_an_expiry() {
+    use colony_etcdpb::etcdserverpb::LeaseKeepAliveRequest;
+    use colony_etcdpb::etcdserverpb::lease_client::LeaseClient;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let (ok, out, err) = etcdctl_on(
+        &cluster.servers[leader],
+        &["lease", "grant", "60", "-w", "json"],
+    );
+    assert!(ok, "{err}");
+    let granted: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = granted["ID"].as_i64().expect("a lease ID");
+    let survivor = (leader + 1) % 3;
+    cluster.servers[leader].kill();
+    cluster.servers[(leader + 2) % 3].kill();
+    let grpc = cluster.servers[survivor].grpc;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let answer = runtime.block_on(async move {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let (requests, rx) = tokio::sync::mpsc::channel(1);
+        requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .expect("queue");
+        let stream = LeaseClient::new(channel)
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        match stream {
+            Err(status) => Err(status),
+            Ok(response) => {
+                let mut responses = response.into_inner();
+                tokio::time::timeout(Duration::from_secs(30), responses.message())
+                    .await
+                    .expect("an answer within 30 s")
+            }
+        }
+    });
+    match answer {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(Some(response)) => panic!(
+            "a keep-alive without a leader was answered TTL {}",
+            response.ttl
+        ),
+        Ok(None) => panic!("the stream ended without an error"),
+    }
+}
