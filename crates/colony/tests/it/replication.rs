@@ -139,6 +139,17 @@ impl Cluster {
         cluster
     }
 
+    /// Starts every (stopped) server again on its data dir, all joining the first, and waits
+    /// until they agree on a leader.
+    fn start_all_again(&mut self) {
+        let seed = self.servers[0].gossip;
+        let count = self.servers.len();
+        for (i, server) in self.servers.iter_mut().enumerate() {
+            server.start(count, (i > 0).then_some(seed), &[]);
+        }
+        self.wait_for_leader(&[], Duration::from_secs(30));
+    }
+
     fn dump_logs(&self) -> String {
         self.servers
             .iter()
@@ -1043,15 +1054,14 @@ fn replication_a_lock_held_through_a_rolling_restart_stays_held() {
     }
 }
 
-/// Asserts that `server` counts three voters and reads every key of `acknowledged` (each
-/// written with itself as value) with a consistent read.
+/// Waits until `server` lists three voters at known addresses (a server that has just
+/// started learns the others' addresses from gossip), then asserts that it reads every key
+/// of `acknowledged` (each written with itself as value) with a consistent read.
 fn assert_has_every_write(cluster: &Cluster, server: &Server, acknowledged: &[String]) {
-    assert_eq!(
-        server.peers().len(),
-        3,
-        "{}: {:?}",
-        server.name,
-        server.peers()
+    wait_until(
+        &format!("{} to list three voters", server.name),
+        Duration::from_secs(20),
+        || server.peers().len() == 3,
     );
     for key in acknowledged {
         assert_eq!(
@@ -1105,27 +1115,16 @@ fn replication_whole_cluster_crash_and_restart_keeps_its_history() {
     for server in &mut cluster.servers {
         server.kill();
     }
-    let seed = cluster.servers[0].gossip;
-    for (i, server) in cluster.servers.iter_mut().enumerate() {
-        server.start(3, (i > 0).then_some(seed), &[]);
-    }
-    cluster.wait_for_leader(&[], Duration::from_secs(30));
+    cluster.start_all_again();
     write_keys(&cluster, &mut acknowledged, 10);
     for server in &cluster.servers {
-        assert_eq!(
-            server.peers().len(),
-            3,
-            "{}: {:?}",
-            server.name,
-            server.peers()
-        );
+        assert_has_every_write(&cluster, server, &acknowledged);
         assert_eq!(
             index_of(server, &first),
             Some(first_index),
             "{}: the first write keeps its index (one history)",
             server.name
         );
-        assert_has_every_write(&cluster, server, &acknowledged);
     }
 }
 
@@ -1390,11 +1389,7 @@ fn replication_the_whole_cluster_moved_to_new_addresses_comes_back() {
         server.rpc = free_addr();
         server.grpc = free_addr();
     }
-    let seed = cluster.servers[0].gossip;
-    for (i, server) in cluster.servers.iter_mut().enumerate() {
-        server.start(3, (i > 0).then_some(seed), &[]);
-    }
-    cluster.wait_for_leader(&[], Duration::from_secs(30));
+    cluster.start_all_again();
     write_keys(&cluster, &mut acknowledged, 10);
     for server in &cluster.servers {
         assert_has_every_write(&cluster, server, &acknowledged);
