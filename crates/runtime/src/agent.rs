@@ -159,9 +159,9 @@ async fn bind_rpc(
 
 /// Milliseconds on a monotonic clock (since this process first asked): what TTLs and
 /// deadlines are measured with. The wall clock can be stepped (NTP, an operator, a resumed
-/// VM); measured with it, a step forward would expire every session at once. The runtime is
-/// the one place that reads it.
-/// Never 0, so that 0 can stand for "never" in fields that hold one of its readings.
+/// VM); measured with it, a step forward would expire every session at once. Never 0, so
+/// that 0 can stand for "never" in fields that hold one of its readings. The runtime is the
+/// one place that reads it.
 pub fn mono_ms() -> u64 {
     static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let zero = *ZERO.get_or_init(std::time::Instant::now);

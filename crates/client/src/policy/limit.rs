@@ -360,11 +360,7 @@ impl ConcurrencyLimiter {
     /// # Panics
     /// Panics if no call was in flight.
     pub fn release(&self, sample: Sample) -> Option<u32> {
-        let before = self.state.fetch_sub(1, Ordering::AcqRel);
-        assert!(
-            inflight_of(before) > 0,
-            "limiter released more calls than it admitted"
-        );
+        let before = self.end_call();
         if let LimitAlgorithm::Aimd {
             backoff_ratio,
             timeout_ns,
@@ -398,11 +394,17 @@ impl ConcurrencyLimiter {
     /// # Panics
     /// Panics if no call was in flight.
     pub fn cancel(&self) {
+        self.end_call();
+    }
+
+    /// Takes one call out of the count in flight; the state word before.
+    fn end_call(&self) -> u64 {
         let before = self.state.fetch_sub(1, Ordering::AcqRel);
         assert!(
             inflight_of(before) > 0,
-            "limiter cancelled more calls than it admitted"
+            "limiter ended more calls than it admitted"
         );
+        before
     }
 
     /// Replaces the limit by `next(limit)` (retried if another release moved it meanwhile),

@@ -983,12 +983,7 @@ fn start_and_catch_up(cluster: &mut Cluster, index: usize, key: &str) {
     wait_until(
         "the restarted server to be a voter again and caught up",
         Duration::from_secs(20),
-        || {
-            restarted.peers().len() == 3
-                && restarted
-                    .get_text(&format!("/v1/kv/{key}?stale"))
-                    .is_some_and(|(status, _)| status == 200)
-        },
+        || restarted.peers().len() == 3 && has_applied(restarted, key),
     );
 }
 
@@ -1052,6 +1047,13 @@ fn replication_a_lock_held_through_a_rolling_restart_stays_held() {
             cluster.dump_logs()
         );
     }
+}
+
+/// Whether `server` has applied the write of `key` (a stale read finds it).
+fn has_applied(server: &Server, key: &str) -> bool {
+    server
+        .get_text(&format!("/v1/kv/{key}?stale"))
+        .is_some_and(|(status, _)| status == 200)
 }
 
 /// Waits until `server` lists three voters at known addresses (a server that has just
@@ -1267,11 +1269,7 @@ fn replication_a_renamed_server_keeps_its_place_among_the_voters() {
     wait_until(
         "the renamed server to apply the latest write",
         Duration::from_secs(10),
-        || {
-            cluster.servers[renamed]
-                .get_text(&format!("/v1/kv/{last}?stale"))
-                .is_some_and(|(status, _)| status == 200)
-        },
+        || has_applied(&cluster.servers[renamed], &last),
     );
 }
 
