@@ -194,12 +194,20 @@ impl Cluster {
 fn replication_three_servers_agree_on_a_leader_and_serve_writes_from_any_server() {
     let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    // A server can hear the leader's heartbeat before the configuration entry reaches it,
+    // so each one's peer list is awaited, not read once.
+    let mut expected: Vec<String> = cluster.servers.iter().map(|s| s.rpc.to_string()).collect();
+    expected.sort();
     for server in &cluster.servers {
-        let mut peers = server.peers();
-        peers.sort();
-        let mut expected: Vec<String> = cluster.servers.iter().map(|s| s.rpc.to_string()).collect();
-        expected.sort();
-        assert_eq!(peers, expected, "peers as {} sees them", server.name);
+        wait_until(
+            &format!("{} to list every server as a peer", server.name),
+            Duration::from_secs(10),
+            || {
+                let mut peers = server.peers();
+                peers.sort();
+                peers == expected
+            },
+        );
     }
     // Every server takes writes (followers forward them) and every server reads them back.
     for (i, server) in cluster.servers.iter().enumerate() {
