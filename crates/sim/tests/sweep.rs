@@ -6,7 +6,9 @@
 //! after every input.
 //!
 //! Replay one seed: `COLONY_SWEEP_SEED=17 cargo test -p colony-sim --test sweep`.
-//! More seeds: `COLONY_SWEEP_SEEDS=1000 cargo test --release -p colony-sim --test sweep`.
+//! More seeds: `COLONY_SWEEP_SEEDS=1000 cargo test -p colony-sim --test sweep` (the dev
+//! profile optimises this crate); seeds not run before: `COLONY_SWEEP_FROM=20001` (the first
+//! seed; 1 by default).
 
 use colony_base::SplitMix64;
 use colony_sim::{Latency, NetModel, Partition, World};
@@ -159,7 +161,10 @@ fn seed_sweep_membership_invariants() {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(48);
-            (1..=n).collect()
+            let first: u64 = std::env::var("COLONY_SWEEP_FROM")
+                .ok()
+                .map_or(1, |v| v.parse().expect("COLONY_SWEEP_FROM is a number"));
+            (first..first + n).collect()
         }
     };
     let mut failures = Vec::new();

@@ -5,8 +5,9 @@
 //! a liveness phase then removes every fault and requires progress and no lost write.
 //!
 //! Replay one seed: `RAFT_SEED=N cargo test -p colony-raft --test it sim_`.
-//! More seeds: `RAFT_SEEDS=2000 cargo test -p colony-raft --test it sim_`; longer runs:
-//! `RAFT_STEPS=30000`.
+//! More seeds: `RAFT_SEEDS=2000 cargo test -p colony-raft --test it sim_`; seeds not run
+//! before: `RAFT_SEED_OFFSET=20000` (each sweep then starts that far past its first seed);
+//! longer runs: `RAFT_STEPS=30000`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::Instant;
@@ -38,7 +39,10 @@ fn seeds(default_count: u64, base: u64) -> Vec<u64> {
     let count = std::env::var("RAFT_SEEDS").ok().map_or(default_count, |s| {
         s.parse().expect("RAFT_SEEDS is a number")
     });
-    (0..count).map(|i| base + i).collect()
+    let offset = std::env::var("RAFT_SEED_OFFSET").ok().map_or(0, |s| {
+        s.parse::<u64>().expect("RAFT_SEED_OFFSET is a number")
+    });
+    (0..count).map(|i| base + offset + i).collect()
 }
 
 fn run_seed(size: u64, seed: u64, steps: u64) -> Cluster {
