@@ -152,18 +152,22 @@ fn run(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The number in environment variable `name`, or `default` if it is unset; a value that is
+/// not a number stops the test rather than quietly running the default sweep.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number: {v:?}"))
+    })
+}
+
 #[test]
 fn seed_sweep_membership_invariants() {
     let seeds: Vec<u64> = match std::env::var("COLONY_SWEEP_SEED") {
         Ok(one) => vec![one.parse().expect("COLONY_SWEEP_SEED is a number")],
         Err(_) => {
-            let n: u64 = std::env::var("COLONY_SWEEP_SEEDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(48);
-            let first: u64 = std::env::var("COLONY_SWEEP_FROM")
-                .ok()
-                .map_or(1, |v| v.parse().expect("COLONY_SWEEP_FROM is a number"));
+            let n = env_number("COLONY_SWEEP_SEEDS", 48);
+            let first = env_number("COLONY_SWEEP_FROM", 1);
             (first..first + n).collect()
         }
     };
