@@ -26,6 +26,19 @@ def test_put_get_prefix_and_delete(etcd):
     assert etcd.get("py3/a") == (None, None)
 
 
+def test_binary_keys_round_trip_and_show_lossily_in_consul(etcd, agent):
+    """etcd keys are bytes: one that is not UTF-8 is stored and read back as sent, and
+    Consul's API (text keys, as Go encodes them) lists it with U+FFFD for the bad byte."""
+    key = b"pybin/\xffk"
+    etcd.put(key, b"raw")
+    value, meta = etcd.get(key)
+    assert value == b"raw" and meta.key == key
+    assert [m.key for _, m in etcd.get_prefix(b"pybin/")] == [key]
+    _, keys = agent.client.kv.get("pybin/", keys=True)
+    assert keys == ["pybin/\ufffdk"]
+    assert etcd.delete(key)
+
+
 def test_consul_kv_and_etcd_share_one_store(etcd, agent):
     """A key written through Consul's API is read through etcd's, with the same revision."""
     agent.client.kv.put("shared/k", "from-consul")

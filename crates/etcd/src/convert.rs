@@ -9,7 +9,7 @@ use colony_etcdpb::etcdserverpb::{
 };
 use colony_etcdpb::mvccpb::{self, KeyValue};
 use colony_store::{
-    Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, KvEntry, KvEvent, KvOp, KvOpResult,
+    Compare, CompareOp, CompareTarget, DeleteOp, Key, KeyRange, KvEntry, KvEvent, KvOp, KvOpResult,
     KvTxn, KvTxnResult, PutOp, RangeQuery, RangeResult, SortOrder, SortTarget,
 };
 use std::collections::HashSet;
@@ -48,15 +48,11 @@ pub fn event(event: &KvEvent, with_prev: bool) -> mvccpb::Event {
     }
 }
 
-fn utf8_key(key: Vec<u8>) -> Result<String, Status> {
+fn nonempty_key(key: Vec<u8>) -> Result<Key, Status> {
     if key.is_empty() {
         return Err(empty_key());
     }
-    String::from_utf8(key).map_err(|_| {
-        Status::invalid_argument(
-            "colony: keys must be UTF-8 (the store is shared with Consul's KV)",
-        )
-    })
+    Ok(Key::from(key))
 }
 
 fn revision(value: i64) -> u64 {
@@ -114,7 +110,7 @@ pub fn range_response(result: RangeResult, header: Option<ResponseHeader>) -> Ra
 /// A put request as a store operation.
 ///
 /// # Errors
-/// `InvalidArgument` for an empty or non-UTF-8 key, or a value/lease given with the flag
+/// `InvalidArgument` for an empty key, or a value/lease given with the flag
 /// that ignores it.
 pub fn put_op(request: PutRequest) -> Result<PutOp, Status> {
     if request.ignore_value && !request.value.is_empty() {
@@ -124,7 +120,7 @@ pub fn put_op(request: PutRequest) -> Result<PutOp, Status> {
         return Err(etcd_error(Code::InvalidArgument, "lease is provided"));
     }
     Ok(PutOp {
-        key: utf8_key(request.key)?,
+        key: nonempty_key(request.key)?,
         value: request.value,
         lease: request.lease,
         prev_kv: request.prev_kv,
@@ -249,7 +245,7 @@ fn check_txn(txn: &KvTxn) -> Result<(), Status> {
     for branch in [&txn.success, &txn.failure] {
         let (puts, deletes) = writes(branch)?;
         for key in &puts {
-            if deletes.iter().any(|range| range.contains(key.as_bytes())) {
+            if deletes.iter().any(|range| range.contains(key)) {
                 return Err(duplicate_key());
             }
         }
@@ -263,8 +259,8 @@ fn duplicate_key() -> Status {
 
 /// The keys a branch puts and the ranges it deletes, nested transactions included (their two
 /// branches may write the same key: only one runs). A key put twice is an error.
-fn writes(ops: &[KvOp]) -> Result<(HashSet<&str>, Vec<&KeyRange>), Status> {
-    let mut puts: HashSet<&str> = HashSet::new();
+fn writes(ops: &[KvOp]) -> Result<(HashSet<&[u8]>, Vec<&KeyRange>), Status> {
+    let mut puts: HashSet<&[u8]> = HashSet::new();
     let mut deletes: Vec<&KeyRange> = Vec::new();
     for op in ops {
         match op {
@@ -281,7 +277,7 @@ fn writes(ops: &[KvOp]) -> Result<(HashSet<&str>, Vec<&KeyRange>), Status> {
                 }
                 let (success_puts, success_deletes) = writes(&nested.success)?;
                 let (failure_puts, failure_deletes) = writes(&nested.failure)?;
-                let nested_puts: HashSet<&str> =
+                let nested_puts: HashSet<&[u8]> =
                     success_puts.union(&failure_puts).copied().collect();
                 if nested_puts.iter().any(|key| puts.contains(key)) {
                     return Err(duplicate_key());
@@ -412,10 +408,11 @@ mod tests {
             both.expect_err("conflict").message(),
             "etcdserver: value is provided"
         );
+        // Any bytes make a key, as in etcd.
         let binary = put_op(PutRequest {
-            key: vec![0xff],
+            key: vec![0xff, 0x00],
             ..PutRequest::default()
         });
-        assert_eq!(binary.expect_err("binary").code(), Code::InvalidArgument);
+        assert_eq!(binary.expect("binary key").key.as_bytes(), [0xff, 0x00]);
     }
 }

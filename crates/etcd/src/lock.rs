@@ -17,8 +17,8 @@ use colony_etcdpb::v3lockpb::{
 };
 use colony_runtime::Topic;
 use colony_store::{
-    Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, KvEntry, KvOp, KvTxn, PutOp, RangeQuery,
-    SortOrder, SortTarget,
+    Compare, CompareOp, CompareTarget, DeleteOp, Key, KeyRange, KvEntry, KvOp, KvTxn, PutOp,
+    RangeQuery, SortOrder, SortTarget,
 };
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -49,15 +49,15 @@ impl ElectionService {
     }
 }
 
-fn prefix_of(name: &[u8]) -> Result<String, Status> {
+fn prefix_of(name: &[u8]) -> Result<Vec<u8>, Status> {
     if name.is_empty() {
         return Err(Status::invalid_argument(
             "etcdserver: lock or election name is empty",
         ));
     }
-    let name = std::str::from_utf8(name)
-        .map_err(|_| Status::invalid_argument("colony: names must be UTF-8"))?;
-    Ok(format!("{name}/"))
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    Ok(prefix)
 }
 
 fn not_leader() -> Status {
@@ -65,7 +65,7 @@ fn not_leader() -> Status {
 }
 
 /// The oldest contender under `prefix` (the holder or leader), if any.
-fn first_created(ctx: &EtcdContext, prefix: &str) -> Option<KvEntry> {
+fn first_created(ctx: &EtcdContext, prefix: &[u8]) -> Option<KvEntry> {
     let query = RangeQuery {
         range: KeyRange::prefix(prefix),
         sort_target: SortTarget::Create,
@@ -83,7 +83,7 @@ fn first_created(ctx: &EtcdContext, prefix: &str) -> Option<KvEntry> {
 /// recipes release a key they could not use.
 struct AbandonGuard {
     ctx: Arc<EtcdContext>,
-    key: Option<String>,
+    key: Option<Key>,
 }
 
 impl Drop for AbandonGuard {
@@ -107,14 +107,16 @@ impl Drop for AbandonGuard {
 /// then waits until it is first. Returns the contender's entry and the revision it won at.
 async fn contend(
     ctx: &Arc<EtcdContext>,
-    prefix: &str,
+    prefix: &[u8],
     lease: i64,
     value: Vec<u8>,
 ) -> Result<(KvEntry, u64), Status> {
-    let key = format!("{prefix}{lease:x}");
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(format!("{lease:x}").as_bytes());
+    let key = Key::from(key);
     let join = KvTxn {
         compares: vec![Compare {
-            range: KeyRange::key(key.clone()),
+            range: KeyRange::key(key.to_vec()),
             op: CompareOp::Equal,
             target: CompareTarget::Create(0),
         }],
@@ -131,7 +133,7 @@ async fn contend(
         ctx: ctx.clone(),
         key: result.succeeded.then(|| key.clone()),
     };
-    let mut changes = ctx.agent.subscribe(&Topic::Prefix(prefix.to_string()));
+    let mut changes = ctx.agent.subscribe(&Topic::Prefix(prefix.to_vec()));
     loop {
         changes.borrow_and_update();
         let (mine, older, revision) = ctx.agent.read(|s| {
@@ -187,14 +189,12 @@ impl Lock for LockService {
     }
 }
 
-fn leader_key(request: Option<LeaderKey>) -> Result<(String, LeaderKey), Status> {
+fn leader_key(request: Option<LeaderKey>) -> Result<(Key, LeaderKey), Status> {
     let leader = request.ok_or_else(|| Status::invalid_argument("etcdserver: no leader key"))?;
-    let key = String::from_utf8(leader.key.clone())
-        .map_err(|_| Status::invalid_argument("colony: keys must be UTF-8"))?;
-    Ok((key, leader))
+    Ok((Key::from(leader.key.clone()), leader))
 }
 
-fn still_leader(key: &str, rev: i64) -> Compare {
+fn still_leader(key: &[u8], rev: i64) -> Compare {
     Compare {
         range: KeyRange::key(key),
         op: CompareOp::Equal,
@@ -291,7 +291,7 @@ impl Election for ElectionService {
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             let mut changes = ctx.agent.subscribe(&Topic::Prefix(prefix.clone()));
-            let mut last: Option<(String, u64)> = None;
+            let mut last: Option<(Key, u64)> = None;
             loop {
                 changes.borrow_and_update();
                 if let Some(leader) = first_created(&ctx, &prefix) {
@@ -324,7 +324,7 @@ impl Election for ElectionService {
         let resign = KvTxn {
             compares: vec![still_leader(&key, leader.rev)],
             success: vec![KvOp::Delete(DeleteOp {
-                range: KeyRange::key(key),
+                range: KeyRange::key(key.into_bytes()),
                 prev_kv: false,
             })],
             failure: vec![],

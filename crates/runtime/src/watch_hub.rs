@@ -10,18 +10,18 @@ use tokio::sync::watch;
 /// What a blocking query watches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
-    /// One KV key.
-    Key(String),
-    /// Every KV key under a prefix.
-    Prefix(String),
+    /// One KV key (its bytes).
+    Key(Vec<u8>),
+    /// Every KV key under a prefix (its bytes).
+    Prefix(Vec<u8>),
     /// A whole table.
     Table(Table),
 }
 
 #[derive(Default)]
 struct Channels {
-    keys: HashMap<String, watch::Sender<u64>>,
-    prefixes: HashMap<String, watch::Sender<u64>>,
+    keys: HashMap<Vec<u8>, watch::Sender<u64>>,
+    prefixes: HashMap<Vec<u8>, watch::Sender<u64>>,
     tables: HashMap<Table, watch::Sender<u64>>,
     sweep_at_len: usize,
 }
@@ -93,17 +93,16 @@ impl WatchHub {
                     }
                 }
                 Change::Key(key) => {
-                    if let Some(sender) = channels.keys.get(key) {
+                    if let Some(sender) = channels.keys.get(key.as_bytes()) {
                         sender.send_replace(index);
                         if sender.receiver_count() == 0 {
-                            channels.keys.remove(key);
+                            channels.keys.remove(key.as_bytes());
                         }
                     }
                     if channels.prefixes.is_empty() {
                         continue;
                     }
-                    let boundaries = key.char_indices().map(|(i, _)| i).chain([key.len()]);
-                    for end in boundaries {
+                    for end in 0..=key.len() {
                         if let Some(sender) = channels.prefixes.get(&key[..end]) {
                             sender.send_replace(index);
                         }
@@ -123,7 +122,7 @@ mod tests {
         let hub = WatchHub::new();
         let mut key = hub.subscribe(&Topic::Key("a/b".into()));
         let prefix = hub.subscribe(&Topic::Prefix("a/".into()));
-        let root = hub.subscribe(&Topic::Prefix(String::new()));
+        let root = hub.subscribe(&Topic::Prefix(Vec::new()));
         let other = hub.subscribe(&Topic::Key("c".into()));
         hub.notify(&[Change::Key("a/b".into())], 7);
         assert!(key.has_changed().expect("open"));
@@ -134,10 +133,24 @@ mod tests {
     }
 
     #[test]
+    fn hub_matches_keys_and_prefixes_that_are_not_utf8_bytewise() {
+        let hub = WatchHub::new();
+        let key: &[u8] = b"b/\xff\x80";
+        let mut exact = hub.subscribe(&Topic::Key(key.to_vec()));
+        // A prefix that ends inside what would be a multi-byte character.
+        let mut partial = hub.subscribe(&Topic::Prefix(b"b/\xff".to_vec()));
+        let other = hub.subscribe(&Topic::Prefix(b"b/\xfe".to_vec()));
+        hub.notify(&[Change::Key(key.into())], 3);
+        assert_eq!(*exact.borrow_and_update(), 3);
+        assert_eq!(*partial.borrow_and_update(), 3);
+        assert!(!other.has_changed().expect("open"));
+    }
+
+    #[test]
     fn hub_drops_channels_nobody_listens_to() {
         let hub = WatchHub::new();
         for i in 0..(SWEEP_LEN_MIN * 2) {
-            drop(hub.subscribe(&Topic::Key(format!("k{i}"))));
+            drop(hub.subscribe(&Topic::Key(format!("k{i}").into_bytes())));
         }
         let len = hub.channels.lock().expect("lock").keys.len();
         assert!(

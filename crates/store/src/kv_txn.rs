@@ -96,7 +96,7 @@ pub enum RangeError {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PutOp {
     /// The key.
-    pub key: String,
+    pub key: crate::Key,
     /// The value.
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
@@ -262,7 +262,7 @@ impl StateMachine {
     pub(crate) fn kv_range_pending(
         &self,
         query: &RangeQuery,
-        pending: &[(String, Option<KvEntry>)],
+        pending: &[(crate::Key, Option<KvEntry>)],
     ) -> Result<RangeResult, RangeError> {
         let current = self.applied_index() + u64::from(!pending.is_empty());
         if query.revision > current {
@@ -282,16 +282,16 @@ impl StateMachine {
                     compacted,
                 }));
             }
-            let mut view: BTreeMap<String, KvEntry> = self
+            let mut view: BTreeMap<crate::Key, KvEntry> = self
                 .kv_in_range(&query.range)
                 .map(|e| (e.key.clone(), e.clone()))
                 .collect();
-            let mut restore = |key: &str, prev: Option<&KvEntry>| {
-                if !query.range.contains(key.as_bytes()) {
+            let mut restore = |key: &crate::Key, prev: Option<&KvEntry>| {
+                if !query.range.contains(key) {
                     return;
                 }
                 match prev {
-                    Some(entry) => view.insert(key.to_string(), entry.clone()),
+                    Some(entry) => view.insert(key.clone(), entry.clone()),
                     None => view.remove(key),
                 };
             };
@@ -334,7 +334,7 @@ impl StateMachine {
     /// Current entries in `range`, in key order.
     pub fn kv_in_range<'a>(&'a self, range: &'a KeyRange) -> impl Iterator<Item = &'a KvEntry> {
         self.kv
-            .range::<str, _>((
+            .range::<[u8], _>((
                 std::ops::Bound::Included(range.scan_from()),
                 std::ops::Bound::Unbounded,
             ))
@@ -481,7 +481,7 @@ impl StateMachine {
                     }
                 }
                 KvOp::Delete(delete) => {
-                    let keys: Vec<String> = self
+                    let keys: Vec<crate::Key> = self
                         .kv_in_range(&delete.range)
                         .map(|e| e.key.clone())
                         .collect();

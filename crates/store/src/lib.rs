@@ -18,6 +18,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 mod command;
+mod key;
 mod kv_txn;
 mod mvcc;
 mod session_ttl;
@@ -29,6 +30,7 @@ pub use command::{
     CatalogRegistration, Command, DecodeError, ENTRY_FORMAT_VERSION, Entry, KvSetMode, Outcome,
     Rejection, RejectionKind, TxnError, TxnOp, TxnOutcome, TxnResult,
 };
+pub use key::Key;
 pub use kv_txn::{
     Compare, CompareOp, CompareTarget, DeleteOp, KvOp, KvOpResult, KvTxn, KvTxnResult, PutOp,
     RangeError, RangeQuery, RangeResult, SortOrder, SortTarget, reject,

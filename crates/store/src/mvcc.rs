@@ -69,15 +69,9 @@ impl KeyRange {
         self.end != [0] && key >= self.end.as_slice()
     }
 
-    /// A string no greater than every key in the range, to start a scan of a string-keyed map
-    /// from: the longest UTF-8 prefix of `start`.
-    pub(crate) fn scan_from(&self) -> &str {
-        match std::str::from_utf8(&self.start) {
-            Ok(all) => all,
-            Err(error) => {
-                std::str::from_utf8(&self.start[..error.valid_up_to()]).expect("valid up to here")
-            }
-        }
+    /// Where a scan of a key-ordered map for this range starts.
+    pub(crate) fn scan_from(&self) -> &[u8] {
+        &self.start
     }
 }
 
@@ -101,7 +95,7 @@ pub struct KvEvent {
     /// The revision (log index) that made the change.
     pub revision: u64,
     /// The key.
-    pub key: String,
+    pub key: crate::Key,
     /// The entry after the change, or `None` if the key was deleted.
     pub kv: Option<Arc<KvEntry>>,
     /// The entry before the change, or `None` if the key did not exist.

@@ -35,7 +35,11 @@ fn range(state: &StateMachine, query: RangeQuery) -> Result<RangeResult, RangeEr
 }
 
 fn keys(result: &RangeResult) -> Vec<&str> {
-    result.kvs.iter().map(|e| e.key.as_str()).collect()
+    result
+        .kvs
+        .iter()
+        .map(|e| e.key.as_str().expect("UTF-8 key"))
+        .collect()
 }
 
 fn with_node() -> StateMachine {
@@ -279,7 +283,7 @@ fn txn_compares_pick_a_branch_and_apply_at_one_revision() {
                     ..PutOp::default()
                 }),
                 KvOp::Put(PutOp {
-                    key: format!("{key}/owner"),
+                    key: format!("{key}/owner").into(),
                     value: b"me".to_vec(),
                     ..PutOp::default()
                 }),
@@ -376,6 +380,64 @@ fn reads_inside_a_txn_see_its_earlier_writes() {
         panic!("a txn result");
     };
     assert!(matches!(&result.results[1], KvOpResult::Range(r) if r.kvs[0].value[..] == b"new"[..]));
+}
+
+#[test]
+fn binary_keys_are_ranged_watched_leased_and_snapshotted_as_bytes() {
+    let mut state = with_node();
+    lease(&mut state, 9);
+    let binary: &[u8] = b"bin/\xff\x00\x80";
+    let put_bytes = |key: &[u8], lease: i64| {
+        Command::KvTxn(KvTxn::single(KvOp::Put(PutOp {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..PutOp::default()
+        })))
+    };
+    let (_, changes) = state.apply(
+        state.applied_index() + 1,
+        &Entry {
+            time_ms: 5_000,
+            command: put_bytes(binary, 9),
+        },
+    );
+    assert!(changes.contains(&Change::Key(binary.into())), "{changes:?}");
+    apply(&mut state, put_bytes(b"bin/a", 0));
+    apply(&mut state, put_bytes(b"bin/\xfe", 0));
+    let listed = range(
+        &state,
+        RangeQuery {
+            range: KeyRange::prefix("bin/"),
+            ..RangeQuery::default()
+        },
+    )
+    .expect("range");
+    let keys: Vec<&[u8]> = listed.kvs.iter().map(|e| e.key.as_bytes()).collect();
+    assert_eq!(keys, [&b"bin/a"[..], b"bin/\xfe", binary], "bytewise order");
+    assert_eq!(state.kv_get(binary).map(|e| e.lease), Some(9));
+    // Consul's key listing shows the bytes that are not UTF-8 as U+FFFD.
+    assert_eq!(
+        state.kv_list_keys("bin/", None),
+        ["bin/a", "bin/\u{fffd}", "bin/\u{fffd}\0\u{fffd}"]
+    );
+    let restored = StateMachine::from_snapshot(&state.to_snapshot()).expect("snapshot");
+    assert_eq!(restored, state);
+    apply(
+        &mut state,
+        Command::SessionDestroy {
+            id: "session-9".into(),
+        },
+    );
+    assert!(
+        state.kv_get(binary).is_none(),
+        "revoking the lease deletes the key"
+    );
+    let last = state.history().since(state.applied_index()).expect("kept");
+    assert_eq!(
+        last.map(|e| e.key.clone()).collect::<Vec<_>>(),
+        [Key::from(binary)]
+    );
 }
 
 #[test]
@@ -505,7 +567,7 @@ proptest::proptest! {
         compact_at in 0usize..80,
     ) {
         let mut state = StateMachine::new();
-        let mut past: Vec<BTreeMap<String, KvEntry>> = vec![BTreeMap::new()];
+        let mut past: Vec<BTreeMap<Key, KvEntry>> = vec![BTreeMap::new()];
         for (i, write) in writes.into_iter().enumerate() {
             apply(&mut state, write);
             if i == compact_at {
@@ -536,10 +598,10 @@ proptest::proptest! {
         for event in state.history().since(start).expect("retained") {
             match &event.kv {
                 Some(kv) => replay.insert(event.key.clone(), (**kv).clone()),
-                None => replay.remove(&event.key),
+                None => replay.remove(event.key.as_bytes()),
             };
         }
-        let now: BTreeMap<String, KvEntry> = state.kv_in_range(&KeyRange::prefix("")).map(|e| (e.key.clone(), e.clone())).collect();
+        let now: BTreeMap<Key, KvEntry> = state.kv_in_range(&KeyRange::prefix("")).map(|e| (e.key.clone(), e.clone())).collect();
         proptest::prop_assert_eq!(replay, now);
     }
 }

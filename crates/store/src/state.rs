@@ -30,7 +30,7 @@ const TABLES: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
     /// A KV key was written or deleted (prefix watchers of it wake too).
-    Key(String),
+    Key(crate::Key),
     /// A table moved to a new index.
     Table(Table),
 }
@@ -40,10 +40,10 @@ pub enum Change {
 pub struct StateMachine {
     applied_index: u64,
     table_index: [u64; TABLES],
-    pub(crate) kv: BTreeMap<String, KvEntry>,
+    pub(crate) kv: BTreeMap<crate::Key, KvEntry>,
     /// Keys whose lock was released by a session invalidation, and until when (entry time, ms)
     /// they stay unacquirable.
-    lock_delays: BTreeMap<String, u64>,
+    lock_delays: BTreeMap<crate::Key, u64>,
     nodes: BTreeMap<String, Node>,
     /// Keyed by (node, service ID).
     services: BTreeMap<(String, String), Service>,
@@ -53,7 +53,7 @@ pub struct StateMachine {
     /// Session ID by lease ID (the etcd dialect's name for a session).
     leases: BTreeMap<i64, String>,
     /// Keys attached to each lease.
-    lease_keys: BTreeMap<i64, BTreeSet<String>>,
+    lease_keys: BTreeMap<i64, BTreeSet<crate::Key>>,
     /// Recent KV changes, for reads at older revisions and watches that resume.
     history: KvHistory,
 }
@@ -80,21 +80,21 @@ pub(crate) struct ApplyCtx {
     pub(crate) changes: Vec<Change>,
     /// Every KV key this entry touched, in first-touch order, with its entry before the first
     /// touch: turned into history events (and lease bookkeeping) once the entry is applied.
-    kv_touched: Vec<(String, Option<KvEntry>)>,
-    kv_touched_set: HashSet<String>,
+    kv_touched: Vec<(crate::Key, Option<KvEntry>)>,
+    kv_touched_set: HashSet<crate::Key>,
 }
 
 impl ApplyCtx {
     /// Remembers `key`'s entry before this entry first changes it.
-    fn note_kv(&mut self, key: &str, before: Option<&KvEntry>) {
+    fn note_kv(&mut self, key: &[u8], before: Option<&KvEntry>) {
         if !self.kv_touched_set.contains(key) {
-            self.kv_touched_set.insert(key.to_string());
-            self.kv_touched.push((key.to_string(), before.cloned()));
+            self.kv_touched_set.insert(key.into());
+            self.kv_touched.push((key.into(), before.cloned()));
         }
     }
 
     /// The keys changed so far by this entry, with their previous entries.
-    pub(crate) fn pending_kv(&self) -> &[(String, Option<KvEntry>)] {
+    pub(crate) fn pending_kv(&self) -> &[(crate::Key, Option<KvEntry>)] {
         &self.kv_touched
     }
 
@@ -197,9 +197,9 @@ impl StateMachine {
                 value,
                 flags,
                 mode,
-            } => self.kv_set(&mut ctx, key, value, *flags, mode),
+            } => self.kv_set(&mut ctx, key.as_bytes(), value, *flags, mode),
             Command::KvDelete { key, recurse, cas } => {
-                self.kv_delete(&mut ctx, key, *recurse, *cas)
+                self.kv_delete(&mut ctx, key.as_bytes(), *recurse, *cas)
             }
             Command::Txn { ops } => Outcome::Txn(self.apply_txn(&mut ctx, ops)),
             Command::CatalogRegister(registration) => self.catalog_register(&mut ctx, registration),
@@ -299,7 +299,7 @@ impl StateMachine {
     fn kv_set(
         &mut self,
         ctx: &mut ApplyCtx,
-        key: &str,
+        key: &[u8],
         value: &[u8],
         flags: u64,
         mode: &KvSetMode,
@@ -343,7 +343,7 @@ impl StateMachine {
     pub(crate) fn kv_write(
         &mut self,
         ctx: &mut ApplyCtx,
-        key: &str,
+        key: &[u8],
         value: &[u8],
         flags: u64,
         mode: &KvSetMode,
@@ -368,17 +368,17 @@ impl StateMachine {
     pub(crate) fn kv_upsert(
         &mut self,
         ctx: &mut ApplyCtx,
-        key: &str,
+        key: &[u8],
         value: &[u8],
         flags: u64,
         lease: i64,
     ) -> &mut KvEntry {
         let index = ctx.index;
         ctx.note_kv(key, self.kv.get(key));
-        ctx.changes.push(Change::Key(key.to_string()));
+        ctx.changes.push(Change::Key(key.into()));
         ctx.touch(Table::Kvs);
-        let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
-            key: key.to_string(),
+        let entry = self.kv.entry(key.into()).or_insert_with(|| KvEntry {
+            key: key.into(),
             value: bytes::Bytes::new(),
             flags: 0,
             session: None,
@@ -463,14 +463,14 @@ impl StateMachine {
     }
 
     /// The keys attached to lease `lease`, in key order.
-    pub fn lease_keys(&self, lease: i64) -> impl Iterator<Item = &String> {
+    pub fn lease_keys(&self, lease: i64) -> impl Iterator<Item = &crate::Key> {
         self.lease_keys.get(&lease).into_iter().flatten()
     }
 
     fn kv_delete(
         &mut self,
         ctx: &mut ApplyCtx,
-        key: &str,
+        key: &[u8],
         recurse: bool,
         cas: Option<u64>,
     ) -> Outcome {
@@ -490,17 +490,17 @@ impl StateMachine {
         Outcome::Bool(true)
     }
 
-    pub(crate) fn kv_remove(&mut self, ctx: &mut ApplyCtx, key: &str) -> Option<KvEntry> {
+    pub(crate) fn kv_remove(&mut self, ctx: &mut ApplyCtx, key: &[u8]) -> Option<KvEntry> {
         // Deleting a missing key still moves the KV index, as Consul's tombstones do, so that
         // blocking queries on it observe the delete.
         ctx.note_kv(key, self.kv.get(key));
-        ctx.changes.push(Change::Key(key.to_string()));
+        ctx.changes.push(Change::Key(key.into()));
         ctx.touch(Table::Kvs);
         self.kv.remove(key)
     }
 
-    pub(crate) fn kv_delete_tree(&mut self, ctx: &mut ApplyCtx, prefix: &str) -> Vec<KvEntry> {
-        let keys: Vec<String> = self
+    pub(crate) fn kv_delete_tree(&mut self, ctx: &mut ApplyCtx, prefix: &[u8]) -> Vec<KvEntry> {
+        let keys: Vec<crate::Key> = self
             .kv_keys_with_prefix(prefix)
             .map(|e| e.key.clone())
             .collect();
@@ -511,17 +511,17 @@ impl StateMachine {
     }
 
     /// The entry for `key`, if any.
-    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
-        self.kv.get(key)
+    pub fn kv_get(&self, key: impl AsRef<[u8]>) -> Option<&KvEntry> {
+        self.kv.get(key.as_ref())
     }
 
     /// Entries whose key starts with `prefix`, in key order.
     pub fn kv_keys_with_prefix<'a>(
         &'a self,
-        prefix: &'a str,
+        prefix: &'a [u8],
     ) -> impl Iterator<Item = &'a KvEntry> + 'a {
         self.kv
-            .range::<str, _>((
+            .range::<[u8], _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
@@ -532,15 +532,16 @@ impl StateMachine {
     /// Keys under `prefix`, folded at the first `separator` after the prefix (Consul's
     /// `?keys&separator=`): `a/b/c` under `a/` with `/` lists as `a/b/`.
     pub fn kv_list_keys(&self, prefix: &str, separator: Option<&str>) -> Vec<String> {
+        let prefix = prefix.as_bytes();
+        let separator = separator.filter(|s| !s.is_empty()).map(str::as_bytes);
         let mut keys: Vec<String> = Vec::new();
         for entry in self.kv_keys_with_prefix(prefix) {
-            let key = match separator.filter(|s| !s.is_empty()) {
-                Some(sep) => match entry.key[prefix.len()..].find(sep) {
-                    Some(at) => entry.key[..prefix.len() + at + sep.len()].to_string(),
-                    None => entry.key.clone(),
-                },
-                None => entry.key.clone(),
+            let after = &entry.key[prefix.len()..];
+            let folded = match separator.and_then(|sep| find(after, sep).map(|at| (at, sep))) {
+                Some((at, sep)) => &entry.key[..prefix.len() + at + sep.len()],
+                None => entry.key.as_bytes(),
             };
+            let key = String::from_utf8_lossy(folded).into_owned();
             if keys.last() != Some(&key) {
                 keys.push(key);
             }
@@ -558,8 +559,8 @@ impl StateMachine {
     }
 
     /// Until when (entry time, ms) `key` stays unacquirable after a session invalidation.
-    pub fn lock_delay_until(&self, key: &str) -> Option<u64> {
-        self.lock_delays.get(key).copied()
+    pub fn lock_delay_until(&self, key: impl AsRef<[u8]>) -> Option<u64> {
+        self.lock_delays.get(key.as_ref()).copied()
     }
 
     // ===== Catalog =====
@@ -922,7 +923,7 @@ impl StateMachine {
         ctx.touch(Table::Sessions);
         // Keys attached to the lease go with it (etcd's lease revoke), in key order. Keys
         // attached earlier in this same entry are not indexed yet: look at those too.
-        let mut attached: BTreeSet<String> = self
+        let mut attached: BTreeSet<crate::Key> = self
             .lease_keys
             .get(&session.lease_id)
             .cloned()
@@ -945,7 +946,7 @@ impl StateMachine {
                 self.kv_remove(ctx, &key);
             }
         }
-        let held: Vec<String> = self
+        let held: Vec<crate::Key> = self
             .kv
             .values()
             .filter(|e| e.session.as_deref() == Some(id))
@@ -1079,4 +1080,11 @@ impl postcard::ser_flavors::Flavor for ChunkFlavor<'_, '_> {
     fn finalize(mut self) -> postcard::Result<()> {
         self.spill()
     }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }

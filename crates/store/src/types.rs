@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     /// The key.
-    pub key: String,
+    pub key: crate::Key,
     /// The value, opaque bytes, shared by reference count (so that copies of the state,
     /// for snapshots and history, do not copy values); encoded exactly as a `Vec<u8>`.
     pub value: bytes::Bytes,

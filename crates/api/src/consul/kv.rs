@@ -55,15 +55,15 @@ pub(crate) async fn get(
     let separator = query.get("separator").map(str::to_string);
     let raw_value = query.has("raw") && !recurse && !keys_only;
     let topic = if recurse || keys_only {
-        Topic::Prefix(key.clone())
+        Topic::Prefix(key.clone().into_bytes())
     } else {
-        Topic::Key(key.clone())
+        Topic::Key(key.clone().into_bytes())
     };
 
     if keys_only {
         let (keys, index) = blocking::run(agent, blocking, &[topic], |s| {
             let keys = s.kv_list_keys(&key, separator.as_deref());
-            let index = s.kv_result_index(s.kv_keys_with_prefix(&key));
+            let index = s.kv_result_index(s.kv_keys_with_prefix(key.as_bytes()));
             (keys, index)
         })
         .await;
@@ -78,7 +78,7 @@ pub(crate) async fn get(
 
     let (entries, index) = blocking::run(agent, blocking, &[topic], |s| {
         let entries: Vec<_> = if recurse {
-            s.kv_keys_with_prefix(&key).cloned().collect()
+            s.kv_keys_with_prefix(key.as_bytes()).cloned().collect()
         } else {
             s.kv_get(&key).cloned().into_iter().collect()
         };

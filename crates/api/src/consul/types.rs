@@ -249,7 +249,7 @@ impl KvJson {
     pub fn from_entry(entry: &KvEntry) -> Self {
         KvJson {
             lock_index: entry.lock_index,
-            key: entry.key.clone(),
+            key: entry.key.to_string(),
             flags: entry.flags,
             value: (!entry.value.is_empty())
                 .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),

@@ -5,6 +5,7 @@
 
 use crate::support::{Agent, free_addr, wait_until};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +32,7 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// An etcdctl (v3 API) command aimed at `endpoint`.
-fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
+fn etcdctl_command<S: AsRef<OsStr>>(endpoint: &str, args: &[S]) -> Command {
     let mut command = Command::new(require("etcdctl", "etcd-client"));
     command
         .env("ETCDCTL_API", "3")
@@ -221,6 +222,56 @@ fn delete_with_prev_kv(endpoint: &str) {
     assert_eq!(ok(endpoint, &["get", "del/", "--prefix"]), "");
     assert_eq!(ok(endpoint, &["del", "del/missing"]), "0\n");
     assert_eq!(ok(endpoint, &["get", "dem"]), "dem\nstays\n");
+}
+
+/// Keys are bytes, as etcd's are: a key that is not UTF-8 is stored, read back alone and by
+/// prefix, and deleted, exactly as sent.
+fn binary_keys(endpoint: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let key: &[u8] = b"bin/\xff\xfek";
+    let run = |args: &[&OsStr]| {
+        let output = etcdctl_command(endpoint, args)
+            .output()
+            .expect("etcdctl output");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {stderr}{stdout}"
+        );
+        stdout
+    };
+    let key_arg = OsStr::from_bytes(key);
+    let os = OsStr::new;
+    run(&[os("put"), key_arg, os("v1")]);
+    ok(endpoint, &["put", "bin/a", "utf-8 neighbour"]);
+    let listed: Value = serde_json::from_str(&run(&[
+        os("get"),
+        os("bin/"),
+        os("--prefix"),
+        os("-w"),
+        os("json"),
+    ]))
+    .expect("JSON");
+    let keys: Vec<&str> = listed["kvs"]
+        .as_array()
+        .expect("kvs")
+        .iter()
+        .map(|kv| kv["key"].as_str().expect("key"))
+        .collect();
+    use base64::Engine;
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    // Byte order: 0xff sorts after every ASCII byte.
+    assert_eq!(keys, [b64("bin/a").as_str(), key_b64.as_str()], "{listed}");
+    let alone: Value =
+        serde_json::from_str(&run(&[os("get"), key_arg, os("-w"), os("json")])).expect("JSON");
+    assert_eq!(alone["count"], 1, "{alone}");
+    assert_eq!(alone["kvs"][0]["value"], b64("v1"));
+    assert_eq!(run(&[os("del"), key_arg]), "1\n");
+    assert_eq!(
+        ok(endpoint, &["get", "bin/", "--prefix", "--keys-only"]),
+        "bin/a\n\n"
+    );
 }
 
 fn txn_compare_and_branches(endpoint: &str) {
@@ -449,6 +500,7 @@ fn compaction_refuses_old_revisions(endpoint: &str) {
 fn run_suite(endpoint: &str, dir: &Path) {
     put_get_prefix_rev_limit_sort(endpoint);
     delete_with_prev_kv(endpoint);
+    binary_keys(endpoint);
     txn_compare_and_branches(endpoint);
     watch_from_old_revision_with_prev_kv(endpoint);
     leases_grant_keepalive_revoke_and_expiry(endpoint);

@@ -8,6 +8,7 @@ mod clock;
 mod disk_full;
 mod durability;
 mod etcd_bad_input;
+mod etcd_binary_keys;
 mod etcd_watch;
 mod etcdctl;
 mod faults;

@@ -146,7 +146,7 @@ impl KvLayer {
             let Some((key, invoked)) = self.reads_asked.remove(&ctx) else {
                 continue;
             };
-            let value = machine.kv_get(&format!("k{key}")).map(|entry| {
+            let value = machine.kv_get(format!("k{key}")).map(|entry| {
                 std::str::from_utf8(&entry.value)
                     .ok()
                     .and_then(|text| text.parse::<u32>().ok())
