@@ -22,7 +22,8 @@ pub struct BenchArgs {
     pub(crate) target: String,
     /// Workloads to run, comma-separated (or all). consul-http: put, get (default
     /// consistency), get-stale (?stale), get-consistent (?consistent), health, wake, parked,
-    /// fsync. etcd-grpc: put, get (linearizable), getser (serializable), keepalive,
+    /// fsync. etcd-grpc: put, get (linearizable), getser (serializable), consistent
+    /// (colony: Consul's ?consistent GET over HTTP; etcd: linearizable Range), keepalive,
     /// watch, lease.
     #[arg(long, default_value = "all")]
     pub(crate) workloads: String,
@@ -486,13 +487,13 @@ pub(crate) async fn measure_window(
 
 /// One keep-alive HTTP/1.1 connection owned by one load worker: no pool, no shared state, so
 /// the load generator costs as little CPU as it can (it shares the machine with the agent).
-struct Connection {
+pub(crate) struct Connection {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     authority: String,
 }
 
 impl Connection {
-    async fn open(authority: &str) -> anyhow::Result<Connection> {
+    pub(crate) async fn open(authority: &str) -> anyhow::Result<Connection> {
         let stream = tokio::net::TcpStream::connect(authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
@@ -507,7 +508,7 @@ impl Connection {
     }
 
     /// Sends one request and reads the whole answer; `Ok(true)` for a 2xx.
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         path: &str,

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// The workloads of the etcd dialect (`failover` only with several servers).
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "put",
     "get",
     "getser",
+    "consistent",
     "keepalive",
     "watch",
     "lease",
@@ -34,6 +35,8 @@ pub const WORKLOADS: [&str; 7] = [
 /// One server process of a system under test, restartable with the same arguments.
 struct Member {
     endpoint: String,
+    /// Colony's Consul HTTP API address (`None` for etcd).
+    http: Option<String>,
     program: std::path::PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -190,12 +193,14 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
             "--bind".into(),
             bind.clone(),
         ]);
-        args.extend(["--http-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
+        let http = format!("127.0.0.1:{}", free_port()?);
+        args.extend(["--http-addr".into(), http.clone()]);
         args.extend(["--grpc-addr".into(), endpoint.clone()]);
         let data_dir = dir.path().join(format!("agent{i}"));
         args.extend(["--data-dir".into(), data_dir.display().to_string()]);
         let mut member = Member {
             endpoint,
+            http: Some(http),
             program: exe.clone(),
             args,
             child: None,
@@ -250,6 +255,7 @@ async fn start_etcd(binary: &str, servers: usize) -> anyhow::Result<System> {
         ];
         let mut member = Member {
             endpoint,
+            http: None,
             program: binary.into(),
             args,
             child: None,
@@ -300,7 +306,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
             for workload in &workloads {
                 let configs: Vec<usize> = match workload.as_str() {
                     "put" => put_clients.clone(),
-                    "get" | "getser" | "keepalive" => vec![args.read_clients],
+                    "get" | "getser" | "consistent" | "keepalive" => vec![args.read_clients],
                     _ => vec![0],
                 };
                 for clients in configs {
@@ -316,6 +322,12 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> anyhow::Result<std::proces
                         "lease" => lease_lateness(system, args.leases, args.lease_ttl_s).await?,
                         "keepalive" => {
                             keepalive_loop(system, clients, args.conns, warmup, duration).await?
+                        }
+                        "consistent" if system.members[0].http.is_some() => {
+                            consul_consistent_loop(system, clients, args, warmup, duration).await?
+                        }
+                        "consistent" => {
+                            closed_loop(system, "get", clients, args, warmup, duration).await?
                         }
                         kind => closed_loop(system, kind, clients, args, warmup, duration).await?,
                     };
@@ -392,6 +404,70 @@ async fn closed_loop(
                     errors += 1;
                 } else if sent >= measure_from {
                     latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
+}
+
+/// Consul's consistent reads (`GET /v1/kv/<key>?consistent`, a ReadIndex round at the leader,
+/// Consul's strongest read mode): the `consistent` workload's colony side, which issue 4
+/// compares with etcd's linearizable Range (the same workload's etcd side). Each client keeps
+/// one HTTP/1.1 connection to every member and sends each request to the next member, as the
+/// gRPC clients do.
+async fn consul_consistent_loop(
+    system: &System,
+    clients: usize,
+    args: &BenchArgs,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let addrs: Vec<String> = system
+        .members
+        .iter()
+        .filter_map(|m| m.http.clone())
+        .collect();
+    let mut first = crate::bench::Connection::open(&addrs[0]).await?;
+    let value = bytes::Bytes::from(vec![b'v'; args.value_bytes]);
+    if !first
+        .send(hyper::Method::PUT, "/v1/kv/bench/get", value)
+        .await?
+    {
+        bail!("writing the key to read failed");
+    }
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let mut connections = Vec::with_capacity(addrs.len());
+        for addr in &addrs {
+            connections.push(crate::bench::Connection::open(addr).await?);
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::with_capacity(16 * 1024);
+            let mut errors = 0u64;
+            for i in 0u64.. {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let next = (worker + i as usize) % connections.len();
+                let answer = connections[next]
+                    .send(
+                        hyper::Method::GET,
+                        "/v1/kv/bench/get?consistent",
+                        bytes::Bytes::new(),
+                    )
+                    .await;
+                match answer {
+                    Ok(true) if sent >= measure_from => {
+                        latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(true) => {}
+                    _ => errors += 1,
                 }
             }
             (latencies_us, errors)

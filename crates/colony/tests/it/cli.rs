@@ -381,3 +381,40 @@ fn cli_sim_membership_runs_foca_as_a_baseline_and_refuses_what_it_cannot_model()
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// `colony bench --target etcd-grpc` on three servers it starts itself: each read workload
+/// runs and is answered without errors (a smoke test of the load generator, not a
+/// measurement: one short run).
+#[test]
+fn cli_bench_etcd_reads_on_three_servers() {
+    let output = Command::new(colony_bin())
+        .args([
+            "bench",
+            "--target",
+            "etcd-grpc",
+            "--servers",
+            "3",
+            "--workloads",
+            "get,consistent",
+            "--read-clients",
+            "4",
+            "--runs",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    for workload in ["get_c4", "consistent_c4"] {
+        let figures = &report["medians"][workload];
+        let ops = figures["ops_per_s"]["colony"].as_f64();
+        assert!(ops.is_some_and(|ops| ops > 0.0), "{workload}: {report}");
+        assert_eq!(figures["errors"]["colony"], 0.0, "{workload}: {report}");
+    }
+}
