@@ -335,9 +335,16 @@ impl Agent {
             storage_mode: storage_mode.clone(),
         };
         let handle = tokio::runtime::Handle::current();
+        // The raft thread waits for its inputs on a runtime of its own, which also reads the
+        // inbound Raft streams: a message arriving wakes that one thread (decisions §29).
+        let raft_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("building the raft thread's runtime (the OS refused its resources)");
+        let raft_io = raft_runtime.handle().clone();
         let raft_thread = std::thread::Builder::new()
             .name("colony-raft".into())
-            .spawn(move || node.run(handle, inputs_rx))
+            .spawn(move || node.run(handle, raft_runtime, inputs_rx))
             .expect("spawning the raft thread");
         let replicated = Replicated {
             inputs,
@@ -348,6 +355,7 @@ impl Agent {
             rpc_addr,
             config: cluster,
             fsync,
+            raft_io,
             raft_thread: std::sync::Mutex::new(Some(raft_thread)),
             reads: crate::read_batch::Coalescer::new(),
             lease_reads: crate::read_batch::Coalescer::new(),

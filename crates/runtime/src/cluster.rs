@@ -108,6 +108,8 @@ pub(crate) struct Replicated {
     pub(crate) config: ClusterConfig,
     /// This server's recent fsync latencies (recorded by the raft thread).
     pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
+    /// The raft thread's runtime, on which inbound Raft streams are read.
+    pub(crate) raft_io: tokio::runtime::Handle,
     /// The raft thread, joined at shutdown ([`Agent::stop_replication`]).
     pub(crate) raft_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// This server's ReadIndex requests, one in flight at a time.
@@ -676,6 +678,11 @@ impl RpcHandler for RpcEndpoint {
             from,
             message: Box::new(message),
         });
+    }
+
+    fn raft_streams_runtime(&self) -> Option<tokio::runtime::Handle> {
+        let agent = self.agent.upgrade()?;
+        Some(agent.replicated()?.raft_io.clone())
     }
 
     /// When the stream from the current leader ends, connection attempts to its RPC port tell

@@ -197,10 +197,17 @@ struct SnapshotJob {
 }
 
 impl RaftNode {
-    /// Runs until every input sender is gone or storage fails.
-    pub(crate) fn run(self, runtime: tokio::runtime::Handle, mut rx: mpsc::Receiver<RaftInput>) {
+    /// Runs until every input sender is gone or storage fails. The thread waits for its
+    /// inputs on `waiting`, a current-thread runtime that also runs the tasks reading inbound
+    /// Raft streams (they only run while the thread waits; what arrives meanwhile stays in
+    /// the sockets' buffers); `runtime`, the agent's, is the context for everything else.
+    pub(crate) fn run(
+        self,
+        runtime: tokio::runtime::Handle,
+        waiting: tokio::runtime::Runtime,
+        mut rx: mpsc::Receiver<RaftInput>,
+    ) {
         let _context = runtime.enter();
-        let waiting = crate::background::wait_runtime();
         let restored_bytes = self.restored.snapshot.as_ref().map_or(0, |s| s.data.len());
         let raft = Raft::new(self.id, &[], self.config.clone(), self.seed, self.restored);
         let mut driver = Driver {
@@ -245,12 +252,11 @@ impl RaftNode {
             // Made inside `block_on`, the timeout's timer is the waiting runtime's (see the
             // writer's loop).
             let wait = Duration::from_millis(wait_ms);
-            let first =
-                match waiting.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                    Ok(Some(input)) => Some(input),
-                    Ok(None) => return,
-                    Err(_) => None,
-                };
+            let first = match wait_for_input(&waiting, &mut rx, wait) {
+                Ok(Some(input)) => Some(input),
+                Ok(None) => return,
+                Err(_) => None,
+            };
             if let Some(input) = first {
                 if matches!(input, RaftInput::Stop) {
                     return;
@@ -273,6 +279,21 @@ impl RaftNode {
             driver.publish_status();
         }
     }
+}
+
+/// Waits on `waiting` up to `wait` for the next input (`Ok(None)`: every sender is gone).
+/// The readers of inbound Raft streams woken since the last wait run first: `block_on`
+/// polls its future before any task, so with inputs always queued a bare `recv` would be
+/// ready every time and the readers would never run.
+fn wait_for_input<T>(
+    waiting: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<T>,
+    wait: Duration,
+) -> Result<Option<T>, tokio::time::error::Elapsed> {
+    waiting.block_on(async {
+        tokio::task::yield_now().await;
+        tokio::time::timeout(wait, rx.recv()).await
+    })
 }
 
 impl Driver {
@@ -835,5 +856,61 @@ fn request_error(error: RequestError) -> ClusterError {
         },
         RequestError::BadTarget => ClusterError::Invalid(error.to_string()),
         other => ClusterError::Busy(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// The raft thread's wait lets a task reading a socket on its runtime run even when an
+    /// input is always queued: the reader's messages get through.
+    #[test]
+    fn waiting_with_inputs_always_queued_still_runs_the_socket_readers() {
+        let waiting = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (inputs, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+        let (listener, addr) = waiting.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            (listener, addr)
+        });
+        let read = Arc::new(AtomicU64::new(0));
+        let reading = read.clone();
+        waiting.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut byte = [0u8; 1];
+            while socket.read_exact(&mut byte).await.is_ok() {
+                reading.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+            for _ in 0..10 {
+                socket.write_all(&[1]).expect("write");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read.load(Ordering::Relaxed) < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader starved: {} of 10 bytes read",
+                read.load(Ordering::Relaxed)
+            );
+            // An input is always queued when the thread comes to wait.
+            inputs.try_send(1).expect("room");
+            let got = super::wait_for_input(&waiting, &mut rx, Duration::from_secs(10));
+            assert_eq!(got.ok(), Some(Some(1)));
+        }
+        writer.join().expect("writer");
     }
 }

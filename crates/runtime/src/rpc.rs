@@ -623,6 +623,12 @@ pub trait RpcHandler: Send + Sync + 'static {
     fn handle_raft(&self, from: u64, to: u64, message: Message);
     /// The Raft stream from server `from` ended (its process may have died).
     fn raft_stream_closed(&self, from: u64);
+    /// The runtime inbound Raft streams are read on: the Raft thread's own, so that a
+    /// message reaches the core without waking another thread first. `None`: the runtime
+    /// that accepted the connection.
+    fn raft_streams_runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
     /// A request; answered when the future resolves.
     fn handle_request(
         self: Arc<Self>,
@@ -655,28 +661,32 @@ async fn serve_connection<H: RpcHandler>(
     stream: TcpStream,
     handler: Arc<H>,
 ) -> std::io::Result<()> {
-    let (mut reader, writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(&mut reader);
+    let (mut read_half, writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(&mut read_half);
     let Some(first) = read_frame(&mut reader).await? else {
         return Ok(());
     };
     match first {
         RpcFrame::RaftHello { from, to } => {
-            let result = async {
-                while let Some(frame) = read_frame(&mut reader).await? {
-                    match frame {
-                        RpcFrame::Raft(message) => handler.handle_raft(from, to, message),
-                        other => {
-                            return Err(std::io::Error::other(format!(
-                                "unexpected frame on a raft stream: {}",
-                                frame_name(&other)
-                            )));
-                        }
-                    }
+            // What the buffer read past the hello is the stream's next bytes.
+            let read_ahead = reader.buffer().to_vec();
+            drop(reader);
+            let stream = read_half
+                .reunite(writer)
+                .map_err(|_| std::io::Error::other("the halves of one socket did not reunite"))?;
+            let result = match handler.raft_streams_runtime() {
+                Some(runtime) => {
+                    let stream = stream.into_std()?;
+                    let reading = handler.clone();
+                    let task = runtime.spawn(async move {
+                        let stream = TcpStream::from_std(stream)?;
+                        read_raft_stream(from, to, read_ahead, stream, &*reading).await
+                    });
+                    // An error here: the raft thread stopped, and its runtime with it.
+                    task.await.unwrap_or(Ok(()))
                 }
-                Ok(())
-            }
-            .await;
+                None => read_raft_stream(from, to, read_ahead, stream, &*handler).await,
+            };
             handler.raft_stream_closed(from);
             result
         }
@@ -725,6 +735,30 @@ async fn serve_connection<H: RpcHandler>(
             frame_name(&other)
         ))),
     }
+}
+
+/// Hands each Raft message of an inbound stream (after its hello, `read_ahead` being bytes
+/// already read from `stream`) to `handler`, until the stream ends.
+async fn read_raft_stream<H: RpcHandler>(
+    from: u64,
+    to: u64,
+    read_ahead: Vec<u8>,
+    stream: TcpStream,
+    handler: &H,
+) -> std::io::Result<()> {
+    let mut reader = tokio::io::BufReader::new(std::io::Cursor::new(read_ahead).chain(stream));
+    while let Some(frame) = read_frame(&mut reader).await? {
+        match frame {
+            RpcFrame::Raft(message) => handler.handle_raft(from, to, message),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected frame on a raft stream: {}",
+                    frame_name(&other)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn frame_name(frame: &RpcFrame) -> &'static str {
