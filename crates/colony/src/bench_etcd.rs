@@ -37,6 +37,8 @@ struct Member {
     endpoint: String,
     /// Colony's Consul HTTP API address (`None` for etcd).
     http: Option<String>,
+    /// Where the process's output goes (appended across restarts).
+    log: std::path::PathBuf,
     program: std::path::PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -44,11 +46,16 @@ struct Member {
 
 impl Member {
     fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
         self.child = Some(child);
@@ -137,7 +144,16 @@ impl System {
                 if let Some(child) = member.child.as_mut()
                     && let Some(status) = child.try_wait()?
                 {
-                    bail!("{} ({}) exited with {status}", self.name, member.endpoint);
+                    let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    bail!(
+                        "{} ({}) exited with {status}; the end of {}:\n{}",
+                        self.name,
+                        member.endpoint,
+                        member.log.display(),
+                        tail.join("\n")
+                    );
                 }
             }
             if started.elapsed() > Duration::from_secs(60) {
@@ -201,6 +217,7 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
         let mut member = Member {
             endpoint,
             http: Some(http),
+            log: dir.path().join(format!("agent{i}.log")),
             program: exe.clone(),
             args,
             child: None,
@@ -256,6 +273,7 @@ async fn start_etcd(binary: &str, servers: usize) -> anyhow::Result<System> {
         let mut member = Member {
             endpoint,
             http: None,
+            log: dir.path().join(format!("etcd{i}.log")),
             program: binary.into(),
             args,
             child: None,
