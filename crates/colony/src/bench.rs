@@ -388,13 +388,9 @@ async fn closed_loop(
         let value = bytes::Bytes::from(value.to_vec());
         let mut connection = Connection::open(client.authority()).await?;
         tasks.push(tokio::spawn(async move {
-            let mut latencies_us = Vec::with_capacity(16 * 1024);
-            let mut errors = 0u64;
+            let mut tally = Tally::new(measure_from, stop_at);
             for i in 0u64.. {
-                let sent = Instant::now();
-                if sent >= stop_at {
-                    break;
-                }
+                let Some(sent) = tally.start() else { break };
                 let result = match kind {
                     "put" => {
                         let path = format!("/v1/kv/bench/w{worker}/k{}", i % 1024);
@@ -419,16 +415,9 @@ async fn closed_loop(
                             .await
                     }
                 };
-                match result {
-                    Ok(true) => {
-                        if sent >= measure_from {
-                            latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
-                        }
-                    }
-                    _ => errors += 1,
-                }
+                tally.record(sent, matches!(result, Ok(true)));
             }
-            (latencies_us, errors)
+            tally.finish()
         }));
     }
     let mut figures = measure_window(pids, tasks, measure_from, stop_at, duration).await?;
@@ -440,6 +429,47 @@ async fn closed_loop(
         figures.insert("entries_per_fsync".into(), entries / batches.max(1.0));
     }
     Ok(figures)
+}
+
+/// One closed-loop client's record: the latencies (µs) of the successes sent inside the
+/// measured window, and the failures.
+pub(crate) struct Tally {
+    measure_from: Instant,
+    stop_at: Instant,
+    latencies_us: Vec<f64>,
+    errors: u64,
+}
+
+impl Tally {
+    /// A record for a client measured from `measure_from` until `stop_at`.
+    pub(crate) fn new(measure_from: Instant, stop_at: Instant) -> Self {
+        Self {
+            measure_from,
+            stop_at,
+            latencies_us: Vec::with_capacity(16 * 1024),
+            errors: 0,
+        }
+    }
+
+    /// The time the next request is sent, or `None` once the window is over.
+    pub(crate) fn start(&self) -> Option<Instant> {
+        let sent = Instant::now();
+        (sent < self.stop_at).then_some(sent)
+    }
+
+    /// Records the request sent at `sent`: a success is timed if it was sent in the window.
+    pub(crate) fn record(&mut self, sent: Instant, ok: bool) {
+        if !ok {
+            self.errors += 1;
+        } else if sent >= self.measure_from {
+            self.latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+
+    /// (latencies in µs, failures), as [`measure_window`] takes them.
+    pub(crate) fn finish(self) -> (Vec<f64>, u64) {
+        (self.latencies_us, self.errors)
+    }
 }
 
 /// Awaits a closed-loop window: samples the servers' (`pids`, summed) and this process's CPU over the

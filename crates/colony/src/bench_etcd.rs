@@ -391,13 +391,9 @@ async fn closed_loop(
         let value = value.clone();
         let kind = kind.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut latencies_us = Vec::with_capacity(16 * 1024);
-            let mut errors = 0u64;
+            let mut tally = crate::bench::Tally::new(measure_from, stop_at);
             for i in 0u64.. {
-                let sent = Instant::now();
-                if sent >= stop_at {
-                    break;
-                }
+                let Some(sent) = tally.start() else { break };
                 let next = (worker + i as usize) % kvs.len();
                 let kv = &mut kvs[next];
                 let ok = match kind.as_str() {
@@ -418,13 +414,9 @@ async fn closed_loop(
                         .await
                         .is_ok(),
                 };
-                if !ok {
-                    errors += 1;
-                } else if sent >= measure_from {
-                    latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
-                }
+                tally.record(sent, ok);
             }
-            (latencies_us, errors)
+            tally.finish()
         }));
     }
     crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
@@ -465,13 +457,9 @@ async fn consul_consistent_loop(
             connections.push(crate::bench::Connection::open(addr).await?);
         }
         tasks.push(tokio::spawn(async move {
-            let mut latencies_us = Vec::with_capacity(16 * 1024);
-            let mut errors = 0u64;
+            let mut tally = crate::bench::Tally::new(measure_from, stop_at);
             for i in 0u64.. {
-                let sent = Instant::now();
-                if sent >= stop_at {
-                    break;
-                }
+                let Some(sent) = tally.start() else { break };
                 let next = (worker + i as usize) % connections.len();
                 let answer = connections[next]
                     .send(
@@ -480,15 +468,9 @@ async fn consul_consistent_loop(
                         bytes::Bytes::new(),
                     )
                     .await;
-                match answer {
-                    Ok(true) if sent >= measure_from => {
-                        latencies_us.push(sent.elapsed().as_secs_f64() * 1e6);
-                    }
-                    Ok(true) => {}
-                    _ => errors += 1,
-                }
+                tally.record(sent, matches!(answer, Ok(true)));
             }
-            (latencies_us, errors)
+            tally.finish()
         }));
     }
     crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await

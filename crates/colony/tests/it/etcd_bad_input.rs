@@ -2,7 +2,7 @@
 //! loses nothing: each case runs against colony and against a real etcd.
 
 use crate::etcdctl::RealEtcd;
-use crate::support::{Agent, free_addr};
+use crate::support::{Agent, free_addr, grpc_channel};
 use colony_etcdpb::etcdserverpb::{
     CompactionRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
     k_v_client::KVClient, maintenance_client::MaintenanceClient, request_op,
@@ -10,14 +10,6 @@ use colony_etcdpb::etcdserverpb::{
 use std::io::Write;
 use tonic::Code;
 use tonic::transport::Channel;
-
-async fn connect(endpoint: &str) -> Channel {
-    Channel::from_shared(format!("http://{endpoint}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 fn put(key: &[u8], value: Vec<u8>, lease: i64) -> PutRequest {
     PutRequest {
@@ -35,7 +27,7 @@ fn expect(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, messa
 }
 
 async fn bad_input_cases(endpoint: &str) {
-    let channel = connect(endpoint).await;
+    let channel = grpc_channel(endpoint).await;
     let mut kv = KVClient::new(channel.clone()).max_encoding_message_size(8 << 20);
     let big = put(b"big", vec![b'x'; 1_600_000], 0);
     expect(
@@ -155,7 +147,7 @@ async fn etcd_reads_carry_evidence_of_their_freshness() {
     let temp = tempfile::tempdir().expect("tempdir");
     let grpc = free_addr().to_string();
     let _agent = Agent::start_in(&temp.path().join("data"), &["--grpc-addr", &grpc]);
-    let mut kv = KVClient::new(connect(&grpc).await);
+    let mut kv = KVClient::new(grpc_channel(&grpc).await);
     let first = kv
         .put(put(b"e", b"1".to_vec(), 0))
         .await

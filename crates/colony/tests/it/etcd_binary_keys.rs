@@ -3,7 +3,7 @@
 //! then shows such a key as Go's JSON encoder would (invalid bytes as U+FFFD).
 
 use crate::etcdctl::RealEtcd;
-use crate::support::{Agent, free_addr};
+use crate::support::{Agent, free_addr, grpc_channel};
 use colony_etcdpb::etcdserverpb::{
     LeaseGrantRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse,
     k_v_client::KVClient, lease_client::LeaseClient, watch_client::WatchClient,
@@ -15,20 +15,11 @@ use colony_etcdpb::v3electionpb::{
 use colony_etcdpb::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
 use std::time::Duration;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 /// A key under `bin/` with bytes that are not UTF-8 (a lone continuation byte, 0xff).
 const KEY: &[u8] = b"bin/\x80\xffk";
 /// A name that is not UTF-8.
 const NAME: &[u8] = b"name-\xfe";
-
-async fn connect(endpoint: &str) -> Channel {
-    Channel::from_shared(format!("http://{endpoint}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 async fn next(watch: &mut Streaming<WatchResponse>) -> WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), watch.message())
@@ -39,7 +30,7 @@ async fn next(watch: &mut Streaming<WatchResponse>) -> WatchResponse {
 }
 
 async fn binary_key_cases(endpoint: &str) {
-    let channel = connect(endpoint).await;
+    let channel = grpc_channel(endpoint).await;
     let mut kv = KVClient::new(channel.clone());
 
     // A watcher of the prefix `bin/\x80` (itself not UTF-8), opened before the put.

@@ -2,7 +2,7 @@
 //! watchers multiplexed, filters, `prev_kv`, cancel, progress requests, duplicate IDs.
 
 use crate::etcdctl::RealEtcd;
-use crate::support::{Agent, free_addr};
+use crate::support::{Agent, free_addr, grpc_channel};
 use colony_etcdpb::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, WatchCancelRequest, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse, k_v_client::KVClient,
@@ -92,11 +92,7 @@ async fn put(kv: &mut KVClient<Channel>, key: &str, value: &str) -> i64 {
 }
 
 async fn watch_cases(endpoint: &str) {
-    let channel = Channel::from_shared(format!("http://{endpoint}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = grpc_channel(endpoint).await;
     let mut kv = KVClient::new(channel.clone());
     let now = kv
         .range(RangeRequest {
@@ -223,11 +219,7 @@ async fn etcd_watch_semantics_on_real_etcd() {
 /// A watcher that asks for `fragment` gets a revision larger than the request limit in
 /// pieces (all but the last marked `fragment`); one that does not gets it whole.
 async fn fragment_cases(endpoint: &str) {
-    let channel = Channel::from_shared(format!("http://{endpoint}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = grpc_channel(endpoint).await;
     let mut kv = KVClient::new(channel.clone());
     let value = "x".repeat(200 * 1024);
     let mut last = 0;

@@ -1425,11 +1425,7 @@ fn replication_an_etcd_keepalive_without_a_leader_is_an_error_not_an_expiry() {
     let grpc = cluster.servers[survivor].grpc;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let answer = runtime.block_on(async move {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = crate::support::grpc_channel(&grpc.to_string()).await;
         let (requests, rx) = tokio::sync::mpsc::channel(1);
         requests
             .send(LeaseKeepAliveRequest { id })
