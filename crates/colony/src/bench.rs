@@ -226,6 +226,56 @@ pub(crate) fn client_counts(text: &str) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
+/// A loopback port for a server the bench starts: free for TCP and UDP now, not handed out
+/// before by this process, and below the kernel's ephemeral range. A port from that range
+/// (what binding port 0 gives) can be taken by any outbound connection's local end before
+/// the server binds it, and a server started a moment later then failed with "Address
+/// already in use" (seen on gossip ports, right after a previous run's connections).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u16 = 10_000;
+    let ephemeral_low = ephemeral_port_low();
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ephemeral_low <= FIRST {
+        // An unusual range: fall back to the kernel's choice.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        given.push(port);
+        return Ok(port);
+    }
+    let span = u64::from(ephemeral_low - FIRST);
+    // Where to start looking: different for concurrent benches (not a core: the clock is
+    // fine here).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let start = (u64::from(std::process::id()) * 7_919 + nanos) % span;
+    for step in 0..span {
+        let port = FIRST + ((start + step) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {FIRST} and {ephemeral_low}")
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_port_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+}
+
 fn raise_fd_limit() {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
@@ -254,10 +304,7 @@ async fn start_target(args: &BenchArgs, http_addr: &str) -> anyhow::Result<Targe
         }
     };
     let data_dir = base.join("agent");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port()?);
     let exe = std::env::current_exe().context("locating the colony binary")?;
     let child = Command::new(exe)
         .args([
@@ -753,6 +800,28 @@ fn report(results: &BTreeMap<String, Vec<Figures>>, json_out: bool) {
                 "| {label} | {key} | {} | {} |",
                 value["median"], value["runs"]
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ports handed out are distinct, bindable for TCP and UDP, and below the ephemeral
+    /// range that outbound connections draw their local ports from.
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let low = super::ephemeral_port_low();
+        let mut ports = Vec::new();
+        for _ in 0..50 {
+            let port = super::free_port().expect("a free port");
+            assert!(!ports.contains(&port), "{port} handed out twice");
+            if low > 10_000 {
+                assert!((10_000..low).contains(&port), "{port} not below {low}");
+            }
+            let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).expect("TCP bind");
+            let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("UDP bind");
+            drop((tcp, udp));
+            ports.push(port);
         }
     }
 }

@@ -164,12 +164,6 @@ impl System {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(format!("http://{endpoint}"))?
         .tcp_nodelay(true)
@@ -183,11 +177,11 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
     let exe = std::env::current_exe().context("locating the colony binary")?;
     let mut gossip = Vec::new();
     for _ in 0..servers {
-        gossip.push(format!("127.0.0.1:{}", free_port()?));
+        gossip.push(format!("127.0.0.1:{}", crate::bench::free_port()?));
     }
     let mut members = Vec::new();
     for (i, bind) in gossip.iter().enumerate() {
-        let endpoint = format!("127.0.0.1:{}", free_port()?);
+        let endpoint = format!("127.0.0.1:{}", crate::bench::free_port()?);
         let mut args: Vec<String> = vec!["agent".into(), "--node".into(), format!("bench{i}")];
         if servers == 1 {
             args.push("--dev".into());
@@ -197,7 +191,10 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
                 "--bootstrap-expect".into(),
                 servers.to_string(),
             ]);
-            args.extend(["--rpc-addr".into(), format!("127.0.0.1:{}", free_port()?)]);
+            args.extend([
+                "--rpc-addr".into(),
+                format!("127.0.0.1:{}", crate::bench::free_port()?),
+            ]);
             args.extend(["--retry-interval".into(), "200ms".into()]);
             for other in gossip.iter().filter(|g| *g != bind) {
                 args.extend(["--retry-join".into(), other.clone()]);
@@ -209,7 +206,7 @@ async fn start_colony(servers: usize) -> anyhow::Result<System> {
             "--bind".into(),
             bind.clone(),
         ]);
-        let http = format!("127.0.0.1:{}", free_port()?);
+        let http = format!("127.0.0.1:{}", crate::bench::free_port()?);
         args.extend(["--http-addr".into(), http.clone()]);
         args.extend(["--grpc-addr".into(), endpoint.clone()]);
         let data_dir = dir.path().join(format!("agent{i}"));
@@ -239,7 +236,7 @@ async fn start_etcd(binary: &str, servers: usize) -> anyhow::Result<System> {
     let dir = tempfile::Builder::new().prefix("etcd-bench-").tempdir()?;
     let mut ports = Vec::new();
     for _ in 0..servers {
-        ports.push((free_port()?, free_port()?));
+        ports.push((crate::bench::free_port()?, crate::bench::free_port()?));
     }
     let cluster: Vec<String> = ports
         .iter()

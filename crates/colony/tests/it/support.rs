@@ -10,10 +10,6 @@ pub fn colony_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_colony"))
 }
 
-/// A loopback address with a port nothing listens on now, and that no earlier call in this
-/// test process returned: the kernel may hand a released port out again, and two agents
-/// started by parallel tests (or one agent's HTTP and another's RPC address) must not be
-/// given the same one before either binds it.
 /// A gRPC channel to `endpoint` (`host:port`), connected.
 pub async fn grpc_channel(endpoint: &str) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
@@ -23,6 +19,10 @@ pub async fn grpc_channel(endpoint: &str) -> tonic::transport::Channel {
         .expect("connect")
 }
 
+/// A loopback address with a port nothing listens on now, and that no earlier call in this
+/// test process returned: the kernel may hand a released port out again, and two agents
+/// started by parallel tests (or one agent's HTTP and another's RPC address) must not be
+/// given the same one before either binds it.
 pub fn free_addr() -> SocketAddr {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
