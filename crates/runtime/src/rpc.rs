@@ -682,8 +682,14 @@ async fn serve_connection<H: RpcHandler>(
                         let stream = TcpStream::from_std(stream)?;
                         read_raft_stream(from, to, read_ahead, stream, &*reading).await
                     });
-                    // An error here: the raft thread stopped, and its runtime with it.
-                    task.await.unwrap_or(Ok(()))
+                    match task.await {
+                        Ok(result) => result,
+                        Err(error) if error.is_panic() => Err(std::io::Error::other(format!(
+                            "the raft stream reader panicked: {error}"
+                        ))),
+                        // Cancelled: the raft thread stopped, and its runtime with it.
+                        Err(_) => Ok(()),
+                    }
                 }
                 None => read_raft_stream(from, to, read_ahead, stream, &*handler).await,
             };

@@ -102,9 +102,20 @@ impl WatchHub {
                     if channels.prefixes.is_empty() {
                         continue;
                     }
-                    for end in 0..=key.len() {
-                        if let Some(sender) = channels.prefixes.get(&key[..end]) {
-                            sender.send_replace(index);
+                    // Whichever is fewer: the watched prefixes, or the key's prefixes (one
+                    // lookup per length, each hashing up to the whole key, so a long etcd
+                    // key with a few prefix watchers must not take the second way).
+                    if channels.prefixes.len() <= key.len() {
+                        for (prefix, sender) in &channels.prefixes {
+                            if key.starts_with(prefix) {
+                                sender.send_replace(index);
+                            }
+                        }
+                    } else {
+                        for end in 0..=key.len() {
+                            if let Some(sender) = channels.prefixes.get(&key[..end]) {
+                                sender.send_replace(index);
+                            }
                         }
                     }
                 }
@@ -144,6 +155,25 @@ mod tests {
         assert_eq!(*exact.borrow_and_update(), 3);
         assert_eq!(*partial.borrow_and_update(), 3);
         assert!(!other.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn hub_matches_prefixes_whether_watched_prefixes_or_key_prefixes_are_fewer() {
+        // More watched prefixes than the key has bytes: each of the key's prefixes is looked up.
+        let hub = WatchHub::new();
+        let mut matching = hub.subscribe(&Topic::Prefix(b"k".to_vec()));
+        let others: Vec<_> = (0..8)
+            .map(|i| hub.subscribe(&Topic::Prefix(format!("other{i}").into_bytes())))
+            .collect();
+        hub.notify(&[Change::Key("k1".into())], 4);
+        assert_eq!(*matching.borrow_and_update(), 4);
+        assert!(others.iter().all(|o| !o.has_changed().expect("open")));
+        // A long key and one watched prefix: the watched prefixes are scanned.
+        let long = vec![b'x'; 100_000];
+        let mut under = hub.subscribe(&Topic::Prefix(b"xx".to_vec()));
+        hub.notify(&[Change::Key(long.into())], 5);
+        assert_eq!(*under.borrow_and_update(), 5);
+        assert!(!matching.has_changed().expect("open"));
     }
 
     #[test]
