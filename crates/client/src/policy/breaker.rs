@@ -172,17 +172,41 @@ impl BreakerConfig {
 }
 
 /// Permission to make one call; hand it back with the outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[must_use = "pass the permit to Breaker::on_result"]
 pub struct Permit {
-    generation: u64,
-    probe: bool,
+    /// The generation it was given in, shifted left one bit, and whether it is a probe in
+    /// the low bit: one word, so that the permit is written and read whole (a `bool` beside
+    /// the generation was written as one byte and read back as a word, which stalled the
+    /// success path on a failed store-to-load forward).
+    tagged: u64,
 }
 
 impl Permit {
+    fn new(generation: u64, probe: bool) -> Self {
+        Self {
+            tagged: generation << 1 | u64::from(probe),
+        }
+    }
+
+    /// The breaker's generation when the permit was given (compared with the current one
+    /// only; a wrap after 2^63 transitions is beyond reach).
+    fn generation(&self) -> u64 {
+        self.tagged >> 1
+    }
+
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.tagged & 1 == 1
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("generation", &self.generation())
+            .field("probe", &self.is_probe())
+            .finish()
     }
 }
 
@@ -500,13 +524,7 @@ impl Breaker {
         let word = self.word.load(Ordering::Acquire);
         if tag_of(word) == TAG_CLOSED {
             let generation = self.generation.load(Ordering::Acquire);
-            return (
-                Ok(Permit {
-                    generation,
-                    probe: false,
-                }),
-                None,
-            );
+            return (Ok(Permit::new(generation, false)), None);
         }
         self.try_acquire_slow(word, now_ns)
     }
@@ -548,13 +566,7 @@ impl Breaker {
                     (n < limit).then_some(n + 1)
                 });
         match admitted {
-            Ok(_) => (
-                Ok(Permit {
-                    generation,
-                    probe: true,
-                }),
-                None,
-            ),
+            Ok(_) => (Ok(Permit::new(generation, true)), None),
             Err(_) => (Err(BreakerRejection::ProbesExhausted), None),
         }
     }
@@ -588,11 +600,11 @@ impl Breaker {
             .slow_call_ns
             .is_some_and(|slow_ns| outcome.latency_ns >= slow_ns);
         // The success path, inlined: a fresh normal permit, a fast success, nothing to reset.
-        if !permit.probe
+        if !permit.is_probe()
             && !outcome.is_failure
             && !is_slow
             && self.config.consecutive_failures_trip.is_none()
-            && self.generation.load(Ordering::Acquire) == permit.generation
+            && self.generation.load(Ordering::Acquire) == permit.generation()
         {
             self.window.record(now_ns, false, false);
             return None;
@@ -608,10 +620,10 @@ impl Breaker {
         outcome: CallOutcome,
         is_slow: bool,
     ) -> Option<Transition> {
-        if self.generation.load(Ordering::Acquire) != permit.generation {
+        if self.generation.load(Ordering::Acquire) != permit.generation() {
             return None;
         }
-        if permit.probe {
+        if permit.is_probe() {
             return self.on_probe_result(now_ns, permit, outcome.is_failure || is_slow);
         }
         self.window.record(now_ns, outcome.is_failure, is_slow);
@@ -636,7 +648,7 @@ impl Breaker {
             .consecutive_failures_trip
             .is_some_and(|n| failures_consecutive >= n);
         if cluster || self.is_over_threshold(self.window.tally(now_ns)) {
-            return self.trip(now_ns, permit.generation);
+            return self.trip(now_ns, permit.generation());
         }
         None
     }
@@ -654,10 +666,10 @@ impl Breaker {
 
     fn on_probe_result(&self, now_ns: u64, permit: Permit, is_bad: bool) -> Option<Transition> {
         if is_bad {
-            return self.trip(now_ns, permit.generation);
+            return self.trip(now_ns, permit.generation());
         }
         let mut slow = self.lock();
-        if self.generation.load(Ordering::Acquire) != permit.generation {
+        if self.generation.load(Ordering::Acquire) != permit.generation() {
             return None;
         }
         assert_eq!(tag_of(self.word.load(Ordering::Acquire)), TAG_HALF_OPEN);
@@ -683,11 +695,11 @@ impl Breaker {
     /// (cancelled): a probe gives its slot back so half-open cannot stall; a normal permit
     /// records nothing.
     pub fn on_cancel(&self, permit: Permit) {
-        if !permit.probe || self.generation.load(Ordering::Acquire) != permit.generation {
+        if !permit.is_probe() || self.generation.load(Ordering::Acquire) != permit.generation() {
             return;
         }
         let _slow = self.lock();
-        if self.generation.load(Ordering::Acquire) == permit.generation {
+        if self.generation.load(Ordering::Acquire) == permit.generation() {
             let admitted = self.probes_admitted.load(Ordering::Acquire);
             assert!(admitted > 0, "a probe permit was issued");
             self.probes_admitted.store(admitted - 1, Ordering::Release);

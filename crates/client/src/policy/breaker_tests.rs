@@ -257,3 +257,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn permit_keeps_its_generation_and_whether_it_probes() {
+    for generation in [0, 1, 41, u64::MAX >> 1] {
+        for probe in [false, true] {
+            let permit = Permit::new(generation, probe);
+            assert_eq!(permit.generation(), generation);
+            assert_eq!(permit.is_probe(), probe);
+            assert_eq!(
+                format!("{permit:?}"),
+                format!("Permit {{ generation: {generation}, probe: {probe} }}")
+            );
+        }
+    }
+}
