@@ -442,6 +442,11 @@ impl Raft {
     pub fn commit_index(&self) -> u64 {
         self.log.commit
     }
+    /// Whether the commit index is at an entry of the current term: until a new leader's
+    /// is, it may not cover everything an earlier leader committed, and it answers no read.
+    pub fn has_committed_in_term(&self) -> bool {
+        self.log.term_at(self.log.commit) == Some(self.term)
+    }
     /// Highest index the caller acknowledged as applied.
     pub fn applied_index(&self) -> u64 {
         self.log.applied
@@ -1487,7 +1492,7 @@ impl Raft {
         origin: ReadOrigin,
         acked_by: Option<u64>,
     ) -> Result<(), RequestError> {
-        if self.log.term_at(self.log.commit) != Some(self.term) {
+        if !self.has_committed_in_term() {
             return Err(RequestError::NotReady);
         }
         if self.reads.len() >= READ_REQUESTS_MAX {

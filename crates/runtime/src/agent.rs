@@ -313,6 +313,7 @@ impl Agent {
         let (status_tx, status_rx) = watch::channel(RaftStatus::default());
         let directory = Arc::new(ServerDirectory::default());
         let fsync = Arc::new(crate::disk_watch::FsyncLatencies::new());
+        let read_gate = Arc::new(crate::read_gate::ReadGate::default());
         let node = RaftNode {
             id: raft_id,
             config: cluster.raft.clone(),
@@ -333,6 +334,7 @@ impl Agent {
             wall_ms,
             fsync: fsync.clone(),
             storage_mode: storage_mode.clone(),
+            read_gate: read_gate.clone(),
         };
         let handle = tokio::runtime::Handle::current();
         // The raft thread waits for its inputs on a runtime of its own, which also reads the
@@ -359,6 +361,7 @@ impl Agent {
             raft_thread: std::sync::Mutex::new(Some(raft_thread)),
             reads: crate::read_batch::Coalescer::new(),
             lease_reads: crate::read_batch::Coalescer::new(),
+            read_gate,
         };
         let agent = Arc::new(Agent::assemble(
             config,

@@ -116,6 +116,8 @@ pub(crate) struct Replicated {
     pub(crate) reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
     /// This server's lease read index requests (default-consistency reads), the same way.
     pub(crate) lease_reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
+    /// What this server's Raft thread last published for follower reads (read_gate.rs).
+    pub(crate) read_gate: Arc<crate::read_gate::ReadGate>,
 }
 
 /// A stable Raft id for a node, from its persistent UUID.
@@ -229,6 +231,15 @@ impl Agent {
                     self.metrics().lease_read_index_answers.inc();
                     let applied = self.read(|s| s.applied_index());
                     return Ok(RpcResponse::ReadIndex(applied.max(status.commit_index)));
+                }
+                Ok(RpcResponse::ReadIndex(
+                    replicated.ask(RaftInput::ReadIndex).await?,
+                ))
+            }
+            RpcRequest::FollowerReadIndex { term, from } => {
+                if let Some(index) = replicated.read_gate.answer_follower(term, from) {
+                    self.metrics().follower_read_index_answers.inc();
+                    return Ok(RpcResponse::ReadIndex(index));
                 }
                 Ok(RpcResponse::ReadIndex(
                     replicated.ask(RaftInput::ReadIndex).await?,
@@ -356,6 +367,9 @@ impl Agent {
             ReadConsistency::Consistent => {
                 let ask_raft = || async {
                     self.metrics().read_index_requests.inc();
+                    if let Some(index) = self.follower_read_index(replicated).await {
+                        return Ok(index);
+                    }
                     self.raft_read_index(replicated).await
                 };
                 replicated.reads.run(ask_raft).await?
@@ -378,6 +392,29 @@ impl Agent {
             }
         };
         self.wait_applied(replicated, index).await
+    }
+
+    /// A follower's read index asked of the leader's RPC port, which answers without either
+    /// server's Raft thread when the two of them are a quorum (read_gate.rs); `None` when
+    /// this server does not follow a leader as a voter, or the leader could not answer so
+    /// (the caller asks its Raft node instead). Must be called after the reads it serves
+    /// arrived: the term it asks in is this server's at the call.
+    async fn follower_read_index(&self, replicated: &Replicated) -> Option<u64> {
+        let term = replicated.read_gate.follower_term()?;
+        let addr = replicated.leader_addr(&replicated.status())?;
+        if addr == replicated.rpc_addr {
+            return None;
+        }
+        let request = RpcRequest::FollowerReadIndex {
+            term,
+            from: replicated.raft_id,
+        };
+        // No longer than the Raft node would take to notice a silent leader.
+        let patience = Duration::from_millis(replicated.config.raft.election_timeout_ms_min);
+        match replicated.rpc.call(addr, request, patience).await {
+            Ok(RpcResponse::ReadIndex(index)) => Some(index),
+            _ => None,
+        }
     }
 
     /// A read index from this server's Raft node, waiting (up to [`WRITE_TIMEOUT`]) while

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod raft_node;
 pub mod raft_storage;
 mod read_batch;
+mod read_gate;
 pub mod rpc;
 mod snapshot_schedule;
 pub mod watch_hub;

@@ -77,6 +77,9 @@ pub struct Metrics {
     /// Default-consistency read index requests this server, as leader, answered from its
     /// lease without a quorum round.
     pub lease_read_index_answers: Counter,
+    /// Followers' linearizable read index requests this server, as leader, answered from
+    /// what its Raft thread published, without waking it (read_gate.rs).
+    pub follower_read_index_answers: Counter,
     /// Outbound Raft streams that ended because the peer closed them (it stopped or
     /// restarted); the next message opens a new stream.
     pub raft_streams_closed_by_peer: Counter,
@@ -100,6 +103,7 @@ impl Metrics {
         let read_barriers = Counter::default();
         let read_index_requests = Counter::default();
         let lease_read_index_answers = Counter::default();
+        let follower_read_index_answers = Counter::default();
         let raft_streams_closed_by_peer = Counter::default();
         let modes = Family::<ModeLabels, Gauge>::default();
         registry.register(
@@ -154,6 +158,11 @@ impl Metrics {
             lease_read_index_answers.clone(),
         );
         registry.register(
+            "follower_read_index_answers",
+            "Followers' linearizable read index requests answered by this leader without its Raft thread (the asker and the leader are a quorum)",
+            follower_read_index_answers.clone(),
+        );
+        registry.register(
             "raft_streams_closed_by_peer",
             "Outbound Raft streams that ended because the peer closed them (it stopped or restarted)",
             raft_streams_closed_by_peer.clone(),
@@ -176,6 +185,7 @@ impl Metrics {
             read_barriers,
             read_index_requests,
             lease_read_index_answers,
+            follower_read_index_answers,
             raft_streams_closed_by_peer,
             modes,
         }

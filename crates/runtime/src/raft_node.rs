@@ -127,6 +127,8 @@ pub(crate) struct RaftNode {
     pub(crate) wall_ms: fn() -> u64,
     pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
     pub(crate) storage_mode: Arc<StorageMode>,
+    /// Published before anything is sent, for follower reads off the Raft threads.
+    pub(crate) read_gate: Arc<crate::read_gate::ReadGate>,
 }
 
 /// How often a server whose disk is full tries again to persist what it holds.
@@ -155,6 +157,7 @@ struct Driver {
     wall_ms: fn() -> u64,
     fsync: Arc<crate::disk_watch::FsyncLatencies>,
     storage_mode: Arc<StorageMode>,
+    read_gate: Arc<crate::read_gate::ReadGate>,
     /// A Ready whose persistence failed because the disk is full: it is persisted again
     /// (nothing of it sent or applied meanwhile) before any other Ready is taken.
     held: Option<Ready>,
@@ -223,6 +226,7 @@ impl RaftNode {
             wall_ms: self.wall_ms,
             fsync: self.fsync,
             storage_mode: self.storage_mode,
+            read_gate: self.read_gate,
             held: None,
             held_retry_at: Instant::now(),
             disk_full: false,
@@ -421,6 +425,9 @@ impl Driver {
     fn process_ready(&mut self) -> Result<(), ()> {
         let was_leader = self.raft.is_leader();
         loop {
+            // Before anything of this round leaves the node (a vote in a later term, a
+            // commit index), the gate shows it (read_gate.rs).
+            self.read_gate.publish(&self.raft);
             let ready = match self.held.take() {
                 Some(held) if Instant::now() < self.held_retry_at => {
                     self.held = Some(held);

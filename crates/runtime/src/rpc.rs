@@ -86,6 +86,17 @@ pub enum RpcRequest {
     /// leadership with a quorum as for [`RpcRequest::ReadIndex`]. Answered with
     /// `RpcResponse::ReadIndex`.
     LeaseReadIndex,
+    /// The index a linearizable read on the asking server must wait for, asked in `term` by
+    /// the voter `from` (which counts as its acknowledgement of the leader, as
+    /// `colony_raft::Message::ReadIndex` does): the leader answers from what its Raft thread
+    /// published when the rule allows (read_gate.rs), else it confirms its leadership with a
+    /// quorum. Answered with `RpcResponse::ReadIndex`.
+    FollowerReadIndex {
+        /// The asker's term when its reads had arrived.
+        term: u64,
+        /// The asker's Raft id.
+        from: u64,
+    },
 }
 
 /// An HTTP API request forwarded by a client agent, served by the receiving server as if
