@@ -432,6 +432,20 @@ impl Workload {
         outcome
     }
 
+    /// A Prometheus counter summed over the servers that answer (restarted ones count from 0).
+    pub fn counter_total(&self, name: &str) -> f64 {
+        let value = |server: &SocketAddr| {
+            let path = "/v1/agent/metrics?format=prometheus";
+            let response = http_with_timeout(*server, "GET", path, b"", CLIENT_TIMEOUT).ok()?;
+            let text = response.text();
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(name) && !line.starts_with('#'))?;
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        };
+        self.servers.iter().filter_map(value).sum()
+    }
+
     /// A final consistent read of list `key`, retried until some server answers.
     pub fn final_list(&self, key: u32) -> Vec<u32> {
         for attempt in 0..100 {
