@@ -539,7 +539,17 @@ fn paths(c: &mut Criterion) {
         Observe::silent("l"),
         clock.clone(),
     );
-    let _held = full.limiter().try_acquire().expect("one slot");
+    // One call that never finishes holds the only place.
+    let mut hold = full.layer(tower::service_fn(|()| {
+        std::future::pending::<Result<u32, Infallible>>()
+    }));
+    let ready = hold.poll_ready(&mut Context::from_waker(Waker::noop()));
+    assert!(
+        matches!(ready, Poll::Ready(Ok(()))),
+        "the limit layer is always ready"
+    );
+    let _held = hold.call(());
+    assert_eq!(full.inflight(), 1, "one call holds the only place");
     let mut full = full.layer(Ready);
     group.bench_function("colony adaptive limit layer (at limit)", |b| {
         b.iter(|| assert!(!call(&mut full, ()), "at the limit"))

@@ -3,6 +3,15 @@
 //! [`Error::Limit`] (shed, not queued: queueing is what the limit exists to avoid). Every
 //! completed call is a sample; results the classifier calls failures count as drops; a call
 //! abandoned before it completes frees its place without a sample.
+//!
+//! The layer counts its calls in flight itself, by reference counting: every admitted call's
+//! future holds a reference to the layer's core, and the layer's shared state holds the only
+//! other one, so the calls in flight are the core's reference count less one. A call takes
+//! its reference and then reads the count, which includes it and every call admitted and
+//! not finished before; over the limit it lets go and is refused. No set of calls alive at
+//! once can exceed the limit (the last one admitted saw them all), and the future needed
+//! the reference anyway: admission and release are one atomic operation each instead of
+//! two.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,13 +22,28 @@ use tower::{Layer, Service};
 
 use super::{BoxError, Classify, Clock, ErrIsFailure, Error, Observe};
 use crate::event::{Event, LayerKind};
-use crate::policy::limit::{ConcurrencyLimiter, Sample};
+use crate::policy::limit::{ConcurrencyLimiter, LimitReached, Sample};
 
+/// What a call in flight holds a reference to.
 #[derive(Debug)]
-struct Shared {
+struct Core {
     limiter: ConcurrencyLimiter,
     observe: Observe,
     clock: Clock,
+}
+
+/// Shared by the layer and its services.
+#[derive(Debug)]
+struct Shared {
+    /// The one reference to the core that is not a call in flight.
+    core: Arc<Core>,
+}
+
+impl Shared {
+    /// Calls in flight.
+    fn inflight(&self) -> usize {
+        Arc::strong_count(&self.core) - 1
+    }
 }
 
 /// Limits concurrency adaptively.
@@ -34,9 +58,11 @@ impl LimitLayer {
     pub fn new(limiter: ConcurrencyLimiter, observe: Observe, clock: Clock) -> Self {
         Self {
             shared: Arc::new(Shared {
-                limiter,
-                observe,
-                clock,
+                core: Arc::new(Core {
+                    limiter,
+                    observe,
+                    clock,
+                }),
             }),
             classify: ErrIsFailure,
         }
@@ -52,9 +78,15 @@ impl<K> LimitLayer<K> {
         }
     }
 
-    /// The shared limiter (its `limit()` is the exported metric).
+    /// The shared limiter (its `limit()` is the exported metric). The layer counts its
+    /// calls in flight itself ([`LimitLayer::inflight`]), not in the limiter.
     pub fn limiter(&self) -> &ConcurrencyLimiter {
-        &self.shared.limiter
+        &self.shared.core.limiter
+    }
+
+    /// Calls admitted by this layer's services and not finished.
+    pub fn inflight(&self) -> u32 {
+        u32::try_from(self.shared.inflight()).unwrap_or(u32::MAX)
     }
 }
 
@@ -93,26 +125,32 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.shared.limiter.try_acquire() {
-            Ok(inflight) => LimitFuture {
-                inner: LimitState::Called {
-                    future: self.inner.call(request),
-                    slot: Slot {
-                        shared: Some(self.shared.clone()),
-                        inflight,
-                        start_ns: self.shared.clock.call_now_ns(),
-                    },
-                    classify: self.classify.clone(),
+        // Counted first, then compared (see the module doc).
+        let core = self.shared.core.clone();
+        let inflight = self.shared.inflight();
+        let limit = core.limiter.limit();
+        if inflight > limit as usize {
+            drop(core);
+            let core = &self.shared.core;
+            core.observe.reject(LayerKind::Limit, "limit");
+            return LimitFuture {
+                inner: LimitState::Rejected {
+                    error: Some(Error::Limit(LimitReached { limit })),
                 },
+            };
+        }
+        let start_ns = core.clock.call_now_ns();
+        LimitFuture {
+            inner: LimitState::Called {
+                future: self.inner.call(request),
+                slot: Slot {
+                    core: Some(core),
+                    // At most the limit, a `u32`.
+                    inflight: inflight as u32,
+                    start_ns,
+                },
+                classify: self.classify.clone(),
             },
-            Err(reached) => {
-                self.shared.observe.reject(LayerKind::Limit, "limit");
-                LimitFuture {
-                    inner: LimitState::Rejected {
-                        error: Some(Error::Limit(reached)),
-                    },
-                }
-            }
         }
     }
 }
@@ -123,8 +161,9 @@ where
 /// Without this, every abandoned call would hold its place for good, and the limiter would
 /// end up refusing everything.
 struct Slot {
-    /// `None` once the call has reported.
-    shared: Option<Arc<Shared>>,
+    /// The call's place among those in flight, given back when dropped; `None` once the
+    /// call has reported.
+    core: Option<Arc<Core>>,
     inflight: u32,
     start_ns: u64,
 }
@@ -132,29 +171,21 @@ struct Slot {
 impl Slot {
     /// Ends the call with its outcome.
     fn finish(&mut self, is_dropped: bool) {
-        let Some(shared) = self.shared.take() else {
+        let Some(core) = self.core.take() else {
             return;
         };
-        let now_ns = shared.clock.done_now_ns();
+        let now_ns = core.clock.done_now_ns();
         let sample = Sample {
             now_ns,
             rtt_ns: now_ns.saturating_sub(self.start_ns),
             inflight: self.inflight,
             is_dropped,
         };
-        if let Some(limit) = shared.limiter.release(sample) {
-            shared.observe.sink.emit(&Event::LimitChanged {
-                name: &shared.observe.name,
+        if let Some(limit) = core.limiter.handle_sample(sample) {
+            core.observe.sink.emit(&Event::LimitChanged {
+                name: &core.observe.name,
                 limit,
             });
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            shared.limiter.cancel();
         }
     }
 }

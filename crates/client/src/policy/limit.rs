@@ -361,6 +361,19 @@ impl ConcurrencyLimiter {
     /// Panics if no call was in flight.
     pub fn release(&self, sample: Sample) -> Option<u32> {
         let before = self.end_call();
+        self.adapt(limit_of(before), sample)
+    }
+
+    /// Feeds the sample of a call the caller counted itself (the tower layer counts its
+    /// calls in flight by the references their futures hold, `layer::limit`): the limit
+    /// moves as [`ConcurrencyLimiter::release`] would move it; the count kept here does not.
+    /// Returns the new limit when it changed.
+    pub fn handle_sample(&self, sample: Sample) -> Option<u32> {
+        self.adapt(self.limit(), sample)
+    }
+
+    /// Moves the limit, last seen at `limit`, by `sample`; the new limit if it changed.
+    fn adapt(&self, limit: u32, sample: Sample) -> Option<u32> {
         if let LimitAlgorithm::Aimd {
             backoff_ratio,
             timeout_ns,
@@ -372,7 +385,7 @@ impl ConcurrencyLimiter {
                 (next as u32).clamp(min, max)
             };
             // The common case (no drop, limit at its maximum or unused) writes nothing more.
-            if next_of(limit_of(before)) == limit_of(before) {
+            if next_of(limit) == limit {
                 return None;
             }
             return self.update_limit(next_of);

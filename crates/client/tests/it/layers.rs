@@ -431,6 +431,72 @@ async fn limit_layer_refuses_over_limit_and_exports_limit() {
     );
 }
 
+/// Four threads calling one limit layer at once never have more calls inside it than its
+/// limit: the layer counts its calls by the references their futures hold, and a call
+/// compares the count only after taking its own.
+#[test]
+fn limit_layer_never_admits_over_its_limit_under_contention() {
+    const LIMIT: u32 = 3;
+    let layer = LimitLayer::new(
+        ConcurrencyLimiter::new(LimitConfig {
+            limit_initial: LIMIT,
+            limit_min: LIMIT,
+            limit_max: LIMIT,
+            algorithm: LimitAlgorithm::aimd(),
+        }),
+        Observe::silent("limit"),
+        Clock::new(),
+    );
+    let inside = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let refused = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (inside, most, refused) = (inside.clone(), most.clone(), refused.clone());
+            let service = layer.layer(service_fn(move |()| {
+                let inside = inside.clone();
+                let most = most.clone();
+                async move {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Stay inside a while, so that the threads overlap.
+                    for _ in 0..50 {
+                        std::hint::spin_loop();
+                    }
+                    std::thread::yield_now();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, BoxError>(())
+                }
+            }));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                for _ in 0..20_000 {
+                    let result = runtime.block_on(service.clone().oneshot(()));
+                    if matches!(error_of(&result), Some(Error::Limit(_))) {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("caller thread");
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= LIMIT,
+        "{} calls were inside a layer limited to {LIMIT}",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(layer.inflight(), 0, "every place was given back");
+    // The test means something only if the threads got in each other's way.
+    assert!(
+        refused.load(Ordering::Relaxed) > 0 || most.load(Ordering::SeqCst) == LIMIT,
+        "the callers never contended"
+    );
+}
+
 /// A call abandoned before it finished (a deadline above it fired, a hedge lost, the caller
 /// went away) gives its slot back, and says nothing about the limit: otherwise every
 /// timeout would leak a slot until the limiter refused everything, for good.
@@ -444,7 +510,7 @@ async fn limit_layer_gets_its_slot_back_from_a_cancelled_call() {
             tokio::time::timeout(Duration::from_millis(5), service.clone().oneshot(())).await;
         assert!(timed_out.is_err(), "round {round}: the call never finishes");
         assert_eq!(
-            layer.limiter().inflight(),
+            layer.inflight(),
             0,
             "round {round}: the abandoned call still holds a slot"
         );
@@ -454,9 +520,9 @@ async fn limit_layer_gets_its_slot_back_from_a_cancelled_call() {
     let mut call = Box::pin(service.clone().oneshot(()));
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
     assert!(first.is_pending());
-    assert_eq!(layer.limiter().inflight(), 1);
+    assert_eq!(layer.inflight(), 1);
     drop(call);
-    assert_eq!(layer.limiter().inflight(), 0);
+    assert_eq!(layer.inflight(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -256,7 +256,7 @@ async fn every_layer_returns_to_idle_after_cancelled_calls() {
         ended.iter().all(|n| *n > 100),
         "answered, failed or refused, aborted: {ended:?} (each way must be exercised)"
     );
-    assert_eq!(limit.limiter().inflight(), 0, "limit");
+    assert_eq!(limit.inflight(), 0, "limit");
     assert_eq!(
         (bulkhead.bulkhead().inflight(), bulkhead.bulkhead().queued()),
         (0, 0),
