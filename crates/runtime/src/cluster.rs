@@ -157,11 +157,15 @@ impl Replicated {
 
     /// The leader's RPC address, if a leader is known and reachable by name.
     fn leader_addr(&self, status: &RaftStatus) -> Option<SocketAddr> {
-        let leader = status.leader?;
-        if leader == self.raft_id {
+        self.server_addr(status.leader?)
+    }
+
+    /// The RPC address of server `id`, if it is this one or known by name.
+    fn server_addr(&self, id: u64) -> Option<SocketAddr> {
+        if id == self.raft_id {
             return Some(self.rpc_addr);
         }
-        self.directory.get(leader).map(|info| info.rpc_addr)
+        self.directory.get(id).map(|info| info.rpc_addr)
     }
 
     /// Waits until the status changes or `deadline` passes; `false` at the deadline.
@@ -400,11 +404,8 @@ impl Agent {
     /// (the caller asks its Raft node instead). Must be called after the reads it serves
     /// arrived: the term it asks in is this server's at the call.
     async fn follower_read_index(&self, replicated: &Replicated) -> Option<u64> {
-        let term = replicated.read_gate.follower_term()?;
-        let addr = replicated.leader_addr(&replicated.status())?;
-        if addr == replicated.rpc_addr {
-            return None;
-        }
+        let (term, leader) = replicated.read_gate.follower_ask()?;
+        let addr = replicated.server_addr(leader)?;
         let request = RpcRequest::FollowerReadIndex {
             term,
             from: replicated.raft_id,

@@ -9,7 +9,7 @@
 //! each Raft thread publishes what the rule needs into its node's [`ReadGate`] *before* it
 //! sends anything (a vote in a later term, a commit index), so whatever the gate shows was
 //! true of the node as the rest of the cluster can know it. The asking server reads its own
-//! gate after its reads arrived ([`ReadGate::follower_term`]) and asks the leader over the
+//! gate after its reads arrived ([`ReadGate::follower_ask`]) and asks the leader over the
 //! RPC port; the leader's RPC task answers from its gate ([`ReadGate::answer_follower`]) or
 //! falls back to its Raft thread.
 
@@ -50,13 +50,13 @@ impl GateView {
         (self.leads_committed && self.term == term && is_quorum).then_some(self.commit_index)
     }
 
-    /// The asker's side: the term to ask in, when this node follows a known leader as a
-    /// voter of at most three (a non-voter's request counts for nothing, and with more
-    /// voters the leader could not answer from its gate).
-    pub(crate) fn follower_term(&self) -> Option<u64> {
-        let follows = self.leader.is_some_and(|leader| leader != self.id);
+    /// The asker's side: the term to ask in and the leader to ask, when this node follows a
+    /// known leader as a voter of at most three (a non-voter's request counts for nothing,
+    /// and with more voters the leader could not answer from its gate).
+    pub(crate) fn follower_ask(&self) -> Option<(u64, u64)> {
+        let leader = self.leader.filter(|leader| *leader != self.id)?;
         let may_answer = self.voters.len() <= 3 && self.voters.contains(&self.id);
-        (follows && may_answer).then_some(self.term)
+        may_answer.then_some((self.term, leader))
     }
 }
 
@@ -91,9 +91,9 @@ impl ReadGate {
         self.lock().answer_follower(term, from)
     }
 
-    /// See [`GateView::follower_term`].
-    pub(crate) fn follower_term(&self) -> Option<u64> {
-        self.lock().follower_term()
+    /// See [`GateView::follower_ask`].
+    pub(crate) fn follower_ask(&self) -> Option<(u64, u64)> {
+        self.lock().follower_ask()
     }
 }
 
@@ -180,24 +180,24 @@ mod tests {
             leads_committed: false,
             ..leader_of_three()
         };
-        assert_eq!(follower.follower_term(), Some(7));
+        assert_eq!(follower.follower_ask(), Some((7, 1)));
         let leaderless = GateView {
             leader: None,
             ..follower.clone()
         };
-        assert_eq!(leaderless.follower_term(), None);
+        assert_eq!(leaderless.follower_ask(), None);
         let learner = GateView {
             id: 9,
             ..follower.clone()
         };
-        assert_eq!(learner.follower_term(), None);
+        assert_eq!(learner.follower_ask(), None);
         let of_five = GateView {
             voters: vec![1, 2, 3, 4, 5],
             ..follower.clone()
         };
-        assert_eq!(of_five.follower_term(), None, "the leader could not answer");
+        assert_eq!(of_five.follower_ask(), None, "the leader could not answer");
         assert_eq!(
-            leader_of_three().follower_term(),
+            leader_of_three().follower_ask(),
             None,
             "the leader reads itself"
         );
@@ -218,6 +218,6 @@ mod tests {
         assert_eq!(view.id, 5);
         assert_eq!(view.voters, vec![5]);
         assert!(!view.leads_committed, "a new node leads nothing yet");
-        assert_eq!(view.follower_term(), None);
+        assert_eq!(view.follower_ask(), None);
     }
 }

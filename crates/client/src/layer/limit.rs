@@ -131,8 +131,7 @@ where
         let limit = core.limiter.limit();
         if inflight > limit as usize {
             drop(core);
-            let core = &self.shared.core;
-            core.observe.reject(LayerKind::Limit, "limit");
+            self.shared.core.observe.reject(LayerKind::Limit, "limit");
             return LimitFuture {
                 inner: LimitState::Rejected {
                     error: Some(Error::Limit(LimitReached { limit })),

@@ -2,7 +2,7 @@
 //! `--bootstrap-expect`, writes sent to any server are replicated, the leader's SIGKILL is
 //! survived, a restarted server catches up, a new server is added and a dead one removed.
 
-use crate::support::{cli, colony_bin, free_addr, http, mount_tmpfs, wait_until};
+use crate::support::{cli, colony_bin, free_addr, http, mount_tmpfs, prometheus_value, wait_until};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -823,11 +823,7 @@ fn replication_etcd_time_to_live_on_a_follower_reflects_keepalives_on_the_leader
 fn counter(server: &Server, name: &str) -> f64 {
     server
         .get_text("/v1/agent/metrics?format=prometheus")
-        .and_then(|(_, text)| {
-            text.lines()
-                .find(|line| line.starts_with(name) && !line.starts_with('#'))
-                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        })
+        .and_then(|(_, text)| prometheus_value(&text, name))
         .unwrap_or(0.0)
 }
 

@@ -80,6 +80,14 @@ impl Response {
     }
 }
 
+/// The value of metric `name` in a Prometheus text exposition (`None` when absent).
+pub fn prometheus_value(text: &str, name: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<Response> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

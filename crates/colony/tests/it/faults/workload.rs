@@ -7,7 +7,7 @@
 //! ended `Info` continues as a new process, so each process has at most one open operation.
 
 use super::bed::Bed;
-use crate::support::{Response, http_with_timeout};
+use crate::support::{Response, http_with_timeout, prometheus_value};
 use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -437,11 +437,7 @@ impl Workload {
         let value = |server: &SocketAddr| {
             let path = "/v1/agent/metrics?format=prometheus";
             let response = http_with_timeout(*server, "GET", path, b"", CLIENT_TIMEOUT).ok()?;
-            let text = response.text();
-            let line = text
-                .lines()
-                .find(|line| line.starts_with(name) && !line.starts_with('#'))?;
-            line.rsplit(' ').next()?.parse::<f64>().ok()
+            prometheus_value(&response.text(), name)
         };
         self.servers.iter().filter_map(value).sum()
     }
