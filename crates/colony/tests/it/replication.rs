@@ -462,14 +462,20 @@ fn read_freshness(server: &Server, path: &str) -> Option<String> {
 fn replication_leader_lease_lapses_when_the_followers_stop_answering() {
     use rustix::process::Signal;
     let cluster = Cluster::start(3, &[]);
-    let leader = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    let first = cluster.wait_for_leader(&[], Duration::from_secs(5));
+    assert_eq!(cluster.servers[first].put("k", "v"), Some(200));
+    // The lease needs a commit in the leader's term and a heartbeat round answered since;
+    // on a loaded machine it can lapse for a moment, or leadership move, before the pause.
+    let mut leader = first;
+    wait_until("a leader with a lease", Duration::from_secs(10), || {
+        let holder = (0..3).find(|&i| {
+            read_freshness(&cluster.servers[i], "/v1/kv/k?stale").as_deref() == Some("fresh")
+        });
+        leader = holder.unwrap_or(leader);
+        holder.is_some()
+    });
     let server = &cluster.servers[leader];
-    assert_eq!(server.put("k", "v"), Some(200));
     assert_eq!(read_freshness(server, "/v1/kv/k").as_deref(), Some("fresh"));
-    assert_eq!(
-        read_freshness(server, "/v1/kv/k?stale").as_deref(),
-        Some("fresh")
-    );
     let followers: Vec<&Server> = (0..3)
         .filter(|&i| i != leader)
         .map(|i| &cluster.servers[i])
