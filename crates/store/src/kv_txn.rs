@@ -464,22 +464,9 @@ impl StateMachine {
                     self.kv_range_pending(query, ctx.pending_kv())
                         .expect("checked before applying"),
                 ),
-                KvOp::Put(put) => {
-                    let prev = self.kv.get(&put.key).cloned();
-                    let value: &[u8] = match (&prev, put.ignore_value) {
-                        (Some(old), true) => &old.value,
-                        _ => &put.value,
-                    };
-                    let lease = match (&prev, put.ignore_lease) {
-                        (Some(old), true) => old.lease,
-                        _ => put.lease,
-                    };
-                    let flags = prev.as_ref().map_or(0, |old| old.flags);
-                    self.kv_upsert(ctx, &put.key, value, flags, lease);
-                    KvOpResult::Put {
-                        prev: prev.filter(|_| put.prev_kv),
-                    }
-                }
+                KvOp::Put(put) => KvOpResult::Put {
+                    prev: self.kv_put(ctx, put),
+                },
                 KvOp::Delete(delete) => {
                     let keys: Vec<crate::Key> = self
                         .kv_in_range(&delete.range)

@@ -605,3 +605,56 @@ proptest::proptest! {
         proptest::prop_assert_eq!(replay, now);
     }
 }
+
+#[test]
+fn a_txn_touching_many_keys_records_one_event_per_key_with_its_first_previous_entry() {
+    // More keys than `note_kv` scans before it switches to a set, with the first key
+    // written again last: one event per key, each with the entry from before the txn.
+    let mut state = StateMachine::new();
+    put(&mut state, "k00", "old", 0);
+    let mut ops: Vec<KvOp> = (0..12)
+        .map(|i| {
+            KvOp::Put(PutOp {
+                key: format!("k{i:02}").as_str().into(),
+                value: format!("v{i}").into_bytes(),
+                ..PutOp::default()
+            })
+        })
+        .collect();
+    ops.push(KvOp::Put(PutOp {
+        key: "k00".into(),
+        value: b"last".to_vec(),
+        prev_kv: true,
+        ..PutOp::default()
+    }));
+    let Outcome::KvTxn(result) = apply(
+        &mut state,
+        Command::KvTxn(KvTxn {
+            success: ops,
+            ..KvTxn::default()
+        }),
+    ) else {
+        panic!("a txn result");
+    };
+    // The second put of k00 sees the first one's value as its previous entry.
+    assert!(matches!(
+        result.results.last(),
+        Some(KvOpResult::Put { prev: Some(prev) }) if prev.value[..] == b"v0"[..]
+    ));
+    let revision = state.applied_index();
+    let events: Vec<&KvEvent> = state.history().since(revision).expect("kept").collect();
+    assert_eq!(events.len(), 12, "one event per key");
+    let first = events
+        .iter()
+        .find(|e| e.key.as_bytes() == b"k00")
+        .expect("k00's event");
+    let after = first.kv.as_ref().expect("k00 exists after");
+    assert_eq!(&after.value[..], b"last");
+    assert_eq!(after.version, 3, "written three times since created");
+    let before = first.prev.as_ref().expect("k00 existed before");
+    assert_eq!(&before.value[..], b"old");
+    for event in events.iter().filter(|e| e.key.as_bytes() != b"k00") {
+        assert!(event.prev.is_none(), "{:?} is new", event.key);
+        assert_eq!(event.kv.as_ref().map(|kv| kv.version), Some(1));
+    }
+}

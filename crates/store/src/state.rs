@@ -3,6 +3,7 @@
 use crate::command::{
     CatalogRegistration, Command, Entry, KvSetMode, Outcome, Rejection, RejectionKind,
 };
+use crate::kv_txn::PutOp;
 use crate::mvcc::{KvEvent, KvHistory};
 use crate::types::{Check, HealthStatus, KvEntry, Node, Service, Session, SessionBehavior};
 use serde::{Deserialize, Serialize};
@@ -81,14 +82,27 @@ pub(crate) struct ApplyCtx {
     /// Every KV key this entry touched, in first-touch order, with its entry before the first
     /// touch: turned into history events (and lease bookkeeping) once the entry is applied.
     kv_touched: Vec<(crate::Key, Option<KvEntry>)>,
+    /// The keys of `kv_touched`, once it holds [`TOUCHED_SCAN_MAX`] or more (a shorter list
+    /// is scanned: most entries touch one key).
     kv_touched_set: HashSet<crate::Key>,
 }
+
+/// Below this many touched keys, `note_kv` scans the list instead of hashing.
+const TOUCHED_SCAN_MAX: usize = 8;
 
 impl ApplyCtx {
     /// Remembers `key`'s entry before this entry first changes it.
     fn note_kv(&mut self, key: &[u8], before: Option<&KvEntry>) {
-        if !self.kv_touched_set.contains(key) {
-            self.kv_touched_set.insert(key.into());
+        let seen = if self.kv_touched.len() < TOUCHED_SCAN_MAX {
+            self.kv_touched.iter().any(|(k, _)| k.as_bytes() == key)
+        } else {
+            if self.kv_touched_set.is_empty() {
+                let keys = self.kv_touched.iter().map(|(k, _)| k.clone());
+                self.kv_touched_set.extend(keys);
+            }
+            !self.kv_touched_set.insert(key.into())
+        };
+        if !seen {
             self.kv_touched.push((key.into(), before.cloned()));
         }
     }
@@ -363,6 +377,46 @@ impl StateMachine {
         entry.clone()
     }
 
+    /// etcd's put: writes `put.key` (keeping its flags and any Consul lock, and its value or
+    /// lease where `put` says to ignore them), recording the change for history and
+    /// watchers; the entry before, if `put.prev_kv` asks for it. One lookup when the key
+    /// exists: the hot path of a put-heavy load.
+    pub(crate) fn kv_put(&mut self, ctx: &mut ApplyCtx, put: &PutOp) -> Option<KvEntry> {
+        let index = ctx.index;
+        let key = put.key.as_bytes();
+        ctx.changes.push(Change::Key(put.key.clone()));
+        ctx.touch(Table::Kvs);
+        if let Some(entry) = self.kv.get_mut(key) {
+            ctx.note_kv(key, Some(entry));
+            let prev = put.prev_kv.then(|| entry.clone());
+            if !put.ignore_value {
+                entry.value = bytes::Bytes::copy_from_slice(&put.value);
+            }
+            if !put.ignore_lease {
+                entry.lease = put.lease;
+            }
+            entry.modify_index = index;
+            entry.version += 1;
+            return prev;
+        }
+        ctx.note_kv(key, None);
+        self.kv.insert(
+            put.key.clone(),
+            KvEntry {
+                key: put.key.clone(),
+                value: bytes::Bytes::copy_from_slice(&put.value),
+                flags: 0,
+                session: None,
+                lock_index: 0,
+                create_index: index,
+                modify_index: index,
+                version: 1,
+                lease: put.lease,
+            },
+        );
+        None
+    }
+
     /// Writes a KV entry attached to `lease` (etcd's put keeps any Consul lock on it),
     /// recording the change for history and watchers.
     pub(crate) fn kv_upsert(
@@ -401,7 +455,14 @@ impl StateMachine {
     fn record_kv_changes(&mut self, ctx: &mut ApplyCtx) {
         for (key, before) in std::mem::take(&mut ctx.kv_touched) {
             let after = self.kv.get(&key);
-            if after == before.as_ref() {
+            // A write moves the modify index, so most changes differ there: compare it before
+            // the whole entry (its value can be large).
+            let unchanged = match (after, &before) {
+                (Some(a), Some(b)) => a.modify_index == b.modify_index && a == b,
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
                 continue;
             }
             let old_lease = before.as_ref().map_or(0, |e| e.lease);
