@@ -50,26 +50,21 @@ fn apply_puts(c: &mut Criterion) {
     let mut state = filled();
     // A stride coprime with the key count visits keys in a scattered order, as 64 clients do.
     let mut i = 0u64;
-    group.bench_function("etcd put, 65,536 keys", |b| {
-        b.iter_batched(
-            || {
-                i += 40_503;
-                put(i, false)
-            },
-            |command| apply(&mut state, command),
-            criterion::BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("etcd put with prev_kv, 65,536 keys", |b| {
-        b.iter_batched(
-            || {
-                i += 40_503;
-                put(i, true)
-            },
-            |command| apply(&mut state, command),
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    for (name, prev_kv) in [
+        ("etcd put, 65,536 keys", false),
+        ("etcd put with prev_kv, 65,536 keys", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    i += 40_503;
+                    put(i, prev_kv)
+                },
+                |command| apply(&mut state, command),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
     group.bench_function("etcd txn of 10 puts, 65,536 keys", |b| {
         b.iter_batched(
             || {
