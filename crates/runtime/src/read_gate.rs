@@ -135,33 +135,17 @@ mod tests {
             None,
             "no commit in term"
         );
-        let four = GateView {
-            voters: vec![1, 2, 3, 4],
-            ..leader_of_three()
-        };
-        assert_eq!(
-            four.answer_follower(7, 2),
-            None,
-            "two of four are no quorum"
-        );
-        let five = GateView {
-            voters: vec![1, 2, 3, 4, 5],
-            ..leader_of_three()
-        };
-        assert_eq!(
-            five.answer_follower(7, 2),
-            None,
-            "two of five are no quorum"
-        );
-        let removed = GateView {
-            voters: vec![2, 3],
-            ..leader_of_three()
-        };
-        assert_eq!(
-            removed.answer_follower(7, 2),
-            None,
-            "a leader outside its config"
-        );
+        for (voters, why) in [
+            (vec![1, 2, 3, 4], "two of four are no quorum"),
+            (vec![1, 2, 3, 4, 5], "two of five are no quorum"),
+            (vec![2, 3], "a leader outside its config"),
+        ] {
+            let view = GateView {
+                voters,
+                ..leader_of_three()
+            };
+            assert_eq!(view.answer_follower(7, 2), None, "{why}");
+        }
     }
 
     #[test]
