@@ -379,8 +379,8 @@ impl StateMachine {
 
     /// etcd's put: writes `put.key` (keeping its flags and any Consul lock, and its value or
     /// lease where `put` says to ignore them), recording the change for history and
-    /// watchers; the entry before, if `put.prev_kv` asks for it. One lookup when the key
-    /// exists: the hot path of a put-heavy load.
+    /// watchers; the entry before, if `put.prev_kv` asks for it. The hot path of a put-heavy
+    /// load: one lookup of an existing key here (and one more when the history is recorded).
     pub(crate) fn kv_put(&mut self, ctx: &mut ApplyCtx, put: &PutOp) -> Option<KvEntry> {
         let index = ctx.index;
         let key = put.key.as_bytes();

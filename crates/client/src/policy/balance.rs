@@ -206,15 +206,15 @@ impl Balancer {
     /// A balancer with no endpoints.
     pub fn new(config: BalanceConfig) -> Self {
         assert!(config.decay_ns > 0, "decay_ns must be positive");
-        let config_decay_ns_int = config.decay_ns;
-        let config_decay_ns = config.decay_ns as f64;
         assert!((0.0..=1.0).contains(&config.ejection_share_max));
+        let decay_per_ns = 1.0 / config.decay_ns as f64;
+        let negligible_ns = config.decay_ns / 10_000;
         Self {
             config,
             endpoints: Vec::new(),
             common: Arc::new(Common::default()),
-            decay_per_ns: 1.0 / config_decay_ns,
-            negligible_ns: config_decay_ns_int / 10_000,
+            decay_per_ns,
+            negligible_ns,
         }
     }
 
