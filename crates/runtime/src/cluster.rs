@@ -249,6 +249,9 @@ impl Agent {
                     replicated.ask(RaftInput::ReadIndex).await?,
                 ))
             }
+            RpcRequest::ConfirmTerm { term } => Ok(RpcResponse::TermConfirmed(
+                replicated.read_gate.confirms_term(term),
+            )),
             RpcRequest::RenewSession(id) => Ok(RpcResponse::Renewed(self.renew_session_here(&id))),
             RpcRequest::SessionRemaining(id) => Ok(RpcResponse::SessionRemaining(
                 self.session_remaining_ms(&id),
@@ -371,6 +374,9 @@ impl Agent {
             ReadConsistency::Consistent => {
                 let ask_raft = || async {
                     self.metrics().read_index_requests.inc();
+                    if let Some(index) = self.leader_read_index(replicated).await {
+                        return Ok(index);
+                    }
                     if let Some(index) = self.follower_read_index(replicated).await {
                         return Ok(index);
                     }
@@ -416,6 +422,45 @@ impl Agent {
             Ok(RpcResponse::ReadIndex(index)) => Some(index),
             _ => None,
         }
+    }
+
+    /// A leader's read index for its own linearizable reads: its commit index, confirmed by
+    /// another voter's RPC task instead of a heartbeat round through both Raft threads
+    /// (read_gate.rs, decisions §31); `None` when this server does not lead three voters or
+    /// fewer with an entry of its term committed, or no other voter confirmed the term (the
+    /// caller asks its Raft node instead). Must be called after the reads it serves arrived.
+    async fn leader_read_index(&self, replicated: &Replicated) -> Option<u64> {
+        let ask = replicated.read_gate.leader_ask()?;
+        // No longer than the Raft node would take to notice a silent voter.
+        let patience = Duration::from_millis(replicated.config.raft.election_timeout_ms_min);
+        let confirm = |id: u64| async move {
+            let Some(addr) = replicated.server_addr(id) else {
+                return false;
+            };
+            let request = RpcRequest::ConfirmTerm { term: ask.term };
+            matches!(
+                replicated.rpc.call(addr, request, patience).await,
+                Ok(RpcResponse::TermConfirmed(true))
+            )
+        };
+        // Either other voter makes a quorum with this one: the first yes will do.
+        let confirmed = match ask.others.as_slice() {
+            [one] => confirm(*one).await,
+            [a, b] => {
+                let (first, second) = (confirm(*a), confirm(*b));
+                tokio::pin!(first, second);
+                tokio::select! {
+                    yes = &mut first => yes || second.await,
+                    yes = &mut second => yes || first.await,
+                }
+            }
+            _ => false,
+        };
+        if !confirmed {
+            return None;
+        }
+        self.metrics().leader_read_confirmations.inc();
+        Some(ask.commit_index)
     }
 
     /// A read index from this server's Raft node, waiting (up to [`WRITE_TIMEOUT`]) while
@@ -792,9 +837,14 @@ impl RpcHandler for RpcEndpoint {
             .replicated()
             .ok_or_else(|| ClusterError::Unavailable("not a replicated server".into()))?;
         let status = replicated.status();
-        // Anyone may ask whether this server is a member and how its disk is doing; the
-        // rest is the leader's work.
-        if !status.is_leader && !matches!(request, RpcRequest::Membership | RpcRequest::DiskStats) {
+        // Anyone may ask whether this server is a member, how its disk is doing and whether
+        // it is still in a term (a leader confirming its own reads); the rest is the
+        // leader's work.
+        let for_any_server = matches!(
+            request,
+            RpcRequest::Membership | RpcRequest::DiskStats | RpcRequest::ConfirmTerm { .. }
+        );
+        if !status.is_leader && !for_any_server {
             return Err(ClusterError::NotLeader {
                 leader: status.leader,
             });

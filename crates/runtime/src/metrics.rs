@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Followers' linearizable read index requests this server, as leader, answered from
     /// what its Raft thread published, without waking it (read_gate.rs).
     pub follower_read_index_answers: Counter,
+    /// This leader's own linearizable read barriers confirmed by another voter's RPC task,
+    /// without a heartbeat round (read_gate.rs).
+    pub leader_read_confirmations: Counter,
     /// Outbound Raft streams that ended because the peer closed them (it stopped or
     /// restarted); the next message opens a new stream.
     pub raft_streams_closed_by_peer: Counter,
@@ -104,6 +107,7 @@ impl Metrics {
         let read_index_requests = Counter::default();
         let lease_read_index_answers = Counter::default();
         let follower_read_index_answers = Counter::default();
+        let leader_read_confirmations = Counter::default();
         let raft_streams_closed_by_peer = Counter::default();
         let modes = Family::<ModeLabels, Gauge>::default();
         registry.register(
@@ -163,6 +167,11 @@ impl Metrics {
             follower_read_index_answers.clone(),
         );
         registry.register(
+            "leader_read_confirmations",
+            "This leader's linearizable read barriers confirmed by another voter without a heartbeat round (the two are a quorum)",
+            leader_read_confirmations.clone(),
+        );
+        registry.register(
             "raft_streams_closed_by_peer",
             "Outbound Raft streams that ended because the peer closed them (it stopped or restarted)",
             raft_streams_closed_by_peer.clone(),
@@ -186,6 +195,7 @@ impl Metrics {
             read_index_requests,
             lease_read_index_answers,
             follower_read_index_answers,
+            leader_read_confirmations,
             raft_streams_closed_by_peer,
             modes,
         }

@@ -12,6 +12,14 @@
 //! gate after its reads arrived ([`ReadGate::follower_ask`]) and asks the leader over the
 //! RPC port; the leader's RPC task answers from its gate ([`ReadGate::answer_follower`]) or
 //! falls back to its Raft thread.
+//!
+//! The leader's own linearizable reads use the mirror image (decisions §31): the leader
+//! reads its gate after its reads arrived ([`ReadGate::leader_ask`]: it leads term `T` with
+//! an entry of `T` committed, among at most three voters) and asks another voter's RPC task
+//! whether that voter's gate still shows term `T` ([`ReadGate::confirms_term`]). A yes
+//! means neither of the two, a quorum of any configuration a later leader could have been
+//! elected in, had voted in a later term by then, so the commit index the leader read
+//! covers every write acknowledged before its reads arrived.
 
 use std::sync::Mutex;
 
@@ -50,6 +58,33 @@ impl GateView {
         (self.leads_committed && self.term == term && is_quorum).then_some(self.commit_index)
     }
 
+    /// The leader's side of its own reads: its term, its commit index and the other voters
+    /// (any one of which can confirm the term), when it leads with an entry of its term
+    /// committed among at most three voters including itself, as for
+    /// [`GateView::answer_follower`].
+    pub(crate) fn leader_ask(&self) -> Option<LeaderAsk> {
+        let may_ask = self.leads_committed
+            && self.voters.len() <= 3
+            && self.voters.len() >= 2
+            && self.voters.contains(&self.id);
+        may_ask.then(|| LeaderAsk {
+            term: self.term,
+            commit_index: self.commit_index,
+            others: self
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| *id != self.id)
+                .collect(),
+        })
+    }
+
+    /// A voter's side of the leader's question: whether this node is still in `term`, that
+    /// is, has sent no vote in a later one (its gate is published before any send).
+    pub(crate) fn confirms_term(&self, term: u64) -> bool {
+        self.term == term
+    }
+
     /// The asker's side: the term to ask in and the leader to ask, when this node follows a
     /// known leader as a voter of at most three (a non-voter's request counts for nothing,
     /// and with more voters the leader could not answer from its gate).
@@ -58,6 +93,18 @@ impl GateView {
         let may_answer = self.voters.len() <= 3 && self.voters.contains(&self.id);
         may_answer.then_some((self.term, leader))
     }
+}
+
+/// What a leader asks another voter to confirm before serving its own linearizable reads
+/// at `commit_index` (see [`GateView::leader_ask`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaderAsk {
+    /// The term the leader leads.
+    pub term: u64,
+    /// Its commit index when its reads had arrived.
+    pub commit_index: u64,
+    /// The other voters.
+    pub others: Vec<u64>,
 }
 
 /// A node's published [`GateView`].
@@ -94,6 +141,16 @@ impl ReadGate {
     /// See [`GateView::follower_ask`].
     pub(crate) fn follower_ask(&self) -> Option<(u64, u64)> {
         self.lock().follower_ask()
+    }
+
+    /// See [`GateView::leader_ask`].
+    pub(crate) fn leader_ask(&self) -> Option<LeaderAsk> {
+        self.lock().leader_ask()
+    }
+
+    /// See [`GateView::confirms_term`].
+    pub(crate) fn confirms_term(&self, term: u64) -> bool {
+        self.lock().confirms_term(term)
     }
 }
 
@@ -145,6 +202,59 @@ mod tests {
                 ..leader_of_three()
             };
             assert_eq!(view.answer_follower(7, 2), None, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_leader_of_three_asks_either_other_voter_and_a_voter_confirms_only_its_own_term() {
+        let view = leader_of_three();
+        assert_eq!(
+            view.leader_ask(),
+            Some(LeaderAsk {
+                term: 7,
+                commit_index: 42,
+                others: vec![2, 3],
+            })
+        );
+        assert!(view.confirms_term(7));
+        assert!(!view.confirms_term(6), "an older term");
+        assert!(!view.confirms_term(8), "it may have voted in a newer term");
+    }
+
+    #[test]
+    fn a_leader_does_not_ask_where_the_rule_does_not_cover() {
+        let cases = [
+            (
+                GateView {
+                    leads_committed: false,
+                    ..leader_of_three()
+                },
+                "no commit in its term",
+            ),
+            (
+                GateView {
+                    voters: vec![1, 2, 3, 4],
+                    ..leader_of_three()
+                },
+                "two of four are no quorum",
+            ),
+            (
+                GateView {
+                    voters: vec![2, 3],
+                    ..leader_of_three()
+                },
+                "a leader outside its config",
+            ),
+            (
+                GateView {
+                    voters: vec![1],
+                    ..leader_of_three()
+                },
+                "nobody to ask (a lone voter is asked of its Raft node)",
+            ),
+        ];
+        for (view, why) in cases {
+            assert_eq!(view.leader_ask(), None, "{why}");
         }
     }
 

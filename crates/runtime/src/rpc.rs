@@ -97,6 +97,13 @@ pub enum RpcRequest {
         /// The asker's Raft id.
         from: u64,
     },
+    /// Whether the receiver is still in `term`, asked by that term's leader before it serves
+    /// its own linearizable reads (read_gate.rs). Answered with
+    /// `RpcResponse::TermConfirmed`.
+    ConfirmTerm {
+        /// The asking leader's term when its reads had arrived.
+        term: u64,
+    },
 }
 
 /// An HTTP API request forwarded by a client agent, served by the receiving server as if
@@ -175,6 +182,8 @@ pub enum RpcResponse {
     },
     /// Milliseconds until a session expires on the leader, or `None` if it does not track it.
     SessionRemaining(Option<u64>),
+    /// Whether the receiver's published Raft state is still in the asked term.
+    TermConfirmed(bool),
 }
 
 /// Why a forwarded request has no answer.

@@ -371,12 +371,14 @@ fn judge(n: usize, workload: &Workload, cluster: &Cluster) {
     );
 
     // Informational: with three servers, followers' `?consistent` reads are answered from
-    // the leader's read gate (decisions §30), so the checks below judge that path too.
+    // the leader's read gate (decisions §30), and a leader's own are confirmed by another
+    // voter's gate (§31), so the checks below judge those paths too.
     step(
         n,
         &format!(
-            "follower read indexes answered from leaders' read gates (since each server's last start): {}",
-            workload.counter_total("colony_follower_read_index_answers_total")
+            "follower read indexes answered from leaders' read gates: {}; leader reads confirmed by a voter's gate: {} (since each server's last start)",
+            workload.counter_total("colony_follower_read_index_answers_total"),
+            workload.counter_total("colony_leader_read_confirmations_total")
         ),
     );
     let started = Instant::now();
