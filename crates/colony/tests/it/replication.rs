@@ -833,6 +833,21 @@ fn counter(server: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Writes the `i`-th value of `key` through `writer`, then requires a `?consistent` read of
+/// it on `reader` to see that value.
+fn write_then_read_consistently(writer: &Server, reader: &Server, key: &str, i: usize) {
+    let value = format!("c{i}");
+    assert_eq!(writer.put(key, &value), Some(200));
+    let (status, body) = reader
+        .get_text(&format!("/v1/kv/{key}?raw&consistent"))
+        .expect("read");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, value.as_str()),
+        "consistent read {i}"
+    );
+}
+
 /// A follower's default read asks the leader for the index to wait for; inside its lease
 /// the leader answers at once (no quorum round), while a `?consistent` read still gets a
 /// quorum-confirmed index — with three servers the follower and the leader are that quorum,
@@ -873,16 +888,7 @@ fn replication_follower_default_reads_ride_the_leader_lease_and_see_every_write(
     let gate_answers = "colony_follower_read_index_answers_total";
     let gate_before = counter(&cluster.servers[leader], gate_answers);
     for i in 0..10 {
-        let value = format!("c{i}");
-        assert_eq!(writer.put("lease/k", &value), Some(200));
-        let (status, body) = reader
-            .get_text("/v1/kv/lease/k?raw&consistent")
-            .expect("read");
-        assert_eq!(
-            (status, body.as_str()),
-            (200, value.as_str()),
-            "consistent read {i}"
-        );
+        write_then_read_consistently(writer, reader, "lease/k", i);
     }
     assert_eq!(
         counter(&cluster.servers[leader], answers),
@@ -917,16 +923,7 @@ fn replication_leader_consistent_reads_are_confirmed_by_a_voter_and_see_every_wr
     assert_eq!(writers[0].put("confirm/k", "v"), Some(200));
     let before = counter(server, confirmations);
     for i in 0..12 {
-        let value = format!("c{i}");
-        assert_eq!(writers[i % 3].put("confirm/k", &value), Some(200));
-        let (status, body) = server
-            .get_text("/v1/kv/confirm/k?raw&consistent")
-            .expect("read");
-        assert_eq!(
-            (status, body.as_str()),
-            (200, value.as_str()),
-            "consistent read {i}"
-        );
+        write_then_read_consistently(writers[i % 3], server, "confirm/k", i);
     }
     let after = counter(server, confirmations);
     // Each of the 12 reads asked once; an election on a loaded machine would send a few
