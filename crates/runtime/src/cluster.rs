@@ -116,7 +116,8 @@ pub(crate) struct Replicated {
     pub(crate) reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
     /// This server's lease read index requests (default-consistency reads), the same way.
     pub(crate) lease_reads: crate::read_batch::Coalescer<Result<u64, ClusterError>>,
-    /// What this server's Raft thread last published for follower reads (read_gate.rs).
+    /// What this server's Raft thread last published, for linearizable reads off the Raft
+    /// threads (read_gate.rs).
     pub(crate) read_gate: Arc<crate::read_gate::ReadGate>,
 }
 

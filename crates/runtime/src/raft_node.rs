@@ -127,7 +127,7 @@ pub(crate) struct RaftNode {
     pub(crate) wall_ms: fn() -> u64,
     pub(crate) fsync: Arc<crate::disk_watch::FsyncLatencies>,
     pub(crate) storage_mode: Arc<StorageMode>,
-    /// Published before anything is sent, for follower reads off the Raft threads.
+    /// Published before anything is sent, for linearizable reads off the Raft threads.
     pub(crate) read_gate: Arc<crate::read_gate::ReadGate>,
 }
 

@@ -50,12 +50,15 @@ impl GateView {
     /// committed, and it and `from` are voters making a quorum between them (at most three
     /// voters: with four, a later leader's config could add a fifth and win without them).
     pub(crate) fn answer_follower(&self, term: u64, from: u64) -> Option<u64> {
-        // Two voters out of at most three are a quorum.
-        let is_quorum = self.voters.len() <= 3
-            && from != self.id
-            && self.voters.contains(&self.id)
-            && self.voters.contains(&from);
-        (self.leads_committed && self.term == term && is_quorum).then_some(self.commit_index)
+        let pairs_with_asker = from != self.id && self.voters.contains(&from);
+        (self.leads_any_pair_a_quorum() && self.term == term && pairs_with_asker)
+            .then_some(self.commit_index)
+    }
+
+    /// Whether this node leads with an entry of its term committed, as one of at most three
+    /// voters: then it and any other voter are a quorum (two out of at most three).
+    fn leads_any_pair_a_quorum(&self) -> bool {
+        self.leads_committed && self.voters.len() <= 3 && self.voters.contains(&self.id)
     }
 
     /// The leader's side of its own reads: its term, its commit index and the other voters
@@ -63,10 +66,8 @@ impl GateView {
     /// committed among at most three voters including itself, as for
     /// [`GateView::answer_follower`].
     pub(crate) fn leader_ask(&self) -> Option<LeaderAsk> {
-        let may_ask = self.leads_committed
-            && self.voters.len() <= 3
-            && self.voters.len() >= 2
-            && self.voters.contains(&self.id);
+        // A lone voter has nobody to ask (its Raft node answers at once).
+        let may_ask = self.leads_any_pair_a_quorum() && self.voters.len() >= 2;
         may_ask.then(|| LeaderAsk {
             term: self.term,
             commit_index: self.commit_index,

@@ -400,20 +400,13 @@ impl StateMachine {
             return prev;
         }
         ctx.note_kv(key, None);
-        self.kv.insert(
-            put.key.clone(),
-            KvEntry {
-                key: put.key.clone(),
-                value: bytes::Bytes::copy_from_slice(&put.value),
-                flags: 0,
-                session: None,
-                lock_index: 0,
-                create_index: index,
-                modify_index: index,
-                version: 1,
-                lease: put.lease,
-            },
-        );
+        let entry = KvEntry {
+            value: bytes::Bytes::copy_from_slice(&put.value),
+            version: 1,
+            lease: put.lease,
+            ..KvEntry::created(put.key.clone(), index)
+        };
+        self.kv.insert(put.key.clone(), entry);
         None
     }
 
@@ -431,17 +424,10 @@ impl StateMachine {
         ctx.note_kv(key, self.kv.get(key));
         ctx.changes.push(Change::Key(key.into()));
         ctx.touch(Table::Kvs);
-        let entry = self.kv.entry(key.into()).or_insert_with(|| KvEntry {
-            key: key.into(),
-            value: bytes::Bytes::new(),
-            flags: 0,
-            session: None,
-            lock_index: 0,
-            create_index: index,
-            modify_index: index,
-            version: 0,
-            lease: 0,
-        });
+        let entry = self
+            .kv
+            .entry(key.into())
+            .or_insert_with(|| KvEntry::created(key.into(), index));
         entry.value = bytes::Bytes::copy_from_slice(value);
         entry.flags = flags;
         entry.modify_index = index;

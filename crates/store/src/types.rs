@@ -29,6 +29,24 @@ pub struct KvEntry {
     pub lease: i64,
 }
 
+impl KvEntry {
+    /// A key created at `index`, before its first write: empty, unlocked, no lease,
+    /// version 0.
+    pub(crate) fn created(key: crate::Key, index: u64) -> Self {
+        Self {
+            key,
+            value: bytes::Bytes::new(),
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: index,
+            modify_index: index,
+            version: 0,
+            lease: 0,
+        }
+    }
+}
+
 /// A catalog node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
