@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// etcd-grpc: the etcd binary for --against-etcd.
     #[arg(long, default_value = "etcd", value_name = "PATH")]
     pub(crate) etcd_bin: String,
+    /// etcd-grpc: the client of the put and get workloads: lean (calls written straight onto
+    /// HTTP/2, the least client CPU per call, so the most of the machine is left to the
+    /// server measured) or tonic (tonic's `Channel`, as Rust applications use it).
+    #[arg(long, default_value = "lean", value_parser = ["lean", "tonic"])]
+    pub(crate) grpc_client: String,
     /// etcd-grpc: gRPC connections the closed-loop clients share.
     #[arg(long, default_value_t = 4)]
     pub(crate) conns: usize,

@@ -5,13 +5,15 @@
 //! ratio colony ÷ etcd for each figure.
 
 use crate::bench::{BenchArgs, Figures, median, percentile, round};
+use crate::bench_grpc::UnaryChannel;
 use anyhow::{Context, bail};
 use colony_etcdpb::etcdserverpb::{
-    LeaseGrantRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
-    k_v_client::KVClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    watch_client::WatchClient, watch_request,
+    LeaseGrantRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    WatchCreateRequest, WatchRequest, k_v_client::KVClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request,
 };
 use colony_etcdpb::mvccpb::event::EventType;
+use http::Uri;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -367,34 +369,37 @@ async fn closed_loop(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    let channels = spread_channels(system, args.conns).await?;
-    let mut kv = KVClient::new(channels[0].clone());
+    let callers = KvCaller::spread(system, args).await?;
     let value = vec![b'v'; args.value_bytes];
-    kv.put(PutRequest {
+    let first = PutRequest {
         key: b"bench/get".to_vec(),
         value: value.clone(),
         ..PutRequest::default()
-    })
-    .await?;
+    };
+    callers[0]
+        .clone()
+        .put(first)
+        .await
+        .with_context(|| format!("{}: the first put", system.name))?;
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
     let mut tasks = Vec::with_capacity(clients);
     for worker in 0..clients {
-        // Each request goes to the next member (the channels cycle through them), so even
+        // Each request goes to the next member (the connections cycle through them), so even
         // one client sends two thirds of its requests through a follower of three, as the
         // many-client runs do, whichever member leads.
-        let mut kvs: Vec<_> = channels.iter().cloned().map(KVClient::new).collect();
+        let mut callers = callers.clone();
         let value = value.clone();
         let kind = kind.to_string();
         tasks.push(tokio::spawn(async move {
             let mut tally = crate::bench::Tally::new(measure_from, stop_at);
             for i in 0u64.. {
                 let Some(sent) = tally.start() else { break };
-                let next = (worker + i as usize) % kvs.len();
-                let kv = &mut kvs[next];
-                let ok = match kind.as_str() {
-                    "put" => kv
+                let next = (worker + i as usize) % callers.len();
+                let caller = &mut callers[next];
+                let answered = match kind.as_str() {
+                    "put" => caller
                         .put(PutRequest {
                             key: format!("bench/w{worker}/k{}", i % 1024).into_bytes(),
                             value: value.clone(),
@@ -402,7 +407,7 @@ async fn closed_loop(
                         })
                         .await
                         .is_ok(),
-                    _ => kv
+                    _ => caller
                         .range(RangeRequest {
                             key: b"bench/get".to_vec(),
                             serializable: kind == "getser",
@@ -411,7 +416,7 @@ async fn closed_loop(
                         .await
                         .is_ok(),
                 };
-                tally.record(sent, ok);
+                tally.record(sent, answered);
             }
             tally.finish()
         }));
@@ -471,6 +476,56 @@ async fn consul_consistent_loop(
         }));
     }
     crate::bench::measure_window(system.pids(), tasks, measure_from, stop_at, duration).await
+}
+
+/// One connection the closed-loop put and get workloads call through, by `--grpc-client`.
+#[derive(Clone)]
+enum KvCaller {
+    Lean {
+        channel: UnaryChannel,
+        put: Uri,
+        range: Uri,
+    },
+    Tonic(KVClient<Channel>),
+}
+
+impl KvCaller {
+    /// [`spread_channels`]' layout, with the client `args` names.
+    async fn spread(system: &System, args: &BenchArgs) -> anyhow::Result<Vec<KvCaller>> {
+        if args.grpc_client == "tonic" {
+            let channels = spread_channels(system, args.conns).await?;
+            return Ok(channels
+                .into_iter()
+                .map(|channel| KvCaller::Tonic(KVClient::new(channel)))
+                .collect());
+        }
+        let mut callers = Vec::new();
+        for _ in 0..args.conns.max(1) {
+            for member in &system.members {
+                let channel = UnaryChannel::connect(&member.endpoint).await?;
+                callers.push(KvCaller::Lean {
+                    put: channel.method("/etcdserverpb.KV/Put")?,
+                    range: channel.method("/etcdserverpb.KV/Range")?,
+                    channel,
+                });
+            }
+        }
+        Ok(callers)
+    }
+
+    async fn put(&mut self, request: PutRequest) -> anyhow::Result<PutResponse> {
+        match self {
+            KvCaller::Lean { channel, put, .. } => channel.call(put, &request).await,
+            KvCaller::Tonic(kv) => Ok(kv.put(request).await?.into_inner()),
+        }
+    }
+
+    async fn range(&mut self, request: RangeRequest) -> anyhow::Result<RangeResponse> {
+        match self {
+            KvCaller::Lean { channel, range, .. } => channel.call(range, &request).await,
+            KvCaller::Tonic(kv) => Ok(kv.range(request).await?.into_inner()),
+        }
+    }
 }
 
 /// `conns` gRPC connections per member (at least one), member after member, so closed-loop

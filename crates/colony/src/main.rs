@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod bench;
 mod bench_etcd;
+mod bench_grpc;
 mod cli;
 mod client;
 mod kv_transfer;

@@ -382,11 +382,11 @@ fn cli_sim_membership_runs_foca_as_a_baseline_and_refuses_what_it_cannot_model()
     );
 }
 
-/// `colony bench --target etcd-grpc` on three servers it starts itself: each read workload
-/// runs and is answered without errors (a smoke test of the load generator, not a
+/// `colony bench --target etcd-grpc` on three servers it starts itself: puts and each read
+/// workload run and are answered without errors (a smoke test of the load generator, not a
 /// measurement: one short run).
 #[test]
-fn cli_bench_etcd_reads_on_three_servers() {
+fn cli_bench_etcd_puts_and_reads_on_three_servers() {
     let output = Command::new(colony_bin())
         .args([
             "bench",
@@ -395,7 +395,9 @@ fn cli_bench_etcd_reads_on_three_servers() {
             "--servers",
             "3",
             "--workloads",
-            "get,consistent",
+            "put,get,consistent",
+            "--put-clients",
+            "4",
             "--read-clients",
             "4",
             "--runs",
@@ -411,10 +413,40 @@ fn cli_bench_etcd_reads_on_three_servers() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
-    for workload in ["get_c4", "consistent_c4"] {
+    for workload in ["put_c4", "get_c4", "consistent_c4"] {
         let figures = &report["medians"][workload];
         let ops = figures["ops_per_s"]["colony"].as_f64();
         assert!(ops.is_some_and(|ops| ops > 0.0), "{workload}: {report}");
         assert_eq!(figures["errors"]["colony"], 0.0, "{workload}: {report}");
     }
+}
+
+/// The load generator's gRPC client reads the call's status: puts over the etcd request limit
+/// (1.5 MiB) are refused by the server, and the bench stops with that status instead of
+/// counting them as answered.
+#[test]
+fn cli_bench_etcd_reports_a_refused_put() {
+    let output = Command::new(colony_bin())
+        .args([
+            "bench",
+            "--target",
+            "etcd-grpc",
+            "--workloads",
+            "put",
+            "--put-clients",
+            "1",
+            "--value-bytes",
+            "2000000",
+            "--runs",
+            "1",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+        ])
+        .output()
+        .expect("run bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("gRPC status"), "{stderr}");
 }
