@@ -574,12 +574,19 @@ pub(crate) struct Connection {
     authority: String,
 }
 
+/// A TCP connection to `authority` (`host:port`) for small request/response exchanges, which
+/// must not wait for Nagle's algorithm (TCP_NODELAY).
+pub(crate) async fn connect_nodelay(authority: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Connection {
     pub(crate) async fn open(authority: &str) -> anyhow::Result<Connection> {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
-        stream.set_nodelay(true)?;
+        let stream = connect_nodelay(authority).await?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(connection);

@@ -27,10 +27,7 @@ impl UnaryChannel {
     /// Connects to `authority` (`host:port`) with TCP_NODELAY and drives the connection on a
     /// task of its own.
     pub(crate) async fn connect(authority: &str) -> anyhow::Result<UnaryChannel> {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
-        stream.set_nodelay(true)?;
+        let stream = crate::bench::connect_nodelay(authority).await?;
         let (send, connection) = h2::client::handshake(stream)
             .await
             .with_context(|| format!("HTTP/2 handshake with {authority}"))?;
