@@ -490,25 +490,20 @@ enum KvCaller {
 }
 
 impl KvCaller {
-    /// [`spread_channels`]' layout, with the client `args` names.
+    /// One caller per connection of [`spread_endpoints`], with the client `args` names.
     async fn spread(system: &System, args: &BenchArgs) -> anyhow::Result<Vec<KvCaller>> {
-        if args.grpc_client == "tonic" {
-            let channels = spread_channels(system, args.conns).await?;
-            return Ok(channels
-                .into_iter()
-                .map(|channel| KvCaller::Tonic(KVClient::new(channel)))
-                .collect());
-        }
         let mut callers = Vec::new();
-        for _ in 0..args.conns.max(1) {
-            for member in &system.members {
-                let channel = UnaryChannel::connect(&member.endpoint).await?;
-                callers.push(KvCaller::Lean {
+        for endpoint in spread_endpoints(system, args.conns) {
+            callers.push(if args.grpc_client == "tonic" {
+                KvCaller::Tonic(KVClient::new(connect(endpoint).await?))
+            } else {
+                let channel = UnaryChannel::connect(endpoint).await?;
+                KvCaller::Lean {
                     put: channel.method("/etcdserverpb.KV/Put")?,
                     range: channel.method("/etcdserverpb.KV/Range")?,
                     channel,
-                });
-            }
+                }
+            });
         }
         Ok(callers)
     }
@@ -528,15 +523,18 @@ impl KvCaller {
     }
 }
 
-/// `conns` gRPC connections per member (at least one), member after member, so closed-loop
-/// clients, taking them in turn, spread over every member as a client given all endpoints
-/// would.
+/// The endpoints of `conns` connections per member (at least one), member after member, so
+/// that closed-loop clients, taking the connections in turn, spread over every member as a
+/// client given all endpoints would.
+fn spread_endpoints(system: &System, conns: usize) -> impl Iterator<Item = &str> {
+    (0..conns.max(1)).flat_map(|_| system.members.iter().map(|m| m.endpoint.as_str()))
+}
+
+/// A gRPC connection to each of [`spread_endpoints`].
 async fn spread_channels(system: &System, conns: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
-    for _ in 0..conns.max(1) {
-        for member in &system.members {
-            channels.push(connect(&member.endpoint).await?);
-        }
+    for endpoint in spread_endpoints(system, conns) {
+        channels.push(connect(endpoint).await?);
     }
     Ok(channels)
 }

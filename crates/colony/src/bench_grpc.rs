@@ -65,8 +65,10 @@ impl UnaryChannel {
             )
             .header(http::header::TE, HeaderValue::from_static("trailers"))
             .body(())?;
-        let send = std::future::poll_fn(|cx| self.send.poll_ready(cx));
-        send.await.context("HTTP/2 connection")?;
+        // Waits while the connection has as many streams open as the server allows.
+        std::future::poll_fn(|cx| self.send.poll_ready(cx))
+            .await
+            .context("HTTP/2 connection")?;
         let (answer, mut body) = self.send.send_request(http_request, false)?;
         body.send_data(frame(request), true)?;
         let answer = answer.await?;
