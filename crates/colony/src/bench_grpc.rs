@@ -79,7 +79,8 @@ impl UnaryChannel {
         );
         let (head, mut body) = answer.into_parts();
         // A trailers-only answer (an error before any message) carries its status here.
-        if head.headers.contains_key("grpc-status") {
+        let trailers_only = head.headers.contains_key("grpc-status");
+        if trailers_only {
             check_status(&head.headers)?;
         }
         let mut received = BytesMut::new();
@@ -91,7 +92,7 @@ impl UnaryChannel {
         }
         match body.trailers().await? {
             Some(trailers) => check_status(&trailers)?,
-            None if head.headers.contains_key("grpc-status") => {}
+            None if trailers_only => {}
             None => bail!("answer without a grpc-status"),
         }
         unframe(received.freeze())
