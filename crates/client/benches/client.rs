@@ -322,6 +322,32 @@ fn stack(c: &mut Criterion) {
             )
         })
     });
+    // The same with every call timed: calls here start ~25 ns apart, so with the default
+    // gap of 1 µs the handle above times one in about forty and counts the other successes
+    // without reading the clock again.
+    let mut balance_timed = Balance::new(
+        BalanceConfig {
+            rtt_sample_gap_ns: 0,
+            ..BalanceConfig::default()
+        },
+        Observe::silent("bal"),
+        clock.clone(),
+        1,
+    );
+    for i in 0..10 {
+        balance_timed.update(Change::Insert(i, None, Ready));
+    }
+    group.bench_function("balance alone, every call timed", |b| {
+        b.iter(|| {
+            call(
+                &mut balance_timed,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
     // tower's own P2C over PeakEwma (10 endpoints, the same time constant and initial RTT).
     let endpoints: Vec<_> = (0..10)
         .map(|_| {

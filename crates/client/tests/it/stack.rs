@@ -13,7 +13,7 @@ use colony_client::policy::balance::BalanceConfig;
 use colony_client::policy::breaker::{Breaker, BreakerConfig};
 use colony_client::policy::budget::{BudgetConfig, RetryBudget};
 use colony_client::policy::rate::Quota;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 #[derive(Debug, Clone)]
 struct Get;
@@ -133,6 +133,83 @@ async fn balance_survives_removal_during_calls() {
         let answer = balance.clone().oneshot(()).await.expect("answers");
         assert_ne!(answer, 0, "the removed endpoint gets no calls");
     }
+}
+
+/// Calls through one balancer handle to ten replicas, one of them 50 times slower than the
+/// others (1 ms), on paused time: `waves` waves `1 ms` apart of `burst` calls sent at one
+/// instant, or, with `burst` 0, 1,000 calls one after another. Returns the calls the slow
+/// replica got, after checking that every call, timed or not, ended its count.
+async fn slow_replica_calls(rtt_sample_gap_ns: u64, burst: usize) -> u32 {
+    let hits: Vec<_> = (0..10).map(|_| Arc::new(AtomicU32::new(0))).collect();
+    let mut balance = Balance::new(
+        BalanceConfig {
+            rtt_sample_gap_ns,
+            ..BalanceConfig::default()
+        },
+        Observe::silent("b"),
+        Clock::tokio(),
+        9,
+    );
+    for (i, counter) in hits.iter().enumerate() {
+        let counter = counter.clone();
+        let latency = Duration::from_millis(if i == 0 { 50 } else { 1 });
+        let endpoint = service_fn(move |_: ()| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(latency).await;
+                Ok::<_, BoxError>(())
+            }
+        });
+        balance.update(Change::Insert(i, None, endpoint));
+    }
+    if burst == 0 {
+        for _ in 0..1_000 {
+            balance
+                .ready()
+                .await
+                .expect("ready")
+                .call(())
+                .await
+                .expect("answered");
+        }
+    } else {
+        let mut calls = Vec::new();
+        for _ in 0..200 {
+            for _ in 0..burst {
+                calls.push(tokio::spawn(balance.ready().await.expect("ready").call(())));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for call in calls {
+            call.await.expect("task").expect("answered");
+        }
+    }
+    for key in 0..10 {
+        assert_eq!(balance.pending(&key), Some(0), "endpoint {key} idle");
+    }
+    hits[0].load(Ordering::SeqCst)
+}
+
+/// The balancer times at most one call per `rtt_sample_gap_ns` per handle and counts the
+/// other successes without their RTT. In bursts sent at one instant (the default gap: only
+/// each burst's first call is timed) and in calls one after another with a gap of 5 ms (a
+/// fast call in five timed), the slow replica still gets under 5% of the calls; with no
+/// sample after the first (an endless gap) it would get several times more, so the
+/// samples, not the calls in flight alone, keep it off.
+#[tokio::test(start_paused = true)]
+async fn balance_keeps_off_a_slow_replica_when_most_calls_go_untimed() {
+    let bursts = slow_replica_calls(BalanceConfig::default().rtt_sample_gap_ns, 10).await;
+    assert!(
+        bursts <= 100,
+        "in bursts the slow replica got {bursts} of 2000"
+    );
+    let sampled = slow_replica_calls(5_000_000, 0).await;
+    assert!(sampled <= 50, "one by one it got {sampled} of 1000");
+    let blind = slow_replica_calls(u64::MAX, 0).await;
+    assert!(
+        blind >= 2 * sampled.max(25),
+        "without samples it got only {blind} of 1000"
+    );
 }
 
 /// Every stateful layer returns to idle after calls that end any way they can: answered,
