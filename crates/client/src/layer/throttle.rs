@@ -2,9 +2,10 @@
 //! [`crate::policy::throttle::Throttle`]: requests are rejected locally with probability
 //! `max(0, (requests − K·accepts) / (requests + 1))`, so a backend that refuses most work is
 //! not also buried under the requests it refuses. A result counts as accepted unless the
-//! classifier calls it a failure (overload rejections, timeouts). A call abandoned before it
-//! completes (a deadline above it fired) was not accepted either: it stays a request with no
-//! accept, as a timeout would.
+//! classifier calls it a failure (overload rejections, timeouts), and is counted at the time
+//! its request was (see [`Throttle::on_accepted`]). A call abandoned before it completes (a
+//! deadline above it fired) was not accepted either: it stays a request with no accept, as a
+//! timeout would.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use tower::{Layer, Service};
 
 use super::{BoxError, Classify, Clock, ErrIsFailure, Error, Observe};
 use crate::event::LayerKind;
-use crate::policy::throttle::{Throttle, ThrottleConfig};
+use crate::policy::throttle::{ProbabilityCache, Throttle, ThrottleConfig};
 
 #[derive(Debug)]
 struct Shared {
@@ -71,18 +72,46 @@ impl<S, K: Clone> Layer<S> for ThrottleLayer<K> {
     fn layer(&self, inner: S) -> Self::Service {
         ThrottleService {
             inner,
+            rng: self.shared.rng(),
+            cache: ProbabilityCache::default(),
             shared: self.shared.clone(),
             classify: self.classify.clone(),
         }
     }
 }
 
-/// The throttle's service; see [`ThrottleLayer`].
-#[derive(Debug, Clone)]
+/// The throttle's service; see [`ThrottleLayer`]. Each handle (each clone) draws from its
+/// own random stream and keeps its own copy of the reject probability
+/// ([`Throttle::admit_cached`]); the counts behind it are shared.
+#[derive(Debug)]
 pub struct ThrottleService<S, K = ErrIsFailure> {
     inner: S,
+    rng: SplitMix64,
+    cache: ProbabilityCache,
     shared: Arc<Shared>,
     classify: K,
+}
+
+impl<S: Clone, K: Clone> Clone for ThrottleService<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            rng: self.shared.rng(),
+            cache: ProbabilityCache::default(),
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl Shared {
+    /// A random stream for a new handle.
+    fn rng(&self) -> SplitMix64 {
+        SplitMix64::new(
+            self.seed
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+        )
+    }
 }
 
 impl<S, K, Req> Service<Req> for ThrottleService<S, K>
@@ -101,18 +130,18 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
-        let random = SplitMix64::new(
-            shared
-                .seed
-                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
-        )
-        .next_u64();
-        if shared.throttle.admit(shared.clock.now_ns(), random) {
+        let now_ns = shared.clock.call_now_ns();
+        let random = self.rng.next_u64();
+        if shared
+            .throttle
+            .admit_cached(&mut self.cache, now_ns, random)
+        {
             ThrottleFuture {
                 state: ThrottleState::Called {
                     future: self.inner.call(request),
                     shared: shared.clone(),
                     classify: self.classify.clone(),
+                    requested_ns: now_ns,
                 },
             }
         } else {
@@ -135,7 +164,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = ThrottleProj]
     enum ThrottleState<F, K> {
-        Called { #[pin] future: F, shared: Arc<Shared>, classify: K },
+        Called { #[pin] future: F, shared: Arc<Shared>, classify: K, requested_ns: u64 },
         Rejected,
     }
 }
@@ -155,10 +184,11 @@ where
                 future,
                 shared,
                 classify,
+                requested_ns,
             } => {
                 let result = std::task::ready!(future.poll(cx));
                 if !classify.is_failure(&result) {
-                    shared.throttle.on_accepted(shared.clock.done_now_ns());
+                    shared.throttle.on_accepted(*requested_ns);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -27,6 +27,26 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// Calls after which a [`ProbabilityCache`] is recomputed.
+pub const PROBABILITY_REFRESH_CALLS: u32 = 16;
+/// Time after which a [`ProbabilityCache`] is recomputed.
+pub const PROBABILITY_REFRESH_NS: u64 = 1_000_000;
+
+/// 64 random bits as a uniform draw in `[0, 1)`.
+fn draw(random: u64) -> f64 {
+    (random >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One caller's copy of the reject probability (see [`Throttle::admit_cached`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProbabilityCache {
+    p: f64,
+    /// Calls left before a recomputation (0: compute on the next call).
+    calls_left: u32,
+    /// When it must be recomputed at the latest.
+    until_ns: u64,
+}
+
 /// The throttle; see the module doc.
 #[derive(Debug)]
 pub struct Throttle {
@@ -61,14 +81,34 @@ impl Throttle {
     pub fn admit(&self, now_ns: u64, random: u64) -> bool {
         let p = self.reject_probability(now_ns);
         self.window.add(now_ns, REQUESTS, 1);
-        let draw = (random >> 11) as f64 / (1u64 << 53) as f64;
-        draw >= p
+        draw(random) >= p
+    }
+
+    /// [`Throttle::admit`] for a caller that keeps its own copy of the reject probability in
+    /// `cache`, recomputed on the caller's first call, then after every
+    /// [`PROBABILITY_REFRESH_CALLS`] of its calls or [`PROBABILITY_REFRESH_NS`], whichever comes
+    /// first: summing the window (its 32 slots) on every call would cost more than the rest
+    /// of a call, and a probability over a window of minutes moves little in a millisecond.
+    pub fn admit_cached(&self, cache: &mut ProbabilityCache, now_ns: u64, random: u64) -> bool {
+        if cache.calls_left == 0 || now_ns >= cache.until_ns {
+            cache.p = self.reject_probability(now_ns);
+            cache.calls_left = PROBABILITY_REFRESH_CALLS;
+            cache.until_ns = now_ns.saturating_add(PROBABILITY_REFRESH_NS);
+        }
+        cache.calls_left -= 1;
+        self.window.add(now_ns, REQUESTS, 1);
+        // A draw is in [0, 1), so `p == 0` admits without one.
+        cache.p == 0.0 || draw(random) >= cache.p
     }
 
     /// Records that the backend accepted a request (answered it, even with an application
-    /// error — only overload rejections and timeouts are not accepts).
-    pub fn on_accepted(&self, now_ns: u64) {
-        self.window.add(now_ns, ACCEPTS, 1);
+    /// error — only overload rejections and timeouts are not accepts) that was counted at
+    /// `requested_ns` (its `admit` time). The accept goes in its request's bucket, so the
+    /// window pairs each accept with its request, and none is lost for a call that outlived
+    /// its bucket yet is still in the window; one older than the window is dropped with its
+    /// request. It also spares the caller a second clock read per call.
+    pub fn on_accepted(&self, requested_ns: u64) {
+        self.window.add(requested_ns, ACCEPTS, 1);
     }
 }
 
@@ -86,6 +126,79 @@ mod tests {
             throttle.on_accepted(i);
         }
         assert_eq!(throttle.reject_probability(1_000), 0.0);
+    }
+
+    #[test]
+    fn throttle_cached_probability_is_recomputed_by_calls_and_by_time() {
+        let throttle = Throttle::new(ThrottleConfig {
+            k: 2.0,
+            window_ns: 1_000_000_000,
+        });
+        // 300 requests and no accept: p = 300/301.
+        for i in 0..300 {
+            throttle.admit(i, 0);
+        }
+        let mut cache = ProbabilityCache::default();
+        let always_admit = u64::MAX; // the highest draw: rejected only when p is 1
+        assert!(
+            throttle.admit_cached(&mut cache, 300, always_admit),
+            "first call computes p < 1"
+        );
+        assert!((cache.p - 300.0 / 301.0).abs() < 1e-12);
+        // The backend now accepts a flood: the cached p holds for 15 more calls…
+        for _ in 0..10_000 {
+            throttle.on_accepted(301);
+        }
+        let lowest = 0; // the lowest draw: admitted only when p is 0
+        for call in 1..PROBABILITY_REFRESH_CALLS {
+            assert!(
+                !throttle.admit_cached(&mut cache, 301, lowest),
+                "call {call} uses the cached p"
+            );
+        }
+        // …then the 17th call recomputes it (p = 0 now) and admits.
+        assert!(throttle.admit_cached(&mut cache, 301, lowest));
+        assert_eq!(cache.p, 0.0);
+        // By time: a fresh p after PROBABILITY_REFRESH_NS, even with calls left.
+        for i in 0..100_000 {
+            throttle.admit(302 + i, 0);
+        }
+        assert!(
+            throttle.admit_cached(&mut cache, 400_000, lowest),
+            "cached p = 0"
+        );
+        let later = 302 + PROBABILITY_REFRESH_NS;
+        assert!(
+            !throttle.admit_cached(&mut cache, later, lowest),
+            "recomputed after the refresh time"
+        );
+        assert!(cache.p > 0.0);
+    }
+
+    #[test]
+    fn throttle_accept_is_counted_with_its_request() {
+        // A window of 1 s in 20 buckets of 50 ms (rounded up to 2^26 ns ≈ 67 ms).
+        let throttle = Throttle::new(ThrottleConfig {
+            k: 1.0,
+            window_ns: 1_000_000_000,
+        });
+        for _ in 0..10 {
+            assert!(throttle.admit(0, u64::MAX));
+        }
+        // Answered 0.5 s later, in a later bucket: counted where the requests were, so the
+        // two stay paired in the window and leave it together (the window spans 20 × 2^26 ns
+        // ≈ 1.34 s).
+        for _ in 0..10 {
+            throttle.on_accepted(0);
+        }
+        assert_eq!(throttle.window.sums(500_000_000), [10, 10]);
+        assert_eq!(throttle.reject_probability(500_000_000), 0.0);
+        assert_eq!(throttle.window.sums(1_400_000_000), [0, 0]);
+        // A request whose bucket has been reused (it left the window long ago) is dropped.
+        let slots_span = 32 << 26;
+        throttle.admit(slots_span, u64::MAX);
+        throttle.on_accepted(0);
+        assert_eq!(throttle.window.sums(slots_span), [1, 0]);
     }
 
     #[test]

@@ -60,31 +60,39 @@ impl<const F: usize> TimeWindow<F> {
         self.window << self.bucket_shift
     }
 
+    /// The bucket of time `now_ns`, claimed (and cleared) if its slot still holds an older
+    /// one; `None` if the slot holds a newer one already (so `now_ns` has left the window).
     #[inline]
-    fn bucket(&self, now_ns: u64) -> &Bucket<F> {
+    fn bucket(&self, now_ns: u64) -> Option<&Bucket<F>> {
         let epoch = now_ns >> self.bucket_shift;
         let bucket = &self.slots[(epoch as usize) & (self.slots.len() - 1)];
         let seen = bucket.epoch.load(Ordering::Acquire);
-        if seen != epoch
-            && (seen == u64::MAX || seen < epoch)
-            && bucket
-                .epoch
-                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        if seen == epoch {
+            return Some(bucket);
+        }
+        if seen != u64::MAX && seen > epoch {
+            return None;
+        }
+        if bucket
+            .epoch
+            .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
         {
             for count in &bucket.counts {
                 count.store(0, Ordering::Release);
             }
         }
-        bucket
+        Some(bucket)
     }
 
-    /// Adds `amount` to counter `field` at time `now_ns`.
+    /// Adds `amount` to counter `field` at time `now_ns`; nothing if that time has left the
+    /// window (a caller recording an event at the time it began, long ago).
     #[inline]
     pub(crate) fn add(&self, now_ns: u64, field: usize, amount: u32) {
         debug_assert!(field < F);
-        let bucket = self.bucket(now_ns);
-        bucket.counts[field].fetch_add(amount, Ordering::AcqRel);
+        if let Some(bucket) = self.bucket(now_ns) {
+            bucket.counts[field].fetch_add(amount, Ordering::AcqRel);
+        }
     }
 
     /// The sums of every counter over the window ending at `now_ns`.
@@ -144,6 +152,9 @@ mod tests {
         window.add(64, 0, 7);
         assert_eq!(window.sums(64), [9, 5]);
         assert_eq!(window.sums(200), [0, 0]);
+        // A count for a time whose slot holds a newer bucket has left the window: dropped.
+        window.add(0, 1, 100);
+        assert_eq!(window.sums(64), [9, 5]);
         window.reset();
         assert_eq!(window.sums(64), [0, 0]);
     }
