@@ -1,6 +1,6 @@
 //! Per-call overhead of the client's policies and layers, beside well-known anchors in the
 //! same run: governor (GCRA), tower's own concurrency limit and retry budget,
-//! tower-resilience's circuit breaker, and the hashring and jumphash crates.
+//! tower-resilience's circuit breaker and bulkhead, and the hashring and jumphash crates.
 //!
 //! Layers are measured by calling them over an always-ready service whose future is
 //! `std::future::Ready`, polled once with a no-op waker: what remains is the layer's cost.
@@ -22,17 +22,25 @@ use colony_client::hash::{
 };
 use colony_client::layer::balance::{Balance, Change};
 use colony_client::layer::breaker::BreakerLayer;
+use colony_client::layer::bulkhead::BulkheadLayer;
 use colony_client::layer::deadline::{DeadlineLayer, WithDeadline};
+use colony_client::layer::fallback::FallbackLayer;
+use colony_client::layer::hedge::{HedgeConfig, HedgeLayer};
 use colony_client::layer::limit::LimitLayer;
 use colony_client::layer::rate::RateLayer;
 use colony_client::layer::retry::{Idempotency, RetryConfig, RetryIdempotentErrors, RetryLayer};
-use colony_client::layer::{Clock, Observe};
+use colony_client::layer::shed::{HasPriority, ShedLayer, ShedLimit};
+use colony_client::layer::throttle::ThrottleLayer;
+use colony_client::layer::{BoxError, Clock, Observe};
 use colony_client::policy::backoff::{Backoff, Jitter};
 use colony_client::policy::balance::BalanceConfig;
 use colony_client::policy::breaker::{Breaker, BreakerConfig, CallOutcome};
 use colony_client::policy::budget::{BudgetConfig, RetryBudget};
+use colony_client::policy::bulkhead::BulkheadConfig;
 use colony_client::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig};
 use colony_client::policy::rate::{Gcra, Quota};
+use colony_client::policy::shed::{Priority, ShedConfig};
+use colony_client::policy::throttle::ThrottleConfig;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceBuilder};
 
@@ -75,12 +83,37 @@ impl<R> Service<R> for Ready {
     }
 }
 
+/// `Ready` with its error already boxed, for the fallback layer (which sits over layers
+/// that box theirs).
+#[derive(Debug, Clone, Copy)]
+struct ReadyBoxed;
+
+impl<R> Service<R> for ReadyBoxed {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: R) -> Self::Future {
+        std::future::ready(Ok(1))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Get;
 
 impl Idempotency for Get {
     fn is_idempotent(&self) -> bool {
         true
+    }
+}
+
+impl HasPriority for Get {
+    fn priority(&self) -> Priority {
+        Priority::Normal
     }
 }
 
@@ -409,6 +442,105 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
+/// The layers the groups above leave out, each alone over `Ready`: bulkhead (beside
+/// tower-resilience's), priority shedding, client-side throttling, hedging (past its first
+/// 100 samples it sets a hedge delay on every call; the timer itself is set up only for a
+/// call still pending after its first poll, never here) and fallback.
+fn more_layers(c: &mut Criterion) {
+    // The hedge layer would set up a tokio timer for a pending call: it needs a runtime.
+    let runtime = timer_runtime();
+    let _entered = runtime.enter();
+    let clock = Clock::new();
+    let mut group = c.benchmark_group("layers");
+    let mut bulkhead = BulkheadLayer::new(
+        BulkheadConfig {
+            concurrency_max: 10,
+            queue_max: 10,
+            queue_timeout_ns: 1_000_000,
+        },
+        Observe::silent("k"),
+    )
+    .layer(Ready);
+    group.bench_function("colony bulkhead layer", |b| {
+        b.iter(|| call(&mut bulkhead, ()))
+    });
+    let mut anchor = tower_resilience_bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(10)
+        .max_wait_duration(Duration::from_millis(1))
+        .build()
+        .expect("valid")
+        .layer(Ready);
+    group.bench_function("tower-resilience bulkhead layer", |b| {
+        b.iter(|| call(&mut anchor, ()))
+    });
+    let mut shed = ShedLayer::new(
+        ShedConfig::default(),
+        ShedLimit::Fixed(10),
+        Observe::silent("s"),
+    )
+    .layer(Ready);
+    group.bench_function("colony shed layer", |b| b.iter(|| call(&mut shed, Get)));
+    let mut throttle = ThrottleLayer::new(
+        ThrottleConfig::default(),
+        Observe::silent("t"),
+        clock.clone(),
+        1,
+    )
+    .layer(Ready);
+    group.bench_function("colony throttle layer", |b| {
+        b.iter(|| call(&mut throttle, ()))
+    });
+    let mut hedge = HedgeLayer::new(
+        HedgeConfig {
+            deposits: true,
+            ..HedgeConfig::default()
+        },
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("h"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    group.bench_function("colony hedge layer", |b| {
+        b.iter(|| {
+            call(
+                &mut hedge,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    let mut hedge_timed = HedgeLayer::new(
+        HedgeConfig {
+            latency_sample_gap_ns: 0,
+            ..HedgeConfig::default()
+        },
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("h"),
+        clock.clone(),
+    )
+    .layer(Ready);
+    group.bench_function("colony hedge layer, every latency recorded", |b| {
+        b.iter(|| {
+            call(
+                &mut hedge_timed,
+                WithDeadline {
+                    request: Get,
+                    deadline: None,
+                },
+            )
+        })
+    });
+    let mut fallback = FallbackLayer::new(|_| Some(0u32)).layer(ReadyBoxed);
+    group.bench_function("colony fallback layer", |b| {
+        b.iter(|| call(&mut fallback, ()))
+    });
+    group.finish();
+}
+
 /// Runs `iters` calls of one closure from `make` on this thread while a second closure from
 /// `make`, on another thread, calls the same shared layer in a loop: the cost per call under
 /// contention (the machine has two cores; run unpinned).
@@ -626,5 +758,13 @@ fn paths(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, breakers, limiters, stack, paths, hashing);
+criterion_group!(
+    benches,
+    breakers,
+    limiters,
+    stack,
+    more_layers,
+    paths,
+    hashing
+);
 criterion_main!(benches);

@@ -7,10 +7,10 @@
 //! A call reads the clock when it starts (to pick, and as the start of its RTT) and a timed
 //! call reads it again when it ends. Each handle times at most one call per
 //! `BalanceConfig::rtt_sample_gap_ns` (1 µs by default; see
-//! [`crate::policy::balance::RttSampler`]): calls that start at least that far apart are all
+//! [`crate::policy::sample::RttSampler`]): calls that start at least that far apart are all
 //! timed; of calls closer together (bursts, tight loops), the successes between two timed
 //! calls are counted without their RTT, which saves a clock read (~10 ns here) each.
-//! Failures are always timed.
+//! Failures are always timed (their result can eject).
 //!
 //! The hot path takes no lock: each `Balance` handle keeps a snapshot of the endpoint table
 //! (an `Arc`), checks one atomic generation per call to see whether the set changed, and
@@ -32,7 +32,8 @@ use tower::Service;
 
 use super::{BoxError, Classify, Clock, ErrIsFailure, Error, Observe};
 use crate::event::{Event, LayerKind};
-use crate::policy::balance::{BalanceConfig, Balancer, Ejection, RttSampler};
+use crate::policy::balance::{BalanceConfig, Balancer, Ejection};
+use crate::policy::sample::RttSampler;
 
 /// A change to the endpoint set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,10 @@
 //! Hedged requests as a tower layer: when a call has not answered after the tracked latency
 //! quantile (online, [`crate::policy::quantile::LatencyTracker`]), send one backup copy if the
 //! shared budget allows, answer with whichever finishes first and drop (cancel) the other.
-//! Only requests the [`RetryPolicy`] can clone are hedged.
+//! Only requests the [`RetryPolicy`] can clone are hedged. The timer is set up only for a
+//! call that does not answer at its first poll, and a handle records the latency of at most
+//! one call per `HedgeConfig::latency_sample_gap_ns` (1 µs; see [`RttSampler`]), so a call
+//! answered at once costs one clock read, not two.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +18,7 @@ use super::{BoxError, Clock, Observe};
 use crate::event::Event;
 use crate::policy::budget::RetryBudget;
 use crate::policy::quantile::LatencyTracker;
+use crate::policy::sample::RttSampler;
 
 /// Hedging parameters.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +34,9 @@ pub struct HedgeConfig {
     /// Whether this layer deposits each logical request in the budget (off when a retry
     /// layer sharing the budget already does).
     pub deposits: bool,
+    /// A handle records the latency of at most one call per this interval (see
+    /// [`RttSampler`]); `0` records every call's.
+    pub latency_sample_gap_ns: u64,
 }
 
 impl Default for HedgeConfig {
@@ -40,6 +47,7 @@ impl Default for HedgeConfig {
             delay_min_ns: 1_000_000,
             window_ns: 10_000_000_000,
             deposits: true,
+            latency_sample_gap_ns: 1_000,
         }
     }
 }
@@ -90,6 +98,7 @@ impl<S, P: Clone> Layer<S> for HedgeLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         HedgeService {
             inner,
+            sampler: RttSampler::new(self.shared.config.latency_sample_gap_ns),
             shared: self.shared.clone(),
             policy: self.policy.clone(),
         }
@@ -97,11 +106,24 @@ impl<S, P: Clone> Layer<S> for HedgeLayer<P> {
 }
 
 /// The hedge service; see [`HedgeLayer`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HedgeService<S, P> {
     inner: S,
+    /// Which of this handle's calls record their latency.
+    sampler: RttSampler,
     shared: Arc<Shared>,
     policy: P,
+}
+
+impl<S: Clone, P: Clone> Clone for HedgeService<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            sampler: self.sampler.fresh(),
+            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+        }
+    }
 }
 
 impl<S, P, Req> Service<Req> for HedgeService<S, P>
@@ -120,7 +142,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
-        let start_ns = shared.clock.now_ns();
+        let start_ns = shared.clock.call_now_ns();
         if shared.config.deposits {
             shared.budget.deposit(start_ns);
         }
@@ -132,20 +154,19 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let first = service.call(request);
-        let hedge_at = match (delay_ns, &spare) {
-            (Some(delay), Some(_)) => Some(shared.clock.instant_at(start_ns + delay)),
+        let hedge_at_ns = match (delay_ns, &spare) {
+            (Some(delay), Some(_)) => Some(start_ns.saturating_add(delay)),
             _ => None,
         };
         HedgeFuture {
             first,
             second: Second::Idle,
-            sleep: tokio::time::sleep_until(
-                hedge_at.unwrap_or_else(|| shared.clock.instant_at(u64::MAX / 4)),
-            ),
-            armed: hedge_at.is_some(),
+            sleep: None,
+            hedge_at_ns,
             service,
             spare,
             start_ns,
+            is_timed: self.sampler.is_timed(start_ns),
             shared: shared.clone(),
         }
     }
@@ -167,12 +188,17 @@ pin_project_lite::pin_project! {
         first: S::Future,
         #[pin]
         second: Second<S::Future>,
+        // Set up when the first call does not answer at once (most answer later; a call
+        // answered at its first poll needs no timer).
         #[pin]
-        sleep: tokio::time::Sleep,
-        armed: bool,
+        sleep: Option<tokio::time::Sleep>,
+        // When to send the backup; `None` once sent, or if the call is not hedged.
+        hedge_at_ns: Option<u64>,
         service: S,
         spare: Option<Req>,
         start_ns: u64,
+        // Whether the first call's latency is recorded (see `HedgeConfig::latency_sample_gap_ns`).
+        is_timed: bool,
         shared: Arc<Shared>,
     }
 }
@@ -187,14 +213,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(result) = this.first.poll(cx) {
-            let now_ns = this.shared.clock.done_now_ns();
-            this.shared
-                .tracker
-                .record(now_ns, now_ns.saturating_sub(*this.start_ns));
+            if *this.is_timed {
+                let now_ns = this.shared.clock.done_now_ns();
+                this.shared
+                    .tracker
+                    .record(now_ns, now_ns.saturating_sub(*this.start_ns));
+            }
             return Poll::Ready(result.map_err(Into::into));
         }
-        if *this.armed && this.sleep.as_mut().poll(cx).is_ready() {
-            *this.armed = false;
+        if let Some(hedge_at_ns) = *this.hedge_at_ns
+            && this.sleep.is_none()
+        {
+            let at = this.shared.clock.instant_at(hedge_at_ns);
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        let is_due = match this.sleep.as_mut().as_pin_mut() {
+            Some(sleep) if this.hedge_at_ns.is_some() => sleep.poll(cx).is_ready(),
+            _ => false,
+        };
+        if is_due {
+            *this.hedge_at_ns = None;
             let now_ns = this.shared.clock.now_ns();
             if this.shared.budget.try_withdraw(now_ns) {
                 this.shared.observe.sink.emit(&Event::Hedge {

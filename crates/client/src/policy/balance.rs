@@ -14,7 +14,7 @@
 //! Time and randomness are inputs. Endpoints are indices; the caller maps them to services.
 //! [`Balancer::handle_peer_ejection`] takes cluster evidence (a peer ejected this endpoint,
 //! by gossip) through the same ejection path. A caller that does not time every call (see
-//! [`RttSampler`]) reports the untimed successes with [`Balancer::handle_untimed_success`].
+//! [`crate::policy::sample::RttSampler`]) reports the untimed successes with [`Balancer::handle_untimed_success`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ pub struct BalanceConfig {
     pub zone_local: Option<String>,
     /// Stay in the local zone while at least this share of its endpoints is available.
     pub zone_healthy_share_min: f64,
-    /// A caller times at most one call per this interval (see [`RttSampler`]): a success
+    /// A caller times at most one call per this interval (see [`crate::policy::sample::RttSampler`]): a success
     /// that started sooner after the last timed call is counted without its RTT. `0` times
     /// every call.
     pub rtt_sample_gap_ns: u64,
@@ -456,7 +456,7 @@ impl Balancer {
     }
 
     /// Records a success of a call to `index` picked earlier whose RTT was not measured
-    /// (see [`RttSampler`]): it ends the call and counts it, and leaves the latency estimate
+    /// (see [`crate::policy::sample::RttSampler`]): it ends the call and counts it, and leaves the latency estimate
     /// as it is.
     ///
     /// # Panics
@@ -595,41 +595,6 @@ impl Balancer {
     #[cfg(test)]
     fn force_pending(&self, index: usize) {
         self.endpoints[index].start();
-    }
-}
-
-/// Which calls a caller times, so that reading the clock at every completion (the second
-/// of a call's two readings; ~10 ns of a TSC read on this project's machines) is paid at
-/// most once per `gap_ns` per caller. A call is timed when it starts at least `gap_ns`
-/// after the last timed one started; an untimed call that fails is timed anyway (its result
-/// can eject), so only successes go unmeasured. With the default gap of 1 µs this changes
-/// nothing until one caller starts calls less than a microsecond apart, and there it still
-/// gives the estimate a sample every microsecond against a time constant of seconds.
-#[derive(Debug, Clone)]
-pub struct RttSampler {
-    gap_ns: u64,
-    /// The earliest start of the next timed call.
-    next_ns: u64,
-}
-
-impl RttSampler {
-    /// A sampler timing at most one call per `gap_ns` (every call if `0`).
-    pub fn new(gap_ns: u64) -> Self {
-        Self { gap_ns, next_ns: 0 }
-    }
-
-    /// A sampler with the same gap that has timed nothing yet (for a new caller).
-    pub fn fresh(&self) -> Self {
-        Self::new(self.gap_ns)
-    }
-
-    /// Whether to time a call starting at `now_ns`.
-    pub fn is_timed(&mut self, now_ns: u64) -> bool {
-        if now_ns < self.next_ns {
-            return false;
-        }
-        self.next_ns = now_ns.saturating_add(self.gap_ns);
-        true
     }
 }
 
@@ -833,33 +798,6 @@ mod tests {
             })
             .count();
         assert!(remote > 30, "remote picks {remote}");
-    }
-
-    #[test]
-    fn balance_sampler_times_one_call_per_gap() {
-        let mut sampler = RttSampler::new(1_000);
-        assert!(sampler.is_timed(0), "the first call is timed");
-        assert!(!sampler.is_timed(0));
-        assert!(
-            !sampler.is_timed(999),
-            "within the gap of the last timed start"
-        );
-        assert!(sampler.is_timed(1_000), "a gap after it");
-        assert!(!sampler.is_timed(1_500));
-        assert!(
-            sampler.is_timed(5_000),
-            "the gap counts from the last timed call"
-        );
-        assert!(!sampler.is_timed(5_999));
-        assert!(
-            sampler.fresh().is_timed(5_999),
-            "a new caller times its first call"
-        );
-        let mut every = RttSampler::new(0);
-        assert!(
-            (0..5).all(|_| every.is_timed(7)),
-            "a gap of 0 times every call"
-        );
     }
 
     #[test]

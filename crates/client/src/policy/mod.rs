@@ -14,6 +14,7 @@ pub mod bulkhead;
 pub mod limit;
 pub mod quantile;
 pub mod rate;
+pub mod sample;
 pub mod shed;
 pub mod throttle;
 mod window;

@@ -13,11 +13,14 @@ use colony_client::layer::balance::{Balance, Change};
 use colony_client::layer::breaker::BreakerLayer;
 use colony_client::layer::bulkhead::BulkheadLayer;
 use colony_client::layer::deadline::{DeadlineLayer, WithDeadline};
+use colony_client::layer::fallback::FallbackLayer;
+use colony_client::layer::hedge::{HedgeConfig, HedgeLayer};
 use colony_client::layer::limit::LimitLayer;
 use colony_client::layer::rate::RateLayer;
 use colony_client::layer::retry::{Idempotency, RetryConfig, RetryIdempotentErrors, RetryLayer};
 use colony_client::layer::shed::{HasPriority, ShedLayer, ShedLimit};
-use colony_client::layer::{Clock, Observe};
+use colony_client::layer::throttle::ThrottleLayer;
+use colony_client::layer::{BoxError, Clock, Observe};
 use colony_client::policy::backoff::{Backoff, Jitter};
 use colony_client::policy::balance::BalanceConfig;
 use colony_client::policy::breaker::{Breaker, BreakerConfig};
@@ -26,6 +29,7 @@ use colony_client::policy::bulkhead::BulkheadConfig;
 use colony_client::policy::limit::{ConcurrencyLimiter, LimitAlgorithm, LimitConfig};
 use colony_client::policy::rate::Quota;
 use colony_client::policy::shed::{Priority, ShedConfig};
+use colony_client::policy::throttle::ThrottleConfig;
 use tower::{Layer, Service, ServiceBuilder};
 
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +178,34 @@ fn alloc_success_path_of_every_layer_allocates_nothing() {
         balance.update(Change::Insert(format!("10.0.0.{i}:8500"), None, Ready));
     }
     assert_eq!(allocations(balance.clone(), request.clone()), 0, "balance");
+    let throttle = ThrottleLayer::new(
+        ThrottleConfig::default(),
+        Observe::silent("t"),
+        clock.clone(),
+        1,
+    );
+    assert_eq!(allocations(throttle.layer(Ready), ()), 0, "throttle");
+    // Past `samples_min` (every latency recorded) the hedge knows its quantile and sets a
+    // delay on every call.
+    let hedge = HedgeLayer::new(
+        HedgeConfig {
+            samples_min: 10,
+            latency_sample_gap_ns: 0,
+            ..HedgeConfig::default()
+        },
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("h"),
+        clock.clone(),
+    );
+    assert_eq!(allocations(hedge.layer(Ready), request.clone()), 0, "hedge");
+    let boxed = tower::util::MapErrLayer::new(|never: Infallible| -> BoxError { match never {} });
+    let fallback = FallbackLayer::new(|_| Some(0u32));
+    assert_eq!(
+        allocations(fallback.layer(boxed.layer(Ready)), ()),
+        0,
+        "fallback"
+    );
     let stack = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(1), clock.clone()))
         .layer(RateLayer::new(

@@ -319,6 +319,52 @@ async fn hedge_layer_sends_backup_after_quantile_and_cancels_loser() {
     );
 }
 
+/// One handle calling one call after another, recording the latency of one call in three
+/// (`latency_sample_gap_ns` of 3 ms against calls 1 ms apart): the tracked quantile still
+/// finds the slow tail, and after the warm-up every slow call is hedged.
+#[tokio::test(start_paused = true)]
+async fn hedge_layer_hedges_the_tail_from_sampled_latencies() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let service = service_fn(move |_: WithDeadline<Request>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let ms = if n % 20 == 19 { 1_000 } else { 1 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, BoxError>(ms)
+        }
+    });
+    let config = HedgeConfig {
+        quantile: 0.9,
+        samples_min: 30,
+        latency_sample_gap_ns: 3_000_000,
+        ..HedgeConfig::default()
+    };
+    let mut service = HedgeLayer::new(
+        config,
+        Arc::new(RetryBudget::new(BudgetConfig::default())),
+        RetryIdempotentErrors,
+        Observe::silent("hedge"),
+        Clock::tokio(),
+    )
+    .layer(service);
+    let mut worst_after_warmup = Duration::ZERO;
+    for i in 0..600 {
+        let start = tokio::time::Instant::now();
+        let call = service.ready().await.expect("ready").call(get());
+        call.await.expect("answers");
+        if i >= 300 {
+            worst_after_warmup = worst_after_warmup.max(start.elapsed());
+        }
+    }
+    assert!(
+        worst_after_warmup < Duration::from_millis(100),
+        "slow calls after the warm-up were hedged: worst {worst_after_warmup:?}"
+    );
+    let hedges = calls.load(Ordering::SeqCst) - 600;
+    assert!((15..=30).contains(&hedges), "hedges sent: {hedges}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_and_shed_layers_refuse_with_typed_errors() {
     let echo =
