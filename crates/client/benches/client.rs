@@ -83,31 +83,20 @@ impl<R> Service<R> for Ready {
     }
 }
 
-/// `Ready` with its error already boxed, for the fallback layer (which sits over layers
-/// that box theirs).
-#[derive(Debug, Clone, Copy)]
-struct ReadyBoxed;
-
-impl<R> Service<R> for ReadyBoxed {
-    type Response = u32;
-    type Error = BoxError;
-    type Future = std::future::Ready<Result<u32, BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _request: R) -> Self::Future {
-        std::future::ready(Ok(1))
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Get;
 
 impl Idempotency for Get {
     fn is_idempotent(&self) -> bool {
         true
+    }
+}
+
+/// The request the stacks are sent: idempotent, with no deadline of its own.
+fn get() -> WithDeadline<Get> {
+    WithDeadline {
+        request: Get,
+        deadline: None,
     }
 }
 
@@ -280,15 +269,7 @@ fn stack(c: &mut Criterion) {
         .service(balance.clone());
     let mut group = c.benchmark_group("stack");
     group.bench_function("deadline+rate+breaker+retry+balance", |b| {
-        b.iter(|| {
-            call(
-                &mut stack,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut stack, get()))
     });
     let mut retry_only = RetryLayer::new(
         RetryConfig {
@@ -303,28 +284,10 @@ fn stack(c: &mut Criterion) {
         1,
     )
     .layer(Ready);
-    group.bench_function("retry alone", |b| {
-        b.iter(|| {
-            call(
-                &mut retry_only,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
-    });
+    group.bench_function("retry alone", |b| b.iter(|| call(&mut retry_only, get())));
     let mut deadline_only = DeadlineLayer::new(Duration::from_secs(1), clock.clone()).layer(Ready);
     group.bench_function("deadline alone", |b| {
-        b.iter(|| {
-            call(
-                &mut deadline_only,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut deadline_only, get()))
     });
     // The balancing core alone: pick and report with the time given (no clock, no future).
     // The report is consumed here (whether it ejected): the `Option<Ejection>` is written
@@ -345,15 +308,7 @@ fn stack(c: &mut Criterion) {
     });
     let mut balance_only = balance;
     group.bench_function("balance (p2c peak-ewma) alone", |b| {
-        b.iter(|| {
-            call(
-                &mut balance_only,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut balance_only, get()))
     });
     // The same with every call timed: calls here start ~25 ns apart, so with the default
     // gap of 1 µs the handle above times one in about forty and counts the other successes
@@ -371,15 +326,7 @@ fn stack(c: &mut Criterion) {
         balance_timed.update(Change::Insert(i, None, Ready));
     }
     group.bench_function("balance alone, every call timed", |b| {
-        b.iter(|| {
-            call(
-                &mut balance_timed,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut balance_timed, get()))
     });
     // tower's own P2C over PeakEwma (10 endpoints, the same time constant and initial RTT).
     let endpoints: Vec<_> = (0..10)
@@ -490,51 +437,30 @@ fn more_layers(c: &mut Criterion) {
     group.bench_function("colony throttle layer", |b| {
         b.iter(|| call(&mut throttle, ()))
     });
-    let mut hedge = HedgeLayer::new(
-        HedgeConfig {
-            deposits: true,
-            ..HedgeConfig::default()
-        },
-        Arc::new(RetryBudget::new(BudgetConfig::default())),
-        RetryIdempotentErrors,
-        Observe::silent("h"),
-        clock.clone(),
-    )
-    .layer(Ready);
+    let hedge = |latency_sample_gap_ns| {
+        HedgeLayer::new(
+            HedgeConfig {
+                latency_sample_gap_ns,
+                ..HedgeConfig::default()
+            },
+            Arc::new(RetryBudget::new(BudgetConfig::default())),
+            RetryIdempotentErrors,
+            Observe::silent("h"),
+            clock.clone(),
+        )
+        .layer(Ready)
+    };
+    let mut hedge_sampled = hedge(HedgeConfig::default().latency_sample_gap_ns);
     group.bench_function("colony hedge layer", |b| {
-        b.iter(|| {
-            call(
-                &mut hedge,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut hedge_sampled, get()))
     });
-    let mut hedge_timed = HedgeLayer::new(
-        HedgeConfig {
-            latency_sample_gap_ns: 0,
-            ..HedgeConfig::default()
-        },
-        Arc::new(RetryBudget::new(BudgetConfig::default())),
-        RetryIdempotentErrors,
-        Observe::silent("h"),
-        clock.clone(),
-    )
-    .layer(Ready);
+    let mut hedge_timed = hedge(0);
     group.bench_function("colony hedge layer, every latency recorded", |b| {
-        b.iter(|| {
-            call(
-                &mut hedge_timed,
-                WithDeadline {
-                    request: Get,
-                    deadline: None,
-                },
-            )
-        })
+        b.iter(|| call(&mut hedge_timed, get()))
     });
-    let mut fallback = FallbackLayer::new(|_| Some(0u32)).layer(ReadyBoxed);
+    // The fallback sits over layers that box their errors: `Ready`'s, boxed (a no-op map).
+    let boxed = tower::util::MapErrLayer::new(|never: Infallible| -> BoxError { match never {} });
+    let mut fallback = FallbackLayer::new(|_| Some(0u32)).layer(boxed.layer(Ready));
     group.bench_function("colony fallback layer", |b| {
         b.iter(|| call(&mut fallback, ()))
     });
@@ -650,10 +576,7 @@ fn paths(c: &mut Criterion) {
     let make = || {
         let mut balance = balance.clone();
         move || {
-            let request = WithDeadline {
-                request: Get,
-                deadline: None,
-            };
+            let request = get();
             let _ = black_box(call(&mut balance, request));
         }
     };
@@ -727,10 +650,7 @@ fn paths(c: &mut Criterion) {
             clock.clone(),
         ))
         .service(Ready);
-    let request = || WithDeadline {
-        request: Get,
-        deadline: None,
-    };
+    let request = || get();
     group.bench_function("deadline+limit", |b| {
         b.iter(|| call(&mut with_limit, request()))
     });
