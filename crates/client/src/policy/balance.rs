@@ -14,7 +14,8 @@
 //! Time and randomness are inputs. Endpoints are indices; the caller maps them to services.
 //! [`Balancer::handle_peer_ejection`] takes cluster evidence (a peer ejected this endpoint,
 //! by gossip) through the same ejection path. A caller that does not time every call (see
-//! [`crate::policy::sample::RttSampler`]) reports the untimed successes with [`Balancer::handle_untimed_success`].
+//! [`crate::policy::sample::RttSampler`]) reports the untimed successes with
+//! [`Balancer::handle_untimed_success`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,9 +45,9 @@ pub struct BalanceConfig {
     pub zone_local: Option<String>,
     /// Stay in the local zone while at least this share of its endpoints is available.
     pub zone_healthy_share_min: f64,
-    /// A caller times at most one call per this interval (see [`crate::policy::sample::RttSampler`]): a success
-    /// that started sooner after the last timed call is counted without its RTT. `0` times
-    /// every call.
+    /// A caller times at most one call per this interval (see
+    /// [`crate::policy::sample::RttSampler`]): a success that started sooner after the last
+    /// timed call is counted without its RTT. `0` times every call.
     pub rtt_sample_gap_ns: u64,
 }
 
@@ -455,9 +456,9 @@ impl Balancer {
         None
     }
 
-    /// Records a success of a call to `index` picked earlier whose RTT was not measured
-    /// (see [`crate::policy::sample::RttSampler`]): it ends the call and counts it, and leaves the latency estimate
-    /// as it is.
+    /// Records a success of a call to `index` picked earlier whose RTT was not measured (see
+    /// [`crate::policy::sample::RttSampler`]): it ends the call and counts it, and leaves the
+    /// latency estimate as it is.
     ///
     /// # Panics
     /// Panics if no call to `index` is pending.
