@@ -221,29 +221,26 @@ where
             }
             return Poll::Ready(result.map_err(Into::into));
         }
-        if let Some(hedge_at_ns) = *this.hedge_at_ns
-            && this.sleep.is_none()
-        {
-            let at = this.shared.clock.instant_at(hedge_at_ns);
-            this.sleep.set(Some(tokio::time::sleep_until(at)));
-        }
-        let is_due = match this.sleep.as_mut().as_pin_mut() {
-            Some(sleep) if this.hedge_at_ns.is_some() => sleep.poll(cx).is_ready(),
-            _ => false,
-        };
-        if is_due {
-            *this.hedge_at_ns = None;
-            let now_ns = this.shared.clock.now_ns();
-            if this.shared.budget.try_withdraw(now_ns) {
-                this.shared.observe.sink.emit(&Event::Hedge {
-                    name: &this.shared.observe.name,
-                    delay_ns: now_ns.saturating_sub(*this.start_ns),
-                });
-                this.second.set(Second::Readying);
-            } else {
-                this.shared
-                    .observe
-                    .reject(crate::event::LayerKind::Hedge, "budget");
+        if let Some(hedge_at_ns) = *this.hedge_at_ns {
+            if this.sleep.is_none() {
+                let at = this.shared.clock.instant_at(hedge_at_ns);
+                this.sleep.set(Some(tokio::time::sleep_until(at)));
+            }
+            let sleep = this.sleep.as_mut().as_pin_mut().expect("set up above");
+            if sleep.poll(cx).is_ready() {
+                *this.hedge_at_ns = None;
+                let now_ns = this.shared.clock.now_ns();
+                if this.shared.budget.try_withdraw(now_ns) {
+                    this.shared.observe.sink.emit(&Event::Hedge {
+                        name: &this.shared.observe.name,
+                        delay_ns: now_ns.saturating_sub(*this.start_ns),
+                    });
+                    this.second.set(Second::Readying);
+                } else {
+                    this.shared
+                        .observe
+                        .reject(crate::event::LayerKind::Hedge, "budget");
+                }
             }
         }
         loop {

@@ -32,11 +32,6 @@ pub const PROBABILITY_REFRESH_CALLS: u32 = 16;
 /// Time after which a [`ProbabilityCache`] is recomputed.
 pub const PROBABILITY_REFRESH_NS: u64 = 1_000_000;
 
-/// 64 random bits as a uniform draw in `[0, 1)`.
-fn draw(random: u64) -> f64 {
-    (random >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// One caller's copy of the reject probability (see [`Throttle::admit_cached`]).
 #[derive(Debug, Clone, Default)]
 pub struct ProbabilityCache {
@@ -79,9 +74,8 @@ impl Throttle {
     /// Decides one request at `now_ns` with 64 random bits; the request is counted either way.
     /// Returns `true` to send it, `false` to reject it locally.
     pub fn admit(&self, now_ns: u64, random: u64) -> bool {
-        let p = self.reject_probability(now_ns);
-        self.window.add(now_ns, REQUESTS, 1);
-        draw(random) >= p
+        // A fresh cache computes the probability now.
+        self.admit_cached(&mut ProbabilityCache::default(), now_ns, random)
     }
 
     /// [`Throttle::admit`] for a caller that keeps its own copy of the reject probability in
@@ -97,8 +91,8 @@ impl Throttle {
         }
         cache.calls_left -= 1;
         self.window.add(now_ns, REQUESTS, 1);
-        // A draw is in [0, 1), so `p == 0` admits without one.
-        cache.p == 0.0 || draw(random) >= cache.p
+        // 53 random bits make a draw in [0, 1), so `p == 0` admits without one.
+        cache.p == 0.0 || (random >> 11) as f64 / (1u64 << 53) as f64 >= cache.p
     }
 
     /// Records that the backend accepted a request (answered it, even with an application
